@@ -1,0 +1,7 @@
+"""The one exception type the CLI turns into a clean one-line error (exit code 2)."""
+
+from __future__ import annotations
+
+
+class ReconadError(Exception):
+    """A user-facing error: bad input, a missing file, an unusable run. The message names the culprit."""

@@ -1,0 +1,84 @@
+"""Multi-level patch features from a frozen backbone: the one input every model sees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reconad.features.backbone import create_feature_backbone
+
+
+class FeatureExtractor:
+    """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_size``) → patch features ``[N, C, h, w]``.
+
+    Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context, as in
+    PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
+    ``level_channels`` says which channels came from which level (RLR/UniAD reconstruct each level apart).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        image_size: int = 256,
+        smooth: int = 3,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        self.image_size = image_size
+        self.smooth = smooth
+        self.weights = str(weights) if weights else None
+        self.device = torch.device(device)
+        self.model, (mean, std) = create_feature_backbone(backbone, self.layers, Path(weights) if weights else None)
+        self.model.to(self.device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        info = self.model.feature_info
+        self.level_channels: tuple[int, ...] = tuple(info.channels())
+        self.level_grids: tuple[int, ...] = tuple(image_size // r for r in info.reduction())
+        self.grid = self.level_grids[0]
+
+    def config(self) -> dict[str, Any]:
+        """What defines these features (stored in runs; keys the cache)."""
+        return {
+            "backbone": self.backbone,
+            "layers": list(self.layers),
+            "image_size": self.image_size,
+            "smooth": self.smooth,
+            "weights": self.weights,
+        }
+
+    def key(self) -> str:
+        """A short digest of :meth:`config` plus the weights' identity, for the feature cache."""
+        ident = json.dumps(self.config(), sort_keys=True)
+        if self.weights:
+            stat = Path(self.weights).stat()
+            ident += f"{stat.st_size}:{stat.st_mtime_ns}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    @property
+    def channels(self) -> int:
+        return sum(self.level_channels)
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Tensor:
+        """uint8 ``[N, H, W, 3]`` → float32 ``[N, C, h, w]`` on the CPU."""
+        x = images.to(self.device).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        levels = self.model(x)
+        out = []
+        for level in levels:
+            if self.smooth > 1:
+                level = F.avg_pool2d(level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False)
+            if level.shape[-1] != levels[0].shape[-1] or level.shape[-2] != levels[0].shape[-2]:
+                level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
+            out.append(level)
+        return torch.cat(out, dim=1).float().cpu()
