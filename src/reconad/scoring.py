@@ -1,0 +1,124 @@
+"""From patch scores to anomaly maps, image scores and a decision threshold (the predict hot path).
+
+Everything works on batched CPU (or GPU) tensors; no per-image Python work and no scipy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reconad.errors import ReconadError
+
+REDUCTIONS = ("max", "mean", "topk_mean")
+TOPK_FRACTION = 0.01  # "topk_mean": the mean of the top 1 % pixels of each map
+
+
+def gaussian_kernel1d(sigma: float, radius: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` on ``[-radius, radius]``."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def blur_matrix(n: int, sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``[n, n]`` matrix ``B`` with ``B @ v`` = ``v`` convolved with the Gaussian (radius ``round(4σ)``)
+    under reflect padding (``d c b | a b c d | c b a``, edge not repeated), as one 1-D pass of the blur.
+
+    Taps that fall outside are folded back by reflection (repeatedly, if the radius exceeds the side), so
+    every row sums to one and constant signals stay constant.
+    """
+    radius = int(4.0 * sigma + 0.5)
+    k = gaussian_kernel1d(sigma, radius, torch.float64)
+    idx = torch.arange(n).view(-1, 1) + torch.arange(-radius, radius + 1).view(1, -1)
+    if n == 1:
+        idx = torch.zeros_like(idx)
+    else:
+        period = 2 * (n - 1)
+        idx = idx.remainder(period)
+        idx = torch.where(idx > n - 1, period - idx, idx)
+    b = torch.zeros(n, n, dtype=torch.float64)
+    b.scatter_add_(1, idx, k.expand(n, -1).contiguous())
+    return b.to(dtype)
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[N, H, W]`` maps (radius 4σ, reflect padding); ``sigma <= 0``: unchanged.
+
+    Each 1-D pass is applied as a product with a banded matrix (:func:`blur_matrix`), ``B_H @ X @ B_W^T``:
+    the same result as two padded 1-D convolutions, but BLAS makes it ~7x faster than ``conv1d`` on CPU
+    at 256 px (and still ~2x at 1024 px).
+    """
+    if sigma <= 0:
+        return maps
+    _, h, w = maps.shape
+    bh = blur_matrix(h, sigma, maps.dtype).to(maps.device)
+    bw = blur_matrix(w, sigma, maps.dtype).to(maps.device)
+    return torch.matmul(torch.matmul(bh, maps), bw.T)
+
+
+def anomaly_maps(patch_scores: Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> Tensor:
+    """Per-pixel anomaly maps ``[N, H, W]`` from patch scores ``[N, h, w]``.
+
+    Bilinear upsampling (``align_corners=False``) to ``size`` (an int means a square), then a Gaussian
+    blur of standard deviation ``sigma`` pixels (radius 4σ, reflect padding); ``sigma=0`` skips the blur.
+    """
+    if patch_scores.ndim != 3:
+        raise ReconadError(f"patch scores must be [N, h, w], got shape {tuple(patch_scores.shape)}")
+    if sigma < 0 or not math.isfinite(sigma):
+        raise ReconadError(f"sigma must be a finite number >= 0, got {sigma}")
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ReconadError(f"map size must be a positive int or (H, W), got {size!r}")
+    x = patch_scores if patch_scores.is_floating_point() else patch_scores.float()
+    with torch.no_grad():
+        if tuple(x.shape[1:]) != hw:
+            x = F.interpolate(x.unsqueeze(1), size=hw, mode="bilinear", align_corners=False).squeeze(1)
+        return gaussian_blur(x, sigma)
+
+
+def image_scores(maps: Tensor, reduce: str = "max") -> Tensor:
+    """One anomaly score per map ``[N, H, W] -> [N]``.
+
+    ``reduce``: ``"max"`` (default), ``"mean"``, or ``"topk_mean"`` (mean of the top 1 % pixels, at
+    least one pixel).
+    """
+    if maps.ndim != 3:
+        raise ReconadError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
+    flat = maps.reshape(maps.shape[0], -1)
+    if flat.shape[1] == 0:
+        raise ReconadError("maps are empty (zero pixels)")
+    if reduce == "max":
+        return flat.amax(dim=1)
+    if reduce == "mean":
+        return flat.mean(dim=1)
+    if reduce == "topk_mean":
+        k = max(1, math.ceil(TOPK_FRACTION * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ReconadError(f"unknown image score reduction {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
+
+
+def calibrate_threshold(good_scores: np.ndarray | Tensor, quantile: float = 1.0) -> float:
+    """The image-score threshold above which an image is called anomalous.
+
+    ``good_scores`` are image scores of good images held back from the training bank (never seen by
+    ``fit``). Scores of these methods have no natural scale (a feature distance, a reconstruction error),
+    and only good images are available at fit time, so the threshold is set from the distribution of
+    scores normal images get: by default their maximum (``quantile=1``), i.e. no false alarm on the
+    held-back good images; ``quantile < 1`` (e.g. 0.99) trades a few expected false alarms for higher
+    sensitivity and is less driven by one unusual good image.
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ReconadError(f"quantile must be in [0, 1], got {quantile}")
+    if isinstance(good_scores, Tensor):
+        good_scores = good_scores.detach().cpu().numpy()
+    s = np.asarray(good_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ReconadError("cannot calibrate a threshold: no held-back good image scores")
+    if np.isnan(s).any():
+        raise ReconadError("cannot calibrate a threshold: good image scores contain NaN")
+    return float(np.quantile(s, quantile))
