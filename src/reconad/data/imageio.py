@@ -1,0 +1,216 @@
+"""Safe image and mask decoding: every failure becomes a one-line :class:`ReconadError` naming the file.
+
+Images come back as ``H×W×3`` uint8 RGB whatever their mode (alpha dropped, palettes expanded, 16-bit data
+scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`` bool.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from reconad.data.sample import Sample
+from reconad.errors import ReconadError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
+_SIXTEEN_BIT = {
+    "I;16",
+    "I;16L",
+    "I;16B",
+    "I;16N",
+    "I",
+}  # mode I: 32-bit ints that hold 16-bit data in practice
+
+
+def show_path(path: os.PathLike | str) -> str:
+    """``path`` as printable text, also when its name is not valid UTF-8 (undecodable bytes as ``\\x..``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
+    where = f"cannot read {what} {show_path(path)}"
+    try:
+        if not path.exists():
+            raise ReconadError(f"{where}: file not found")
+        if path.is_dir():
+            raise ReconadError(f"{where}: it is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ReconadError(f"{where}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd-but-readable files
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ReconadError(
+                        f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
+                        f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
+                    )
+                img.load()  # force the full decode now: truncated files fail here
+                out = img.copy()
+    except ReconadError:
+        raise
+    except PermissionError:
+        raise ReconadError(f"{where}: permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ReconadError(f"{where}: too many pixels, possible decompression bomb ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise ReconadError(f"{where}: not a recognised image format (corrupt or not an image)") from None
+    except Exception as e:  # noqa: BLE001  decoders of untrusted bytes raise anything; report it in one line
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ReconadError(f"{where}: corrupt or truncated image ({reason})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return ImageOps.exif_transpose(out)
+    except Exception:  # noqa: BLE001  malformed EXIF must not lose a decodable image: keep it unrotated
+        return out
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode → H×W×3 uint8; 16-bit data scaled by 65535 (its dtype range), never by its max."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        a = np.asarray(img).astype(np.float64)
+        gray = np.round(np.clip(a, 0, 65535) * (255 / 65535)).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        gray = np.round(np.clip(np.nan_to_num(a), 0.0, 1.0) * 255).astype(np.uint8)  # floats: [0, 1] range
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return np.ascontiguousarray(np.asarray(img)[:, :, :3])  # drop alpha, do not composite
+    if mode in ("LA", "La", "PA"):
+        img = img.getchannel(0) if mode != "PA" else img.convert("RGBA")
+    elif mode == "P":
+        img = img.convert("RGBA")  # expand the palette; transparency then lives in alpha, which we drop
+    if img.mode == "RGBA":
+        return np.ascontiguousarray(np.asarray(img)[:, :, :3])
+    if img.mode == "1":
+        img = img.convert("L")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode ``path`` to an H×W×3 uint8 RGB array; a :class:`ReconadError` naming the file otherwise."""
+    path = Path(path)
+    img = _open(path, "image")
+    try:
+        return _to_rgb(img)
+    except Exception as e:  # noqa: BLE001
+        raise ReconadError(
+            f"cannot read image {show_path(path)}: unsupported mode {img.mode} ({e})"
+        ) from None
+
+
+def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
+    """A 2-D array of mask values and the full range of the mask's mode."""
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img, dtype=np.uint8), 1.0
+    if mode in _SIXTEEN_BIT:
+        return np.asarray(img).astype(np.float64), 65535.0
+    if mode == "F":
+        return np.asarray(img).astype(np.float64), 1.0
+    if mode in ("L", "LA", "La"):
+        return np.asarray(img.getchannel(0)), 255.0
+    return np.asarray(_to_rgb(img)).max(axis=2), 255.0  # colour masks: the brightest channel
+
+
+def read_mask(path: Path, image_hw: tuple[int, int], image_path: Path | None = None) -> np.ndarray:
+    """Decode a ground-truth mask to H×W bool, checking it matches its image's ``(H, W)``.
+
+    Foreground = value > half the mode's full range (0/255, antialiased and 16-bit masks alike); a mask whose
+    values are all in {0, 1} is a 0/1-coded mask and 1 is foreground.
+    """
+    path = Path(path)
+    values, full = _mask_values(_open(path, "mask"))
+    if values.shape != tuple(image_hw):
+        of = f" of image {show_path(image_path)}" if image_path is not None else ""
+        raise ReconadError(
+            f"mask {show_path(path)} is {values.shape[1]}×{values.shape[0]} (W×H) but the image{of} is "
+            f"{image_hw[1]}×{image_hw[0]}"
+        )
+    if full > 1 and values.max(initial=0) <= 1 and values.min(initial=0) >= 0:
+        return values >= 1  # a 0/1-coded mask stored in a wider mode
+    return values > full / 2
+
+
+def load_resized(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sample's image resized to ``size×size`` (bilinear, uint8 H×W×3) and its mask (nearest, bool), or
+    None for good samples and for anomalous samples without a mask."""
+    if not isinstance(size, int) or size < 1:
+        raise ReconadError(f"image size must be a positive integer, got {size!r}")
+    image = read_image(sample.path)
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    if sample.label == 0 or sample.mask_path is None:
+        return resized, None
+    mask = read_mask(sample.mask_path, image.shape[:2], image_path=sample.path)
+    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    return resized, np.asarray(small) > 127
+
+
+def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files under ``folder`` (sorted; hidden entries skipped; symlinked folders followed once, so
+    loops end); possibly empty. A missing or unreadable folder is a :class:`ReconadError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "not found"
+        raise ReconadError(f"image folder {show_path(folder)} {why}")
+    wanted = {s.lower() for s in suffixes}
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir():
+                            if recursive:
+                                stack.append(Path(entry.path))
+                        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in wanted:
+                            found.append(Path(entry.path))
+                    except OSError:
+                        continue  # a dangling or looping link: not an image
+        except PermissionError:
+            raise ReconadError(f"cannot list image folder {show_path(current)}: permission denied") from None
+        except OSError as e:
+            raise ReconadError(f"cannot list image folder {show_path(current)}: {e.strerror or e}") from None
+    return sorted(found, key=lambda p: os.fsencode(p))
+
+
+def list_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Like :func:`scan_images`, but a folder without any image is a :class:`ReconadError` naming it."""
+    suffixes = tuple(suffixes)
+    found = scan_images(folder, recursive=recursive, suffixes=suffixes)
+    if not found:
+        raise ReconadError(f"no images ({' '.join(sorted(suffixes))}) in folder {show_path(folder)}")
+    return found
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The non-hidden sub-folders of ``folder``, sorted by name (empty when ``folder`` is not a folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    try:
+        return sorted(
+            (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+        )
+    except OSError as e:
+        raise ReconadError(f"cannot list folder {show_path(folder)}: {e.strerror or e}") from None
