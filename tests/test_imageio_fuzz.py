@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -23,11 +23,15 @@ def _encoded(fmt: str) -> bytes:
 
 
 VALID = [_encoded(f) for f in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")]
-_DIR = Path(tempfile.mkdtemp(prefix="reconad-fuzz-"))
 
 
-def _check(data: bytes, name: str) -> None:
-    path = _DIR / name
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _check(folder: Path, data: bytes, name: str) -> None:
+    path = folder / name
     path.write_bytes(data)
     try:
         out = read_image(path)
@@ -39,8 +43,8 @@ def _check(data: bytes, name: str) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=600), st.sampled_from(["x.png", "x.jpg", "x.tif", "x.bmp", "x.webp"]))
-def test_random_bytes(data, name):
-    _check(data, name)
+def test_random_bytes(fuzz_dir, data, name):
+    _check(fuzz_dir, data, name)
 
 
 @settings(max_examples=300, deadline=None)
@@ -49,8 +53,8 @@ def test_random_bytes(data, name):
     st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
     st.integers(0, 10_000),
 )
-def test_corrupted_valid_files(which, flips, cut):
+def test_corrupted_valid_files(fuzz_dir, which, flips, cut):
     data = bytearray(VALID[which])
     for pos, value in flips:
         data[pos % len(data)] = value
-    _check(bytes(data[: max(1, len(data) - cut % len(data))]), "y.img")
+    _check(fuzz_dir, bytes(data[: max(1, len(data) - cut % len(data))]), "y.img")
