@@ -17,21 +17,25 @@ import torch
 from torch import Tensor
 
 
-def _blocks(x: Tensor, points_per_block: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Assign points to k-means blocks; returns (block id per point, number of blocks as a tensor)."""
+def _blocks(x: Tensor, points_per_block: int, seed: int) -> Tensor:
+    """The k-means block (about ``points_per_block`` points each) of every point."""
     n, d = x.shape
     k = max(1, n // points_per_block)
     if k == 1:
-        return torch.zeros(n, dtype=torch.long), torch.tensor(1)
+        return torch.zeros(n, dtype=torch.long)
     data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     kmeans = faiss.Kmeans(d, k, niter=4, seed=seed, max_points_per_centroid=32, verbose=False)
     kmeans.train(data)
     _, assign = kmeans.index.search(data, 1)
-    return torch.from_numpy(assign[:, 0].astype(np.int64)), torch.tensor(k)
+    return torch.from_numpy(assign[:, 0].astype(np.int64))
 
 
 def greedy_coreset(
-    features: Tensor, n_select: int, projection_dim: int | None = 128, seed: int = 0, points_per_block: int = 256
+    features: Tensor,
+    n_select: int,
+    projection_dim: int | None = 128,
+    seed: int = 0,
+    points_per_block: int = 256,
 ) -> Tensor:
     """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling.
 
@@ -45,32 +49,33 @@ def greedy_coreset(
     if projection_dim is not None and projection_dim < x.shape[1]:
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
         x = x @ proj
-    block, _ = _blocks(x, points_per_block, seed)
+    block = _blocks(x, points_per_block, seed)
     order = torch.argsort(block, stable=True)  # points of one block are contiguous
-    x, block = x[order].contiguous(), block[order]
+    xs = np.ascontiguousarray(x[order].numpy(), dtype=np.float32)
+    block = block[order].numpy()
     n_blocks = int(block.max()) + 1
-    counts = torch.bincount(block, minlength=n_blocks)
-    starts = torch.cumsum(counts, 0) - counts
-    centroids = torch.zeros(n_blocks, x.shape[1]).index_add_(0, block, x) / counts.clamp(min=1)[:, None]
-    radius = torch.zeros(n_blocks).scatter_reduce_(
-        0, block, (x - centroids[block]).norm(dim=1), reduce="amax", include_self=True
-    )
-    sq_norm = (x * x).sum(1)
-    min_dist = torch.full((n,), float("inf"))  # squared distance of each point to the coreset
-    block_max = torch.full((n_blocks,), float("inf"))  # max of min_dist in each block
-    chosen = torch.empty(n_select, dtype=torch.long)
+    counts = np.bincount(block, minlength=n_blocks)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    centroids = np.zeros((n_blocks, xs.shape[1]), np.float32)
+    np.add.at(centroids, block, xs)
+    centroids /= np.maximum(counts, 1)[:, None]
+    radius = np.zeros(n_blocks, np.float32)
+    np.maximum.at(radius, block, np.linalg.norm(xs - centroids[block], axis=1))
+    sq_norm = np.einsum("ij,ij->i", xs, xs)
+    min_dist = np.full(n, np.inf, np.float32)  # squared distance of each point to the coreset
+    block_max = np.full(n_blocks, np.inf, np.float32)  # max of min_dist within each block
+    chosen = np.empty(n_select, dtype=np.int64)
     current = int(torch.randint(n, (1,), generator=gen))
     for step in range(n_select):
         chosen[step] = current
-        centre = x[current]
-        gap = (centroids - centre).norm(dim=1) - radius  # lower bound on any block point's distance to centre
-        active = (gap <= 0) | (gap * gap < block_max)
-        rows = active[block].nonzero().squeeze(1)
-        dist = (sq_norm[rows] - 2 * (x[rows] @ centre) + centre.dot(centre)).clamp_(min=0)
-        min_dist[rows] = torch.minimum(min_dist[rows], dist)
-        block_max[active] = 0
-        block_max.scatter_reduce_(0, block[rows], min_dist[rows], reduce="amax", include_self=True)
-        best_block = int(block_max.argmax())
-        start = int(starts[best_block])
-        current = start + int(min_dist[start : start + int(counts[best_block])].argmax())
-    return order[chosen]
+        centre = xs[current]
+        gap = np.linalg.norm(centroids - centre, axis=1) - radius  # lower bound on distances to the centre
+        for b in np.flatnonzero((gap <= 0) | (gap * gap < block_max)):
+            lo, hi = starts[b], ends[b]
+            dist = sq_norm[lo:hi] - 2 * (xs[lo:hi] @ centre) + sq_norm[current]
+            seg = np.minimum(min_dist[lo:hi], dist, out=min_dist[lo:hi])
+            block_max[b] = seg.max()
+        best = int(block_max.argmax())
+        current = int(starts[best] + min_dist[starts[best] : ends[best]].argmax())
+    return order[torch.from_numpy(chosen)]

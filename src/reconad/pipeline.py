@@ -1,0 +1,350 @@
+"""The one path every command takes: samples → features → model → maps → scores → metrics.
+
+``fit`` learns from good images (holding a seeded few back to calibrate the decision threshold),
+``evaluate`` scores a labelled test split, ``score_images`` scores arbitrary images. The CLI and the bench
+are thin layers over these functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from reconad import __version__
+from reconad.data import CategoryData, Sample, load_resized
+from reconad.data.imageio import read_image
+from reconad.errors import ReconadError
+from reconad.features.cache import FeatureCache, file_digest
+from reconad.features.extractor import FeatureExtractor
+from reconad.metrics import evaluate as compute_metrics
+from reconad.metrics import mean_metrics
+from reconad.models.base import Model, create_model
+from reconad.runs import UNIFIED, Run
+from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
+
+#: Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from it).
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(description: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class Extracted:
+    """Features of a list of samples, their resized masks (test splits) and the seconds it took."""
+
+    features: Tensor  # [N, C, h, w]
+    masks: np.ndarray | None  # [N, S, S] bool, all-False for images without a mask
+    seconds: float
+
+
+def _batches(samples: Sequence[Sample], size: int, batch_size: int) -> Iterator[list[tuple]]:
+    """Decoded, resized (image, mask) pairs in batches; decoding runs ahead in a background thread."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = [pool.submit(lambda s=s: load_resized(s, size)) for s in samples[:batch_size]]
+        for start in range(0, len(samples), batch_size):
+            ahead = samples[start + batch_size : start + 2 * batch_size]
+            nxt = [pool.submit(lambda s=s: load_resized(s, size)) for s in ahead]
+            yield [f.result() for f in pending]
+            pending = nxt
+
+
+def extract(
+    samples: Sequence[Sample],
+    extractor: FeatureExtractor,
+    *,
+    cache: FeatureCache | None = None,
+    with_masks: bool = False,
+    batch_size: int = 16,
+    progress: Progress = _quiet,
+    description: str = "features",
+) -> Extracted:
+    """Patch features of ``samples`` (from the cache where it has them), and their masks if asked."""
+    start = time.perf_counter()
+    n, size = len(samples), extractor.image_size
+    if n == 0:
+        raise ReconadError("no images to extract features from")
+    digests = [file_digest(s.path) for s in samples] if cache else [None] * n
+    features: list[Tensor | None] = [cache.get(d) if cache else None for d in digests]
+    masks = np.zeros((n, size, size), dtype=bool) if with_masks else None
+    todo = [i for i in range(n) if features[i] is None or (with_masks and samples[i].mask_path is not None)]
+    done = n - len(todo)
+    progress(description, done, n)
+    for batch_idx, batch in zip(
+        _chunks(todo, batch_size), _batches([samples[i] for i in todo], size, batch_size)
+    ):
+        need = [j for j, i in enumerate(batch_idx) if features[i] is None]
+        if need:
+            images = torch.from_numpy(np.stack([batch[j][0] for j in need]))
+            out = extractor(images)
+            for j, f in zip(need, out):
+                features[batch_idx[j]] = f.clone()
+                if cache:
+                    cache.put(digests[batch_idx[j]], features[batch_idx[j]])
+        if masks is not None:
+            for j, i in enumerate(batch_idx):
+                if batch[j][1] is not None:
+                    masks[i] = batch[j][1]
+        done += len(batch_idx)
+        progress(description, done, n)
+    return Extracted(torch.stack(features), masks, time.perf_counter() - start)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded ``fraction`` of good training images held back from the model to calibrate the threshold."""
+    if len(train) < 2:
+        raise ReconadError(
+            f"category {train[0].category if train else '?'}: need at least 2 good training images"
+        )
+    n_hold = min(len(train) - 1, max(1, round(fraction * len(train)))) if fraction > 0 else 0
+    order = np.random.default_rng(seed).permutation(len(train))
+    held = set(order[:n_hold].tolist())
+    return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
+
+
+def score_features(
+    model: Model,
+    features: Tensor,
+    image_size: int,
+    scoring: dict[str, Any],
+    categories: list[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(anomaly maps ``[N, S, S]``, image scores ``[N]``) of feature tensors, in batches."""
+    maps = []
+    for start in range(0, len(features), 32):
+        chunk = features[start : start + 32]
+        cats = categories[start : start + 32] if categories else None
+        patch = model.predict(chunk, cats) if cats else model.predict(chunk)
+        maps.append(anomaly_maps(patch.float(), image_size, scoring["sigma"]))
+    all_maps = torch.cat(maps)
+    return all_maps, image_scores(all_maps, scoring["reduce"])
+
+
+def fit(
+    model_name: str,
+    data: list[CategoryData],
+    extractor: FeatureExtractor,
+    *,
+    params: dict[str, Any] | None = None,
+    cache: FeatureCache | None = None,
+    holdout: float = 0.1,
+    seed: int = 0,
+    scoring: dict[str, Any] | None = None,
+    progress: Progress = _quiet,
+    fit_kwargs: dict[str, Any] | None = None,
+) -> Run:
+    """Fit ``model_name`` on the good images of every category (one model each, or one unified model)."""
+    torch.manual_seed(seed)
+    scoring = {"sigma": 4.0, "reduce": "max", **(scoring or {})}
+    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
+    start = time.perf_counter()
+    splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
+    feats = {
+        c.name: (
+            extract(
+                splits[c.name][0],
+                extractor,
+                cache=cache,
+                progress=progress,
+                description=f"{c.name}: features",
+            ),
+            extract(
+                splits[c.name][1],
+                extractor,
+                cache=cache,
+                progress=progress,
+                description=f"{c.name}: held back",
+            ),
+        )
+        for c in data
+    }
+    feature_seconds = time.perf_counter() - start
+    model_start = time.perf_counter()
+    models: dict[str, Model] = {}
+    probe = create_model(model_name, **{**context, **(params or {})})
+    if probe.unified:
+        names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
+        bank = torch.cat([feats[c.name][0].features for c in data])
+        models[UNIFIED] = probe.fit(bank, names, **(fit_kwargs or {}))
+    else:
+        for i, c in enumerate(data):
+            progress("fitting", i, len(data))
+            model = probe if i == 0 else create_model(model_name, **{**context, **(params or {})})
+            models[c.name] = model.fit(feats[c.name][0].features)
+        progress("fitting", len(data), len(data))
+    model_seconds = time.perf_counter() - model_start
+    categories = {}
+    for c in data:
+        model = models.get(UNIFIED) or models[c.name]
+        held = feats[c.name][1].features
+        maps, scores = score_features(model, held, extractor.image_size, scoring, [c.name] * len(held))
+        categories[c.name] = {
+            "source": c.source,
+            "n_train": len(splits[c.name][0]),
+            "n_holdout": len(held),
+            "threshold": calibrate_threshold(scores),
+            "normal_level": float(maps.mean()),
+        }
+    config = {
+        "model": model_name,
+        "params": next(iter(models.values())).get_config(),
+        "features": extractor.config(),
+        "scoring": scoring,
+        "categories": categories,
+        "seed": seed,
+        "holdout": holdout,
+        "fit_seconds": time.perf_counter() - start,
+        "feature_seconds": feature_seconds,
+        "model_fit_seconds": model_seconds,
+        "reconad_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Run(config, models)
+
+
+@dataclass
+class CategoryResult:
+    """Everything a category's test produced: for the metrics, the JSON and the report."""
+
+    metrics: dict[str, Any]
+    samples: list[Sample]
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    maps: np.ndarray
+    threshold: float
+    seconds: float
+
+
+def evaluate(
+    run: Run,
+    data: list[CategoryData],
+    extractor: FeatureExtractor,
+    *,
+    cache: FeatureCache | None = None,
+    progress: Progress = _quiet,
+) -> dict[str, CategoryResult]:
+    """Score each category's test split with the run's model(s) and compute the five metrics."""
+    results = {}
+    for c in data:
+        if c.name not in run.categories:
+            raise ReconadError(
+                f"the run has no model for category {c.name!r} (it has {', '.join(run.categories)})"
+            )
+        if not c.test:
+            raise ReconadError(f"category {c.name}: no test images")
+        start = time.perf_counter()
+        ext = extract(
+            c.test, extractor, cache=cache, with_masks=True, progress=progress, description=f"{c.name}: test"
+        )
+        maps, scores = score_features(
+            run.model_for(c.name),
+            ext.features,
+            extractor.image_size,
+            run.config["scoring"],
+            [c.name] * len(c.test),
+        )
+        seconds = time.perf_counter() - start
+        labels = np.array([s.label for s in c.test])
+        maps_np, scores_np = maps.numpy(), scores.numpy()
+        metrics = compute_metrics(labels, scores_np, ext.masks, maps_np)
+        results[c.name] = CategoryResult(
+            metrics,
+            list(c.test),
+            labels,
+            scores_np,
+            ext.masks,
+            maps_np,
+            run.categories[c.name]["threshold"],
+            seconds,
+        )
+    return results
+
+
+def results_json(run: Run, results: dict[str, CategoryResult]) -> dict[str, Any]:
+    """The ``reconad test --json`` document."""
+    per_category = {name: r.metrics for name, r in results.items()}
+    n_images = sum(r.metrics["n_test"] for r in results.values())
+    seconds = sum(r.seconds for r in results.values())
+    return {
+        "model": run.config["model"],
+        "backbone": run.config["features"]["backbone"],
+        "image_size": run.config["features"]["image_size"],
+        "categories": per_category,
+        "mean": mean_metrics(per_category),
+        "fit_seconds": run.config["fit_seconds"],
+        "predict_images_per_second": n_images / seconds if seconds > 0 else None,
+        "model_bytes": run.config.get("model_bytes"),
+    }
+
+
+@dataclass
+class Scored:
+    """One image scored by :func:`score_images`."""
+
+    path: str
+    image: np.ndarray  # the original image, H×W×3 uint8
+    map: np.ndarray  # anomaly map at the original size
+    score: float
+    is_anomalous: bool
+
+
+def score_images(
+    run: Run,
+    extractor: FeatureExtractor,
+    paths: Sequence,
+    category: str,
+    *,
+    batch_size: int = 16,
+    on_error: Callable[[str, str], None] | None = None,
+    progress: Progress = _quiet,
+) -> Iterator[Scored]:
+    """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
+    model, size = run.model_for(category), extractor.image_size
+    threshold = run.categories[category]["threshold"]
+
+    def load(path: Any) -> tuple[np.ndarray, np.ndarray] | str:
+        try:
+            image = read_image(path)
+        except ReconadError as err:
+            return str(err)
+        return image, np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            loaded = list(pool.map(load, chunk))
+            good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
+            for p, x in zip(chunk, loaded):
+                if isinstance(x, str) and on_error:
+                    on_error(str(p), x)
+            if good:
+                feats = extractor(torch.from_numpy(np.stack([x[1] for _, x in good])))
+                maps, scores = score_features(
+                    model, feats, size, run.config["scoring"], [category] * len(good)
+                )
+                for (p, (image, _)), m, s in zip(good, maps, scores):
+                    full = (
+                        anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
+                        if image.shape[:2] != (size, size)
+                        else m.numpy()
+                    )
+                    yield Scored(str(p), image, full, float(s), bool(s > threshold))
+            done += len(chunk)
+            progress("predict", done, len(paths))

@@ -1,0 +1,120 @@
+"""A run folder: ``run.json`` (config, thresholds, schema version) + safetensors weights. Never pickle.
+
+Written to a temporary folder beside the target and renamed into place, so an interrupted save leaves
+either the previous complete run or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from reconad.errors import ReconadError
+from reconad.models.base import Model, model_class
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+UNIFIED = "unified"  # the key of the single model of a unified run
+
+
+@dataclass
+class Run:
+    """A fitted run: its config (JSON-able) and one model per category, or one under :data:`UNIFIED`."""
+
+    config: dict[str, Any]
+    models: dict[str, Model] = field(default_factory=dict)
+
+    @property
+    def categories(self) -> dict[str, dict[str, Any]]:
+        return self.config["categories"]
+
+    def model_for(self, category: str) -> Model:
+        return self.models.get(UNIFIED) or self.models[category]
+
+
+def weights_file(key: str) -> str:
+    """File name of a model's weights inside the run folder (category names made path-safe)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    return f"weights/{safe}.safetensors"
+
+
+def save_run(run: Run, path: Path) -> int:
+    """Write ``run`` to ``path`` atomically; returns the bytes of the saved weights."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        (tmp / "weights").mkdir()
+        files = {}
+        for key, model in run.models.items():
+            files[key] = weights_file(key)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / files[key]))
+        model_bytes = sum((tmp / f).stat().st_size for f in files.values())
+        config = {
+            **run.config,
+            "schema_version": SCHEMA_VERSION,
+            "weights": files,
+            "model_bytes": model_bytes,
+        }
+        (tmp / RUN_FILE).write_text(json.dumps(config, indent=2))
+        run.config = config
+        old = None
+        if path.exists():
+            if not (path / RUN_FILE).is_file():
+                raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return model_bytes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``run.json`` of a run folder, with its schema version checked."""
+    file = Path(path) / RUN_FILE
+    if not file.is_file():
+        raise ReconadError(f"{path} is not a reconad run (no {RUN_FILE})")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReconadError(f"{file} is not valid JSON: {err}") from err
+    version = config.get("schema_version") if isinstance(config, dict) else None
+    if not isinstance(version, int):
+        raise ReconadError(f"{file} has no schema_version: not a reconad run")
+    if version > SCHEMA_VERSION:
+        raise ReconadError(
+            f"{path} was written by a newer reconad (run schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade reconad"
+        )
+    return config
+
+
+def load_run(path: Path) -> Run:
+    """Load a run folder: JSON config + safetensors weights only (nothing is ever unpickled)."""
+    path = Path(path)
+    config = read_config(path)
+    cls = model_class(config["model"])
+    models = {}
+    for key, rel in config["weights"].items():
+        file = (path / rel).resolve()
+        if path.resolve() not in file.parents:
+            raise ReconadError(f"{path / RUN_FILE}: weights path {rel!r} points outside the run")
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ReconadError(f"cannot load weights {file}: not a valid safetensors file ({err})") from err
+        models[key] = cls.from_state(config["params"], state)
+    return Run(config, models)
