@@ -1,0 +1,526 @@
+"""The ``reconad`` command line: parse, call the pipeline, print. Errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from reconad import pipeline
+from reconad.data import load_sources
+from reconad.data.imageio import scan_images, show_path
+from reconad.errors import ReconadError
+from reconad.features.cache import FeatureCache
+from reconad.features.extractor import FeatureExtractor
+from reconad.metrics import METRIC_KEYS
+from reconad.models.base import model_class
+from reconad.runs import Run, load_run, save_run
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+out = Console()
+STATE = {"debug": False, "quiet": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+DataOpt = Annotated[
+    list[str],
+    typer.Option("--data", "-d", help="FORMAT:PATH (mvtec, mvtec3d, mtd, visa, folder); repeatable"),
+]
+CategoryOpt = Annotated[
+    list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
+]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option(help="show full tracebacks")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """reconad: unsupervised visual anomaly detection and localization (SGFR, RLR, PatchCore, UniAD-style)."""
+    STATE["debug"], STATE["quiet"] = debug, quiet
+
+
+def clean_errors(fn: F) -> F:
+    """Turn a :class:`ReconadError` into one red line and exit code 2 (a traceback only with ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReconadError as error:
+            if STATE["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {error}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:  # a bug: say so in one line unless debugging
+            if STATE["debug"]:
+                raise
+            err.print(
+                f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bars() -> Iterator[pipeline.Progress]:
+    """A rich progress display fed by the pipeline's ``progress(description, done, total)`` callback."""
+    if STATE["quiet"]:
+        yield lambda description, done, total: None
+        return
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(description: str, done: int, total: int, info: str = "") -> None:
+        if description not in tasks:
+            tasks[description] = bars.add_task(description, total=total, info=info)
+        bars.update(tasks[description], completed=done, total=total, info=info)
+
+    with bars:
+        yield update
+
+
+def parse_params(values: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans, lists)."""
+    params: dict[str, Any] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise ReconadError(f"--param {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw
+    return params
+
+
+def make_extractor(config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:
+    return FeatureExtractor(
+        backbone=config["backbone"],
+        layers=tuple(config["layers"]),
+        image_size=config["image_size"],
+        smooth=config["smooth"],
+        weights=config.get("weights"),
+        device=device,
+    )
+
+
+def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtractor) -> FeatureCache | None:
+    return None if no_cache else FeatureCache(extractor.key(), cache_dir)
+
+
+def metrics_table(doc: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("category")
+    for key in METRIC_KEYS:
+        table.add_column(key.replace("_", " "), justify="right")
+    table.add_column("n", justify="right")
+
+    def cell(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}"
+
+    for name, m in doc["categories"].items():
+        table.add_row(name, *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
+    if len(doc["categories"]) > 1:
+        table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
+    return table
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where unified models keep per-epoch checkpoints until the run is saved."""
+    return run_dir.with_name(f".{run_dir.name}.checkpoints")
+
+
+def do_fit(
+    model: str,
+    data: list[str],
+    categories: list[str] | None,
+    out_dir: Path,
+    *,
+    backbone: str,
+    weights: Path | None,
+    image_size: int,
+    layers: str,
+    params: dict[str, Any],
+    seed: int,
+    holdout: float,
+    cache_dir: Path | None,
+    no_cache: bool,
+    resume: bool,
+    device: str,
+) -> Run:
+    cls = model_class(model)  # unknown model: error before any work
+    if out_dir.exists() and not (out_dir / "run.json").is_file():
+        raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
+    sources = load_sources(data, categories, seed=seed)
+    try:
+        level_ids = tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
+    extractor = FeatureExtractor(backbone, level_ids, image_size, weights=weights, device=device)
+    fit_kwargs: dict[str, Any] = {}
+    ckpt = checkpoint_dir(out_dir)
+    if cls.unified:
+        fit_kwargs = {"checkpoint_dir": ckpt, "resume": resume}
+    with progress_bars() as progress:
+        if cls.unified:
+            fit_kwargs["progress"] = lambda epoch, total, loss: progress(
+                "training", epoch, total, f"loss {loss:.4f}"
+            )
+        run = pipeline.fit(
+            model,
+            sources,
+            extractor,
+            params=params,
+            cache=make_cache(no_cache, cache_dir, extractor),
+            holdout=holdout,
+            seed=seed,
+            progress=progress,
+            fit_kwargs=fit_kwargs,
+        )
+    save_run(run, out_dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return run
+
+
+@app.command()
+@clean_errors
+def fit(
+    model: Annotated[str, typer.Argument(help="patchcore, sgfr, rlr, uniad")],
+    data: DataOpt,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")],
+    category: CategoryOpt = None,
+    backbone: Annotated[str, typer.Option(help="timm model name")] = "tf_efficientnet_lite0",
+    weights: Annotated[
+        Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")
+    ] = None,
+    image_size: Annotated[int, typer.Option(help="images are resized to this square size")] = 256,
+    layers: Annotated[str, typer.Option(help="backbone feature levels")] = "2,3",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="model hyper-parameter key=value")
+    ] = None,
+    seed: int = 0,
+    holdout: Annotated[
+        float, typer.Option(help="fraction of good images held back to set the threshold")
+    ] = 0.1,
+    cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
+    no_cache: Annotated[bool, typer.Option(help="do not read or write the feature cache")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="unified models: continue from the last finished epoch")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Fit a model on the good training images of every category found."""
+    run = do_fit(
+        model,
+        data,
+        category,
+        out_dir,
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        layers=layers,
+        params=parse_params(param),
+        seed=seed,
+        holdout=holdout,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+        resume=resume,
+        device=device,
+    )
+    out.print(
+        f"fitted [bold]{model}[/bold] on {', '.join(run.categories)} in {run.config['fit_seconds']:.1f} s "
+        f"→ {out_dir} ({run.config['model_bytes'] / 1e6:.2f} MB of weights)"
+    )
+
+
+def do_test(
+    run_dir: Path,
+    data: list[str] | None,
+    categories: list[str] | None,
+    *,
+    cache_dir: Path | None = None,
+    no_cache: bool = True,
+    device: str = "cpu",
+) -> tuple[Run, dict[str, pipeline.CategoryResult], dict[str, Any]]:
+    run = load_run(run_dir)
+    specs = data or sorted({c["source"] for c in run.categories.values()})
+    sources = load_sources(specs, categories or list(run.categories))
+    extractor = make_extractor(run.config["features"], device)
+    with progress_bars() as progress:
+        results = pipeline.evaluate(
+            run, sources, extractor, cache=make_cache(no_cache, cache_dir, extractor), progress=progress
+        )
+    return run, results, pipeline.results_json(run, results)
+
+
+@app.command()
+@clean_errors
+def test(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    data: Annotated[
+        list[str] | None, typer.Option("--data", "-d", help="override the run's data sources")
+    ] = None,
+    category: CategoryOpt = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
+    report: Annotated[Path | None, typer.Option(help="write an HTML report into this folder")] = None,
+    device: str = "cpu",
+) -> None:
+    """Score the test split of each category and print image/pixel AUROC, AUPRO, F1-max and AP."""
+    run, results, doc = do_test(run_dir, data, category, device=device)
+    out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
+    for name, m in doc["categories"].items():
+        for note in m.get("notes", []):
+            out.print(f"[yellow]note[/yellow] {name}: {note}")
+    out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
+    if json_file:
+        write_json(json_file, doc)
+        out.print(f"metrics → {json_file}")
+    if report:
+        from reconad.report.html import write_report
+
+        page = write_report(report, run.config, results, doc)
+        out.print(f"report → {page}")
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += scan_images(item)
+        elif item.exists() or item.is_symlink():
+            paths.append(item)
+        else:
+            raise ReconadError(f"no such file or folder: {show_path(item)}")
+    if not paths:
+        raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
+    return paths
+
+
+def overlay_name(path: Path, taken: set[str]) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
+    name, i = f"{stem}_overlay.png", 1
+    while name in taken:
+        name, i = f"{stem}_{i}_overlay.png", i + 1
+    taken.add(name)
+    return name
+
+
+@app.command()
+@clean_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for overlays and scores.csv")],
+    category: Annotated[
+        str | None, typer.Option(help="which category's model (needed if the run has several)")
+    ] = None,
+    device: str = "cpu",
+) -> None:
+    """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
+    from PIL import Image
+
+    from reconad.report.overlay import heatmap_overlay
+
+    run = load_run(run_dir)
+    if category is None:
+        if len(run.categories) > 1:
+            raise ReconadError(
+                f"the run has several categories ({', '.join(run.categories)}): pass --category"
+            )
+        category = next(iter(run.categories))
+    if category not in run.categories:
+        raise ReconadError(f"the run has no category {category!r} (it has {', '.join(run.categories)})")
+    paths = collect_images(inputs)
+    extractor = make_extractor(run.config["features"], device)
+    cat = run.categories[category]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    rows, taken = [], set()
+    start = time.perf_counter()
+    with progress_bars() as progress:
+        for scored in pipeline.score_images(
+            run, extractor, paths, category, on_error=lambda p, m: failures.append((p, m)), progress=progress
+        ):
+            overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
+            name = overlay_name(Path(scored.path), taken)
+            Image.fromarray(overlay).save(out_dir / name)
+            rows.append((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
+    seconds = time.perf_counter() - start
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", "is_anomalous", "overlay"])
+    writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".scores.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, out_dir / "scores.csv")
+    n_bad = sum(r[2] for r in rows)
+    out.print(
+        f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) in {seconds:.1f} s "
+        f"→ {out_dir / 'scores.csv'}"
+    )
+    for path, message in failures:
+        err.print(f"[red]skipped[/red] {message}", highlight=False)
+    if failures:
+        err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def demo(
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="run on real data instead")] = None,
+    category: CategoryOpt = None,
+    model: Annotated[str, typer.Option(help="which model to fit")] = "patchcore",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes")] = Path(
+        "reconad-demo"
+    ),
+) -> None:
+    """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data."""
+    from reconad.data.synthetic import make_parts
+
+    start = time.perf_counter()
+    if not data:
+        part = make_parts(out_dir / "data", n_train=60, n_test_good=12, n_test_bad=24, size=192, seed=0)
+        out.print(f"generated synthetic parts with drawn defects → {part.parent}")
+        data = [f"mvtec:{part.parent}"]
+    run_dir = out_dir / f"run-{model}"
+    do_fit(
+        model,
+        data,
+        category,
+        run_dir,
+        backbone="tf_efficientnet_lite0",
+        weights=None,
+        image_size=256,
+        layers="2,3",
+        params={},
+        seed=0,
+        holdout=0.1,
+        cache_dir=None,
+        no_cache=False,
+        resume=False,
+        device="cpu",
+    )
+    run, results, doc = do_test(run_dir, data, category)
+    write_json(out_dir / "metrics.json", doc)
+    out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
+    from PIL import Image
+
+    from reconad.report.overlay import heatmap_overlay, mask_outline
+
+    overlays = out_dir / "overlays"
+    overlays.mkdir(parents=True, exist_ok=True)
+    for name, r in results.items():
+        cat = run.categories[name]
+        for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
+            from reconad.data import load_resized
+
+            image, _ = load_resized(r.samples[i], r.maps.shape[-1])
+            picture = mask_outline(
+                heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
+            )
+            Image.fromarray(picture).save(
+                overlays / f"{name}_{r.samples[i].defect}_{r.samples[i].path.stem}.png"
+            )
+    out.print(f"overlays (ground truth outlined in red) → {overlays}")
+    out.print(
+        f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · metrics → {out_dir / 'metrics.json'}"
+    )
+
+
+@app.command()
+@clean_errors
+def bench(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="models to compare; repeatable")],
+    data: DataOpt,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="folder for results.json, results.md, report.html")
+    ],
+    category: CategoryOpt = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="MODEL.key=value; repeatable")
+    ] = None,
+    seed: int = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
+    device: str = "cpu",
+) -> None:
+    """Fit and test every model on every category on shared features; write a results table and report."""
+    from reconad.bench import run_bench
+
+    params: dict[str, dict[str, Any]] = {}
+    for key, value in parse_params(param).items():
+        name, _, field = key.partition(".")
+        if not field:
+            raise ReconadError(f"--param {key}: expected MODEL.key=value")
+        params.setdefault(name, {})[field] = value
+    with progress_bars() as progress:
+        md = run_bench(
+            model,
+            data,
+            category,
+            out_dir,
+            params=params,
+            seed=seed,
+            cache_dir=cache_dir,
+            device=device,
+            progress=progress,
+        )
+    out.print(md)
+    out.print(f"results → {out_dir}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app(prog_name="reconad")
+
+
+if __name__ == "__main__":
+    sys.exit(run())
