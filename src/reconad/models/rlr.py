@@ -1,0 +1,143 @@
+"""RLR: reconstruction from a learned unified reference (He et al., ECCV 2024), one model for all categories.
+
+Per feature level, a learnable *reference* (one token per grid position, random normal init, in feature space,
+embedded like the inputs) stands for "normal" and every layer reconstructs the tokens through it:
+
+* Local Cross Attention (LCA): query = tokens, key = value = reference, only inside a local window — the
+  output is a mix of reference tokens, so an anomaly cannot be copied through;
+* Masked Learnable Key Attention (MLKA): query = tokens, key = reference, value = tokens, with the same window
+  masked out — a position is rebuilt from *other* positions' features, never from its own neighbourhood.
+
+A layer is ``LayerNorm(2·LCA + MLKA)`` (no residual from the input tokens: the identity shortcut UniAD
+suffers from is closed) followed by a feed-forward block with residual and LayerNorm. ``use_lca`` /
+``use_mlka`` switch either branch off for the ablation. Training and scoring are
+:class:`ReconstructionModel`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from reconad.errors import ReconadError
+from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
+from reconad.models.base import register
+from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
+
+
+class _Projections(nn.Module):
+    """Query / key / value / output projections of one multi-head attention."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+
+
+class RLRLayer(nn.Module):
+    """``x ← LN(2·LCA(x, ref) + MLKA(x, ref))``, then ``x ← LN(x + FFN(x))``."""
+
+    def __init__(
+        self, width: int, heads: int, ff_mult: int, hw: tuple[int, int], window: int, lca: bool, mlka: bool
+    ) -> None:
+        super().__init__()
+        self.heads, self.hw, self.window = heads, hw, window
+        self.lca = _Projections(width) if lca else None
+        self.mlka = _Projections(width) if mlka else None
+        self.norm1 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(
+            nn.Linear(width, ff_mult * width), nn.ReLU(), nn.Linear(ff_mult * width, width)
+        )
+        self.norm2 = nn.LayerNorm(width)
+
+    def forward(self, x: Tensor, ref: Tensor) -> Tensor:
+        """``x``: ``[B, N, width]`` tokens; ``ref``: ``[N, width]`` embedded reference."""
+        h = self.heads
+        mixed = torch.zeros_like(x)
+        if self.lca is not None:
+            p = self.lca
+            att = local_attention(
+                split_heads(p.q(x), h),
+                split_heads(p.k(ref), h),
+                split_heads(p.v(ref), h),
+                self.hw,
+                self.window,
+            )
+            mixed = mixed + 2 * p.o(merge_heads(att))
+        if self.mlka is not None:
+            p = self.mlka
+            att = masked_attention(
+                split_heads(p.q(x), h), split_heads(p.k(ref), h), split_heads(p.v(x), h), self.hw, self.window
+            )
+            mixed = mixed + p.o(merge_heads(att))
+        x = self.norm1(mixed)
+        return self.norm2(x + self.ff(x))
+
+
+class RLRLevel(TokenReconstructor):
+    """One level: embedded tokens → RLR layers against the embedded learnable reference."""
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        hw: tuple[int, int],
+        window: int,
+        layers: int,
+        heads: int,
+        ff_mult: int,
+        lca: bool,
+        mlka: bool,
+    ) -> None:
+        super().__init__(channels, width, hw)
+        self.reference = nn.Parameter(torch.randn(hw[0] * hw[1], channels))
+        self.layers = nn.ModuleList(
+            RLRLayer(width, heads, ff_mult, hw, window, lca, mlka) for _ in range(layers)
+        )
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        ref = self.embed(self.reference) + self.pos
+        for layer in self.layers:
+            tokens = layer(tokens, ref)
+        return tokens
+
+
+@register
+class RLR(ReconstructionModel):
+    """Unified RLR; see :class:`ReconstructionModel` for the shared hyper-parameters and docs/rlr.md for the
+    CPU and GPU recipes."""
+
+    name = "rlr"
+
+    def __init__(
+        self,
+        level_channels: Sequence[int] = (40, 112),
+        level_grids: Sequence[int] = (32, 16),
+        widths: Sequence[int] | None = None,
+        layers: int = 2,
+        heads: int = 4,
+        ff_mult: int = 2,
+        windows: Sequence[int] | None = None,
+        jitter_scale: float = 4.0,
+        jitter_prob: float = 1.0,
+        epochs: int = 12,
+        batch_size: int = 4,
+        lr: float = 1e-4,
+        seed: int = 0,
+        device: str = "auto",
+        use_lca: bool = True,
+        use_mlka: bool = True,
+    ) -> None:
+        if not (use_lca or use_mlka):
+            raise ReconadError("rlr needs at least one of use_lca and use_mlka")
+        self.use_lca, self.use_mlka = bool(use_lca), bool(use_mlka)
+        super().__init__(
+            level_channels, level_grids, widths, layers, heads, ff_mult, windows, jitter_scale, jitter_prob,
+            epochs, batch_size, lr, seed, device,
+        )  # fmt: skip
+
+    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
+        return RLRLevel(
+            channels, width, hw, window, self.layers, self.heads, self.ff_mult, self.use_lca, self.use_mlka
+        )

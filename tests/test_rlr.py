@@ -1,0 +1,173 @@
+"""RLR and the UniAD-style baseline: layer semantics, shapes, persistence, checkpoints, resume, learning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from reconad.errors import ReconadError
+from reconad.models.attention import window_mask
+from reconad.models.base import MODELS, create_model
+from reconad.models.reconstruction import feature_jitter, sincos_position_2d
+from reconad.models.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.uniad import UniAD
+
+HW = (6, 8)
+N = HW[0] * HW[1]
+TINY = dict(level_channels=(6, 10), level_grids=(8, 4), widths=(8, 8), layers=1, heads=2, windows=(3, 3))
+
+
+def _features(n: int = 6, seed: int = 0, h: int = 8, w: int = 12) -> torch.Tensor:
+    """Low-rank "normal" features with a smooth spatial layout (learnable structure), plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(3, 16, generator=g)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    coef = torch.stack([torch.sin(3 * ys), torch.cos(2 * xs), ys * xs])  # [3, h, w]
+    x = torch.einsum("kc,khw->chw", basis, coef)[None].repeat(n, 1, 1, 1)
+    return x + 0.05 * torch.randn(n, 16, h, w, generator=g)
+
+
+def _layer(lca: bool, mlka: bool) -> RLRLayer:
+    torch.manual_seed(0)
+    return RLRLayer(8, 2, 2, HW, 3, lca, mlka).double().eval()
+
+
+def test_mlka_output_ignores_tokens_in_its_masked_window() -> None:
+    layer = _layer(lca=False, mlka=True)
+    x, ref = torch.randn(1, N, 8, dtype=torch.float64), torch.randn(N, 8, dtype=torch.float64)
+    i = 2 * HW[1] + 3
+    neighbours = window_mask(*HW, 3)[i].clone()
+    neighbours[i] = False  # the query token itself must stay
+    x2 = x.clone()
+    x2[:, neighbours] += torch.randn(int(neighbours.sum()), 8, dtype=torch.float64)
+    assert torch.allclose(layer(x2, ref)[:, i], layer(x, ref)[:, i], atol=1e-12)
+    x3 = x.clone()
+    x3[:, 0] += 1.0  # far from i: MLKA reads it
+    assert not torch.allclose(layer(x3, ref)[:, i], layer(x, ref)[:, i])
+
+
+def test_lca_output_depends_on_the_reference_only_inside_the_window() -> None:
+    layer = _layer(lca=True, mlka=False)
+    x, ref = torch.randn(1, N, 8, dtype=torch.float64), torch.randn(N, 8, dtype=torch.float64)
+    i = 2 * HW[1] + 3
+    inside = window_mask(*HW, 3)[i]
+    base = layer(x, ref)[:, i]
+    ref_out, ref_in = ref.clone(), ref.clone()
+    ref_out[~inside] += 3.0
+    ref_in[inside] += 3.0
+    assert torch.allclose(layer(x, ref_out)[:, i], base, atol=1e-12)
+    assert not torch.allclose(layer(x, ref_in)[:, i], base)
+    x2 = x.clone()
+    x2[:, torch.arange(N) != i] += 3.0  # LCA never reads other tokens
+    assert torch.allclose(layer(x2, ref)[:, i], base, atol=1e-12)
+
+
+def test_reference_is_a_learnable_parameter_per_position() -> None:
+    level = RLRLevel(6, 8, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True)
+    assert level.reference.shape == (N, 6) and level.reference.requires_grad
+    assert "reference" in dict(level.named_parameters())
+
+
+def test_position_embedding_distinguishes_positions() -> None:
+    pos = sincos_position_2d((4, 6), 16)
+    assert pos.shape == (24, 16)
+    assert torch.cdist(pos, pos).add(torch.eye(24)).min() > 0
+
+
+def test_jitter_std_follows_the_token_norm() -> None:
+    x = torch.ones(2, 4000, 16) * torch.tensor([1.0, 10.0]).view(2, 1, 1)
+    noise = feature_jitter(x, 4.0, 1.0, torch.Generator().manual_seed(0)) - x
+    want = 4.0 * x.norm(dim=-1)[:, 0] / 16  # per-token std = scale · ‖f‖ / C
+    assert torch.allclose(noise.std(dim=(1, 2)), want, rtol=0.05)
+    assert torch.equal(feature_jitter(x, 4.0, 0.0, torch.Generator()), x)
+
+
+MODELS_UNDER_TEST = [
+    (RLR, {}),
+    (RLR, {"use_lca": False}),
+    (RLR, {"use_mlka": False}),
+    (UniAD, {}),
+]
+
+
+@pytest.mark.parametrize(("cls", "flags"), MODELS_UNDER_TEST)
+def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: Path) -> None:
+    feats = _features(h=8, w=12)
+    model = cls(**TINY, epochs=1, **flags).fit(feats)
+    scores = model.predict(feats)
+    assert scores.shape == (6, 8, 12) and torch.isfinite(scores).all() and (scores >= 0).all()
+    assert model.level_hw_ == [(8, 12), (4, 6)]
+    save_file(model.state_dict(), tmp_path / "m.safetensors")
+    config = json.loads(json.dumps(model.get_config()))
+    loaded = cls.from_state(config, load_file(tmp_path / "m.safetensors"))
+    assert torch.equal(loaded.predict(feats), scores)
+    with pytest.raises(ReconadError):
+        model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
+
+
+@pytest.mark.parametrize(("cls", "flags"), MODELS_UNDER_TEST)
+def test_training_reduces_the_loss(cls: type, flags: dict) -> None:
+    model = cls(**TINY, epochs=12, lr=3e-3, jitter_scale=1.0, **flags).fit(_features(n=8))
+    first, last = model.loss_history_[0], model.loss_history_[-1]
+    assert last < 0.6 * first
+
+
+def test_anomalous_patch_scores_higher() -> None:
+    feats = _features(n=8)
+    model = RLR(**TINY, epochs=30, lr=3e-3, jitter_scale=1.0).fit(feats)
+    test = _features(n=1, seed=5)
+    test[:, :, 2:4, 4:6] += 3.0 * torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(1))
+    scores = model.predict(test)[0]
+    inside = scores[2:4, 4:6].mean()
+    far = torch.cat([scores[:, :2].flatten(), scores[:, 8:].flatten()]).mean()
+    assert inside > 2 * far
+
+
+def _train(epochs: int, ckpt: Path | None, resume: bool = False, stop_after: int | None = None) -> RLR:
+    def progress(epoch: int, total: int, loss: float) -> None:
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt
+
+    model = RLR(**TINY, epochs=epochs, lr=1e-3)
+    return model.fit(_features(), checkpoint_dir=ckpt, resume=resume, progress=progress)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = _train(3, None)
+    with pytest.raises(KeyboardInterrupt):
+        _train(3, tmp_path, stop_after=2)  # dies after epoch 2 was checkpointed
+    meta = json.loads((tmp_path / "rlr-checkpoint.json").read_text())
+    assert meta["epoch"] == 2 and len(meta["losses"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rlr-checkpoint.json", "rlr-epoch0002.safetensors"]
+    calls: list[int] = []
+    resumed = RLR(**TINY, epochs=3, lr=1e-3).fit(
+        _features(), checkpoint_dir=tmp_path, resume=True, progress=lambda e, t, loss: calls.append(e)
+    )
+    assert calls == [3]
+    for key, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    assert resumed.loss_history_ == full.loss_history_
+
+
+def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
+    _train(1, tmp_path)
+    with pytest.raises(ReconadError, match="hyper-parameters"):
+        RLR(**{**TINY, "heads": 4}, epochs=2).fit(_features(), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ReconadError, match="other features"):
+        RLR(**TINY, epochs=2, lr=1e-3).fit(_features(seed=9), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_registry_and_contract_errors() -> None:
+    assert MODELS["rlr"] is RLR and MODELS["uniad"] is UniAD
+    model = create_model("rlr", level_channels=(6, 10), level_grids=(8, 4), k=5, use_mlka=False)
+    assert model.get_config()["use_mlka"] is False and RLR.unified and UniAD.unified
+    with pytest.raises(ReconadError):
+        RLR(use_lca=False, use_mlka=False)
+    with pytest.raises(ReconadError, match="not fitted"):
+        RLR(**TINY).predict(_features())
+    with pytest.raises(ReconadError, match="expects features"):
+        RLR(**TINY).fit(torch.zeros(2, 5, 8, 8))
