@@ -403,10 +403,10 @@ def predict(
     os.replace(tmp, out_dir / "scores.csv")
     n_bad = sum(r[2] for r in rows)
     out.print(
-        f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) in {seconds:.1f} s "
-        f"→ {out_dir / 'scores.csv'}"
+        f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
+        f"in {seconds:.1f} s → {out_dir / 'scores.csv'}"
     )
-    for path, message in failures:
+    for _, message in failures:
         err.print(f"[red]skipped[/red] {message}", highlight=False)
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
@@ -472,7 +472,8 @@ def demo(
             )
     out.print(f"overlays (ground truth outlined in red) → {overlays}")
     out.print(
-        f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · metrics → {out_dir / 'metrics.json'}"
+        f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · "
+        f"metrics → {out_dir / 'metrics.json'}"
     )
 
 
