@@ -17,8 +17,8 @@ from reconad.features.backbone import create_feature_backbone
 class FeatureExtractor:
     """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_size``) → patch features ``[N, C, h, w]``.
 
-    Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context, as in
-    PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
+    Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context,
+    as in PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
     ``level_channels`` says which channels came from which level (RLR/UniAD reconstruct each level apart).
     """
 
@@ -37,7 +37,9 @@ class FeatureExtractor:
         self.smooth = smooth
         self.weights = str(weights) if weights else None
         self.device = torch.device(device)
-        self.model, (mean, std) = create_feature_backbone(backbone, self.layers, Path(weights) if weights else None)
+        self.model, (mean, std) = create_feature_backbone(
+            backbone, self.layers, Path(weights) if weights else None
+        )
         self.model.to(self.device)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
@@ -77,7 +79,9 @@ class FeatureExtractor:
         out = []
         for level in levels:
             if self.smooth > 1:
-                level = F.avg_pool2d(level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False)
+                level = F.avg_pool2d(
+                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
+                )
             if level.shape[-1] != levels[0].shape[-1] or level.shape[-2] != levels[0].shape[-2]:
                 level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
             out.append(level)

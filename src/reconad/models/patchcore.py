@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from reconad.models.base import init_config, register
@@ -24,7 +23,9 @@ class PatchCore:
     name: ClassVar[str] = "patchcore"
     unified: ClassVar[bool] = False
 
-    def __init__(self, coreset_ratio: float = 0.1, k: int = 1, projection_dim: int = 128, seed: int = 0) -> None:
+    def __init__(
+        self, coreset_ratio: float = 0.1, k: int = 1, projection_dim: int = 128, seed: int = 0
+    ) -> None:
         self.coreset_ratio = coreset_ratio
         self.k = k
         self.projection_dim = projection_dim
@@ -33,7 +34,9 @@ class PatchCore:
     def fit(self, features: Tensor, categories: list[str] | None = None) -> PatchCore:
         patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
         n_keep = max(1, round(self.coreset_ratio * len(patches)))
-        keep = greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
+        keep = (
+            greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
+        )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
         self._index = NearestNeighbors(self.bank_)
         return self
