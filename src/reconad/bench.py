@@ -1,0 +1,459 @@
+"""``reconad bench``: every model on every category, on features extracted once; results table and report.
+
+Features of the training and held-back images are extracted once into the feature cache and read back
+by :func:`reconad.pipeline.fit` for each model (same held-back split, same threshold as ``reconad fit``).
+The test split is extracted once, without the cache, which also times decoding + backbone for the end-to-end
+speed. Each model is then scored on those test features exactly as :func:`reconad.pipeline.evaluate` does.
+
+Peak memory: the process's peak resident set size while one model fits and tests, read from ``VmHWM`` in
+``/proc/self/status`` after resetting it by writing ``5`` to ``/proc/self/clear_refs`` (Linux). Elsewhere it
+falls back to ``ru_maxrss``, the peak over the whole process, which is then not reset between models. The peak
+includes what the process already held (backbone, the test features, earlier models' results), so
+``rss_start_bytes`` is recorded too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconad import __version__, pipeline
+from reconad.data import CategoryData, load_sources
+from reconad.errors import ReconadError
+from reconad.features.cache import FeatureCache
+from reconad.features.extractor import FeatureExtractor
+from reconad.metrics import METRIC_KEYS
+from reconad.metrics import evaluate as compute_metrics
+from reconad.models.base import model_class
+from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, usual_permissions, write_reports
+from reconad.runs import Run, save_run
+
+BENCH_MARKER = "reconad_bench"  # key of results.json that marks a bench folder; its value is the schema
+BENCH_SCHEMA = 1
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(description: str, done: int, total: int) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss() -> int | None:
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    try:
+        import resource
+    except ImportError:
+        return None
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def is_bench_folder(path: Path) -> bool:
+    """Whether ``path`` holds a previous bench (``results.json`` with the bench marker)."""
+    try:
+        doc = json.loads((path / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and BENCH_MARKER in doc
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_bench_folder(out))):
+        raise ReconadError(f"{out} exists and is not a reconad bench folder: choose another --out")
+
+
+def _check_inputs(
+    models: list[str], params: dict[str, dict], sources: list[CategoryData], holdout: float, seed: int
+) -> dict[str, type]:
+    if not models:
+        raise ReconadError("no model given: pass at least one --model")
+    if len(set(models)) != len(models):
+        raise ReconadError(f"a model is named twice in {', '.join(models)}")
+    classes = {m: model_class(m) for m in models}
+    extra = sorted(set(params) - set(models))
+    if extra:
+        raise ReconadError(
+            f"--param for {', '.join(extra)}, which is not benched (models: {', '.join(models)})"
+        )
+    for c in sources:
+        pipeline.split_holdout(c.train, holdout, seed)  # raises for too few good images
+        if not c.test:
+            raise ReconadError(f"category {c.name}: no test images")
+    return classes
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass
+class _Test:
+    """A category's test split, extracted once."""
+
+    samples: list
+    labels: np.ndarray
+    ext: pipeline.Extracted
+
+
+def _feature_cache(extractor: FeatureExtractor, cache_dir: Path | None, scratch: Path) -> FeatureCache:
+    """The on-disk cache; a scratch one inside the bench's temp folder where that one cannot be written."""
+    cache = FeatureCache(extractor.key(), cache_dir)
+    try:
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        if os.access(cache.dir, os.W_OK):
+            return cache
+    except OSError:
+        pass
+    return FeatureCache(extractor.key(), scratch)
+
+
+def _extract_all(
+    sources: list[CategoryData],
+    extractor: FeatureExtractor,
+    cache: FeatureCache,
+    holdout: float,
+    seed: int,
+    progress: Progress,
+) -> tuple[dict[str, _Test], float]:
+    """Warm the cache with every training image; extract every test split once (timed, uncached)."""
+    total = sum(len(c.train) + len(c.test) for c in sources)
+    offset = 0
+
+    def step(description: str, done: int, n: int) -> None:
+        progress("features", offset + done, total)
+
+    start = time.perf_counter()
+    tests = {}
+    for c in sources:
+        fitted, held = pipeline.split_holdout(c.train, holdout, seed)
+        for part in (fitted, held):
+            if part:
+                pipeline.extract(part, extractor, cache=cache, progress=step)
+            offset += len(part)
+        ext = pipeline.extract(c.test, extractor, with_masks=True, progress=step)
+        offset += len(c.test)
+        tests[c.name] = _Test(list(c.test), np.array([s.label for s in c.test]), ext)
+    return tests, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- one model
+
+
+def _evaluate(run: Run, tests: dict[str, _Test], image_size: int) -> dict[str, pipeline.CategoryResult]:
+    """What :func:`pipeline.evaluate` does, on the test features extracted once (seconds = model + maps)."""
+    results = {}
+    for name, t in tests.items():
+        start = time.perf_counter()
+        maps, scores = pipeline.score_features(
+            run.model_for(name), t.ext.features, image_size, run.config["scoring"], [name] * len(t.samples)
+        )
+        seconds = time.perf_counter() - start
+        maps_np, scores_np = maps.numpy(), scores.numpy()
+        metrics = compute_metrics(t.labels, scores_np, t.ext.masks, maps_np)
+        threshold = run.categories[name]["threshold"]
+        results[name] = pipeline.CategoryResult(
+            metrics, t.samples, t.labels, scores_np, t.ext.masks, maps_np, threshold, seconds
+        )
+    return results
+
+
+def _bench_model(
+    name: str,
+    cls: type,
+    sources: list[CategoryData],
+    tests: dict[str, _Test],
+    extractor: FeatureExtractor,
+    cache: FeatureCache,
+    *,
+    params: dict[str, Any],
+    holdout: float,
+    seed: int,
+    runs_dir: Path,
+    tick: Callable[[int], None],
+) -> tuple[ModelReport, dict[str, Any]]:
+    """Fit, test and save one model; its report part and its results.json entry."""
+    n_cat = len(sources)
+    _reset_peak_rss()
+    rss_start = _status_bytes("VmRSS")
+
+    def fit_progress(description: str, done: int, total: int) -> None:
+        if description == "fitting":
+            tick(done)
+
+    fit_kwargs: dict[str, Any] = {}
+    if cls.unified and "progress" in inspect.signature(cls.fit).parameters:
+        fit_kwargs["progress"] = lambda epoch, epochs, loss: tick(epoch * n_cat // max(epochs, 1))
+    run = pipeline.fit(
+        name,
+        sources,
+        extractor,
+        params=params,
+        cache=cache,
+        holdout=holdout,
+        seed=seed,
+        progress=fit_progress,
+        fit_kwargs=fit_kwargs,
+    )
+    tick(n_cat)
+    results = {}
+    for i, c in enumerate(sources):
+        results.update(_evaluate(run, {c.name: tests[c.name]}, extractor.image_size))
+        tick(n_cat + i + 1)
+    peak = _peak_rss()
+    save_run(run, runs_dir / name)
+    doc = pipeline.results_json(run, results)
+    n_images = sum(len(t.samples) for t in tests.values())
+    seconds = sum(r.seconds for r in results.values()) + sum(t.ext.seconds for t in tests.values())
+    doc.update(
+        model_fit_seconds=run.config["model_fit_seconds"],
+        predict_images_per_second_end_to_end=n_images / seconds if seconds > 0 else None,
+        peak_rss_bytes=peak,
+        rss_start_bytes=rss_start,
+        params=run.config["params"],
+        run_dir=f"runs/{name}",
+    )
+    return ModelReport(name, run.config, results, doc, _cost_cells(doc)), doc
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _mb(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f}"
+
+
+def _speed(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+COST_COLUMNS = (
+    "fit s (model)",
+    "predict img/s (model + maps)",
+    "predict img/s (end to end)",
+    "model MB",
+    "peak RSS MB",
+)
+
+
+def _cost_cells(doc: dict[str, Any]) -> dict[str, str]:
+    values = (
+        f"{doc['model_fit_seconds']:.1f}",
+        _speed(doc["predict_images_per_second"]),
+        _speed(doc["predict_images_per_second_end_to_end"]),
+        _mb(doc["model_bytes"]),
+        _mb(doc["peak_rss_bytes"]),
+    )
+    return dict(zip(COST_COLUMNS, values))
+
+
+def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """``results.md``: per metric a categories × models table (best of each row in bold), then the costs."""
+    models = list(docs)
+    categories = list(dict.fromkeys(c for d in docs.values() for c in d["categories"]))
+    machine = meta["machine"]
+    lines = [
+        "# reconad bench",
+        "",
+        f"{meta['date']} · reconad {meta['reconad_version']} · {machine['platform']} · "
+        f"{machine['cpu_count']} CPUs · torch {machine['torch_threads']} threads · seed {meta['seed']} · "
+        f"{meta['features']['backbone']} levels {meta['features']['layers']} at "
+        f"{meta['features']['image_size']} px",
+        "",
+    ]
+    head = "| category | " + " | ".join(models) + " |"
+    rule = "|---|" + "---:|" * len(models)
+    for key in METRIC_KEYS:
+        lines += [f"## {METRIC_NAMES[key]}", "", head, rule]
+        rows = [(c, {m: docs[m]["categories"].get(c, {}).get(key) for m in models}) for c in categories]
+        rows.append(("**mean**", {m: docs[m]["mean"].get(key) for m in models}))
+        for name, values in rows:
+            best = best_labels(values)
+            cells = [f"**{fmt(values[m])}**" if m in best else fmt(values[m]) for m in models]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Cost",
+        "",
+        "| model | " + " | ".join(COST_COLUMNS) + " |",
+        "|---|" + "---:|" * len(COST_COLUMNS),
+    ]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(_cost_cells(docs[m]).values()) + " |")
+    lines += [
+        "",
+        f"Peak RSS: {meta['peak_rss_method']}.",
+        "End to end = decode + resize + backbone (test split, measured once, uncached) + model + maps.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the bench
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_bench(
+    models: list[str],
+    data: list[str],
+    categories: list[str] | None,
+    out: Path,
+    *,
+    params: dict[str, dict] | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    backbone: str = "tf_efficientnet_lite0",
+    layers: tuple[int, ...] = (2, 3),
+    image_size: int = 256,
+    holdout: float = 0.1,
+) -> str:
+    """Fit and test every model on every category; write ``out/results.json``, ``out/results.md`` and
+    ``out/report.html`` (replacing a previous bench there atomically). Returns the markdown text."""
+    progress = progress or _quiet
+    params = params or {}
+    out = Path(out)
+    _check_out(out)
+    sources = load_sources(data, categories, seed=seed)
+    classes = _check_inputs(models, params, sources, holdout, seed)
+    arguments = {
+        "models": models,
+        "data": data,
+        "categories": categories,
+        "params": params,
+        "seed": seed,
+        "device": device,
+        "backbone": backbone,
+        "layers": list(layers),
+        "image_size": image_size,
+        "holdout": holdout,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    usual_permissions(tmp)
+    try:
+        extractor = FeatureExtractor(backbone, tuple(layers), image_size, device=device)
+        cache = _feature_cache(extractor, cache_dir, tmp / "cache")
+        tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
+        units = 2 * len(sources)
+        total = units * len(models)
+        reports, docs = [], {}
+        for k, name in enumerate(models):
+
+            def tick(done: int, base: int = k * units) -> None:
+                progress("bench", base + min(done, units), total)
+
+            tick(0)
+            report, doc = _bench_model(
+                name,
+                classes[name],
+                sources,
+                tests,
+                extractor,
+                cache,
+                params=params.get(name, {}),
+                holdout=holdout,
+                seed=seed,
+                runs_dir=tmp / "runs",
+                tick=tick,
+            )
+            reports.append(report)
+            docs[name] = doc
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+        resettable = _reset_peak_rss()
+        meta = {
+            "command": shlex.join(sys.argv),
+            "arguments": arguments,
+            "seed": seed,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "reconad_version": __version__,
+            "machine": _machine(),
+            "features": extractor.config(),
+            "feature_seconds": feature_seconds,
+            "test_images": sum(len(t.samples) for t in tests.values()),
+            "peak_rss_method": (
+                "VmHWM of /proc/self/status, reset per model through /proc/self/clear_refs"
+                if resettable
+                else "ru_maxrss: the process's peak so far, not reset between models"
+            ),
+        }
+        text = markdown(docs, meta)
+        (tmp / "results.json").write_text(
+            json.dumps({BENCH_MARKER: BENCH_SCHEMA, "meta": meta, "models": docs}, indent=2)
+        )
+        (tmp / "results.md").write_text(text)
+        write_reports(
+            tmp,
+            reports,
+            title="reconad bench: " + ", ".join(models),
+            meta={"data": ", ".join(data), "peak RSS": meta["peak_rss_method"]},
+        )
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return text
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished bench into place, replacing a previous bench (checked again just before)."""
+    _check_out(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
