@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,10 +73,10 @@ def clean_errors(fn: F) -> F:
         except ReconadError as error:
             if STATE["debug"]:
                 raise
-            err.print(f"[red]error:[/red] {error}", highlight=False, markup=True)
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind")
+            err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind", soft_wrap=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -83,7 +84,9 @@ def clean_errors(fn: F) -> F:
             if STATE["debug"]:
                 raise
             err.print(
-                f"[red]internal error:[/red] {type(error).__name__}: {error} (rerun with --debug for details)"
+                f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
+                "(rerun with --debug for details)",
+                soft_wrap=True,
             )
             raise typer.Exit(1) from None
 
@@ -157,7 +160,7 @@ def metrics_table(doc: dict[str, Any], title: str) -> Table:
         return "—" if v is None else f"{v:.4f}"
 
     for name, m in doc["categories"].items():
-        table.add_row(name, *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
+        table.add_row(escape(name), *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
     if len(doc["categories"]) > 1:
         table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
     return table
@@ -275,8 +278,10 @@ def fit(
         device=device,
     )
     out.print(
-        f"fitted [bold]{model}[/bold] on {', '.join(run.categories)} in {run.config['fit_seconds']:.1f} s "
-        f"→ {out_dir} ({run.config['model_bytes'] / 1e6:.2f} MB of weights)"
+        f"fitted [bold]{model}[/bold] on {escape(', '.join(run.categories))} "
+        f"in {run.config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
+        f"({run.config['model_bytes'] / 1e6:.2f} MB of weights)",
+        soft_wrap=True,
     )
 
 
@@ -317,16 +322,16 @@ def test(
     out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
     for name, m in doc["categories"].items():
         for note in m.get("notes", []):
-            out.print(f"[yellow]note[/yellow] {name}: {note}")
+            out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
     out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
     if json_file:
         write_json(json_file, doc)
-        out.print(f"metrics → {json_file}")
+        out.print(f"metrics → {escape(str(json_file))}", soft_wrap=True)
     if report:
         from reconad.report.html import write_report
 
         page = write_report(report, run.config, results, doc)
-        out.print(f"report → {page}")
+        out.print(f"report → {escape(str(page))}", soft_wrap=True)
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -404,10 +409,11 @@ def predict(
     n_bad = sum(r[2] for r in rows)
     out.print(
         f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
-        f"in {seconds:.1f} s → {out_dir / 'scores.csv'}"
+        f"in {seconds:.1f} s → {escape(str(out_dir / 'scores.csv'))}",
+        soft_wrap=True,
     )
     for _, message in failures:
-        err.print(f"[red]skipped[/red] {message}", highlight=False)
+        err.print(f"[red]skipped[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
