@@ -1,0 +1,296 @@
+"""The CLI on bad input: one clear line naming the culprit, exit code 2, no traceback, nothing half-written.
+And on good input: the ``test --json`` schema of the README, ``predict`` skipping bad files, the demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FIT_ARGS, good_images, write_bad
+from PIL import Image
+from typer.testing import CliRunner
+
+from reconad.cli import app
+from reconad.errors import ReconadError
+from reconad.runs import load_run
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, ["--quiet", *map(str, args)], env={"COLUMNS": "80"})
+
+
+def assert_clean_error(result, *words: str, code: int = 2) -> str:
+    """Exit ``code``, no exception but the exit, no traceback, one ``error:`` line holding ``words``."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    """``out`` does not exist and no temporary folder or file was left beside it."""
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.fixture
+def parts_copy(parts: Path, tmp_path: Path) -> Path:
+    """A writable copy of the synthetic category (its images are already in the feature cache)."""
+    return Path(shutil.copytree(parts, tmp_path / "data" / parts.name))
+
+
+def fit(data: str, out: Path, *extra: object):
+    return invoke("fit", "patchcore", "--data", data, "--out", out, *FIT_ARGS, *extra)
+
+
+# --- fit: bad input -----------------------------------------------------------------------------------------
+
+
+def test_fit_missing_path(tmp_path):
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{tmp_path / 'nowhere'}", out), "nowhere")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [("jpeg:somewhere", ["unknown data format 'jpeg'", "mvtec"]), ("somewhere", ["not FORMAT:PATH"])],
+)
+def test_fit_bad_source_spec(tmp_path, spec, words):
+    out = tmp_path / "run"
+    assert_clean_error(fit(spec, out), *words)
+    assert_nothing_written(out)
+
+
+def test_fit_unknown_model(tmp_path, parts):
+    out = tmp_path / "run"
+    result = invoke("fit", "nosuchmodel", "--data", f"mvtec:{parts}", "--out", out)
+    assert_clean_error(result, "unknown model 'nosuchmodel'", "patchcore")
+    assert_nothing_written(out)
+
+
+def test_fit_folder_without_images(tmp_path):
+    (tmp_path / "part" / "good").mkdir(parents=True)
+    (tmp_path / "part" / "good" / "readme.txt").write_text("no pictures here")
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"folder:{tmp_path / 'part'}", out), "no images", str(tmp_path / "part" / "good"))
+    assert_nothing_written(out)
+
+
+def test_fit_empty_train_folder(tmp_path, parts_copy):
+    shutil.rmtree(parts_copy / "train" / "good")
+    (parts_copy / "train" / "good").mkdir()
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{parts_copy}", out), "no images", "train/good")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("kind", ["truncated_png", "text_as_png", "zero_byte"])
+def test_fit_unreadable_train_image(tmp_path, parts_copy, kind):
+    bad = write_bad(kind, parts_copy / "train" / "good")
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{parts_copy}", out), f"cannot read image {bad}")
+    assert_nothing_written(out)
+
+
+def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_run(tmp_path, parts):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("do not delete")
+    assert_clean_error(fit(f"mvtec:{parts}", out), "not a reconad run", str(out))
+    assert (out / "thesis.txt").read_text() == "do not delete"
+
+
+def test_error_line_is_one_line_and_literal_for_odd_paths(tmp_path):
+    """A long path is not wrapped, and brackets in it are printed, not read as rich markup."""
+    odd = tmp_path / ("x" * 120) / "a[/b]" / "[bold]c"
+    out = tmp_path / "run"
+    line = assert_clean_error(fit(f"mvtec:{odd}", out), str(odd))
+    assert line.endswith("<category>/test/<defect>")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(
+        app, ["--debug", "fit", "nosuchmodel", "--data", "mvtec:x", "--out", tmp_path / "r"]
+    )
+    assert isinstance(result.exception, ReconadError)  # propagates: Python prints the full traceback
+    assert "unknown model" in str(result.exception)
+
+
+def test_real_process_exit_code_and_stderr(tmp_path):
+    """As a user sees it: exit status 2 and exactly one line on stderr, no traceback."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "reconad.cli",
+        "--quiet",
+        "fit",
+        "patchcore",
+        "--data",
+        f"mvtec:{tmp_path}/no",
+    ]
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: no MVTec AD layout at {tmp_path}/no: "
+        "expected <category>/train/good and <category>/test/<defect>"
+    ]
+    assert_nothing_written(tmp_path / "run")
+
+
+# --- test: bad input and undefined metrics ------------------------------------------------------------------
+
+
+def test_test_missing_run(tmp_path):
+    assert_clean_error(invoke("test", tmp_path / "nope"), "not a reconad run", "nope")
+
+
+def test_test_mask_of_another_size(tmp_path, parts_copy, fitted_run):
+    mask = sorted((parts_copy / "ground_truth" / "blob").iterdir())[0]
+    Image.new("L", (40, 30)).save(mask)
+    report = tmp_path / "m.json"
+    result = invoke("test", fitted_run, "--data", f"mvtec:{parts_copy}", "--json", report)
+    assert_clean_error(result, f"mask {mask}", "40×30", "64×64")
+    assert_nothing_written(report)
+
+
+def test_test_category_without_defective_images(tmp_path, parts_copy, fitted_run):
+    for defect in ("scratch", "blob", "missing"):
+        shutil.rmtree(parts_copy / "test" / defect)
+    report = tmp_path / "m.json"
+    result = invoke("test", fitted_run, "--data", f"mvtec:{parts_copy}", "--json", report)
+    assert result.exit_code == 0, result.output
+    assert "note" in result.stdout
+    m = json.loads(report.read_text())["categories"]["synthetic_part"]
+    assert m["n_test"] == 4
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_ap"):
+        assert m[key] is None
+    assert m["notes"] and all(isinstance(n, str) and n for n in m["notes"])
+    assert json.loads(report.read_text())["mean"]["image_auroc"] is None
+
+
+def test_test_json_schema(tmp_path, fitted_run):
+    """``reconad test RUN --json`` writes exactly the README's document."""
+    report = tmp_path / "out" / "m.json"
+    result = invoke("test", fitted_run, "--json", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert set(doc) == {
+        "model",
+        "backbone",
+        "image_size",
+        "categories",
+        "mean",
+        "fit_seconds",
+        "predict_images_per_second",
+        "model_bytes",
+    }
+    metric_keys = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_ap"}
+    assert (doc["model"], doc["backbone"], doc["image_size"]) == ("patchcore", "tf_efficientnet_lite0", 64)
+    assert list(doc["categories"]) == ["synthetic_part"]
+    m = doc["categories"]["synthetic_part"]
+    assert set(m) == metric_keys | {"n_test"}  # every metric defined here: no notes
+    assert m["n_test"] == 10 and isinstance(m["n_test"], int)
+    assert set(doc["mean"]) == metric_keys
+    for key in metric_keys:
+        for value in (m[key], doc["mean"][key]):
+            assert isinstance(value, float) and 0.0 <= value <= 1.0
+        assert doc["mean"][key] == m[key]  # one category: its mean is itself
+    assert isinstance(doc["fit_seconds"], float) and doc["fit_seconds"] > 0
+    assert isinstance(doc["predict_images_per_second"], float) and doc["predict_images_per_second"] > 0
+    weights = list((fitted_run / "weights").iterdir())
+    assert doc["model_bytes"] == sum(p.stat().st_size for p in weights)
+    assert m["image_auroc"] > 0.5  # and the numbers mean something: drawn defects are found
+
+
+# --- predict -----------------------------------------------------------------------------------------------
+
+
+def test_predict_skips_bad_files_and_scores_the_rest(tmp_path, fitted_run):
+    folder = tmp_path / "new"
+    good = good_images(folder, 3)
+    bad = [write_bad("text_as_png", folder), write_bad("truncated_jpeg", folder)]
+    out = tmp_path / "pred"
+    result = invoke("predict", fitted_run, folder, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 2
+    assert all(any(str(b) in line for line in skipped) for b in bad)
+    assert "2 of 5 images could not be read" in result.stderr
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == sorted(map(str, good))
+    for r in rows:
+        assert float(r["score"]) >= 0 and r["is_anomalous"] in ("0", "1")
+        overlay = np.asarray(Image.open(out / r["overlay"]))
+        assert overlay.shape == (48, 48, 3)  # drawn at the original image size
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(r["overlay"] for r in rows), "scores.csv"])
+
+
+def test_predict_missing_input(tmp_path, fitted_run):
+    result = invoke("predict", fitted_run, tmp_path / "ghost.png", "--out", tmp_path / "pred")
+    assert_clean_error(result, "no such file or folder", "ghost.png")
+    assert_nothing_written(tmp_path / "pred")
+
+
+def test_predict_non_utf8_names(tmp_path, fitted_run):
+    """File names that are not valid UTF-8 are scored and written to scores.csv without a crash."""
+    folder = tmp_path / "new"
+    path = write_bad("non_utf8_name", folder)
+    out = tmp_path / "pred"
+    result = invoke("predict", fitted_run, folder, "--out", out)
+    assert result.exit_code == 0, result.output
+    raw = (out / "scores.csv").read_bytes()
+    assert os.fsencode(path) in raw
+
+
+# --- demo ---------------------------------------------------------------------------------------------------
+
+
+def test_demo_small(tmp_path, monkeypatch):
+    """The demo's whole path (generate, fit, test, metrics.json, overlays) on a shrunken synthetic set."""
+    import reconad.data.synthetic as synthetic
+
+    real = synthetic.make_parts
+
+    def small(root, **kw):
+        return real(root, n_train=10, n_test_good=2, n_test_bad=3, size=64, seed=0)
+
+    monkeypatch.setattr(synthetic, "make_parts", small)
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["model"] == "patchcore" and doc["categories"]["synthetic_part"]["n_test"] == 5
+    assert load_run(out / "run-patchcore").categories["synthetic_part"]["n_train"] == 9
+    overlays = list((out / "overlays").glob("*.png"))
+    assert overlays and all(np.asarray(Image.open(p)).shape == (256, 256, 3) for p in overlays)
+
+
+@pytest.mark.slow
+def test_demo_as_documented(tmp_path):
+    """``reconad demo`` exactly as the README runs it (about a minute on 2 cores)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconad.cli", "--quiet", "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert doc["categories"]["synthetic_part"]["image_auroc"] > 0.9
