@@ -270,7 +270,7 @@ class _Page:
             scale = PANEL_MAX / size
             picture = picture.resize((round(strip.shape[1] * scale), PANEL_MAX), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", optimize=True)
+        picture.save(buffer, format="PNG")
         return buffer.getvalue()
 
 
