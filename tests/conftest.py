@@ -70,6 +70,37 @@ def copy_run(fitted_run: Path, tmp_path: Path) -> Callable[[], Path]:
     return copy
 
 
+# --- running the CLI in-process ----------------------------------------------------------------------------
+
+
+def invoke(*args: object):
+    """``reconad --quiet ARGS`` in-process (stdout and stderr kept apart)."""
+    from typer.testing import CliRunner
+
+    from reconad.cli import app
+
+    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={"COLUMNS": "80"})
+
+
+def assert_clean_error(result, *words: str, code: int = 2) -> str:
+    """Exit ``code``, no exception but the exit, no traceback, one ``error:`` line holding ``words``."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    """``out`` does not exist and no temporary folder or file was left beside it."""
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
 # --- bad input files ----------------------------------------------------------------------------------------
 
 

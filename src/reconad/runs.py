@@ -51,6 +51,7 @@ def save_run(run: Run, path: Path) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old: Path | None = None
     try:
         (tmp / "weights").mkdir()
         files = {}
@@ -67,7 +68,6 @@ def save_run(run: Run, path: Path) -> int:
         }
         (tmp / RUN_FILE).write_text(json.dumps(config, indent=2))
         run.config = config
-        old = None
         if path.exists():
             if not (path / RUN_FILE).is_file():
                 raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
@@ -80,6 +80,8 @@ def save_run(run: Run, path: Path) -> int:
         return model_bytes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.is_dir() and not path.exists():
+            os.replace(old, path)  # interrupted between the two renames: put the previous run back
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -106,6 +108,10 @@ def load_run(path: Path) -> Run:
     """Load a run folder: JSON config + safetensors weights only (nothing is ever unpickled)."""
     path = Path(path)
     config = read_config(path)
+    needed = {"model": str, "params": dict, "weights": dict, "categories": dict}
+    needed |= {"features": dict, "scoring": dict}
+    if any(not isinstance(config.get(k), t) for k, t in needed.items()):
+        raise ReconadError(f"{path / RUN_FILE} is incomplete: it needs {', '.join(needed)}")
     cls = model_class(config["model"])
     models = {}
     for key, rel in config["weights"].items():
@@ -116,5 +122,11 @@ def load_run(path: Path) -> Run:
             state = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
             raise ReconadError(f"cannot load weights {file}: not a valid safetensors file ({err})") from err
-        models[key] = cls.from_state(config["params"], state)
+        try:
+            models[key] = cls.from_state(config["params"], state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ReconadError(
+                f"{path / RUN_FILE}: weights {rel} do not fit a {config['model']} model "
+                f"({type(err).__name__}: {err})"
+            ) from err
     return Run(config, models)
