@@ -97,7 +97,7 @@ def clean_errors(fn: F) -> F:
 def progress_bars() -> Iterator[pipeline.Progress]:
     """A rich progress display fed by the pipeline's ``progress(description, done, total)`` callback."""
     if STATE["quiet"]:
-        yield lambda description, done, total: None
+        yield lambda description, done, total, info="": None
         return
     bars = Progress(
         TextColumn("{task.description}"),
