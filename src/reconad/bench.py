@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from reconad import __version__, pipeline
-from reconad.data import CategoryData, load_sources
+from reconad.data import CategoryData, Sample, load_sources
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
@@ -132,7 +132,7 @@ def _check_inputs(
 class _Test:
     """A category's test split, extracted once."""
 
-    samples: list
+    samples: list[Sample]
     labels: np.ndarray
     ext: pipeline.Extracted
 

@@ -161,9 +161,9 @@ class _Page:
         self.assets, self.assets_name = assets, assets_name
         self._images: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray | None]] = {}
 
-    def _img(self, name: str, data: bytes, alt: str, css: str = "") -> str:
+    def _img(self, name: str, data: bytes, alt: str) -> str:
         (self.assets / name).write_bytes(data)
-        return f'<img src="{self.assets_name}/{name}" alt="{_esc(alt)}"{f" class={css!r}" if css else ""}>'
+        return f'<img src="{self.assets_name}/{name}" alt="{_esc(alt)}">'
 
     def render(self, reports: list[ModelReport], title: str, meta: dict[str, str]) -> str:
         first = reports[0].config
