@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIT_ARGS, assert_clean_error, assert_nothing_written, good_images, invoke, write_bad
+from conftest import (
+    FIT_ARGS,
+    UNREADABLE,
+    assert_clean_error,
+    assert_nothing_written,
+    good_images,
+    invoke,
+    write_bad,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -76,7 +84,7 @@ def test_fit_empty_train_folder(tmp_path, parts_copy):
     assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("kind", ["truncated_png", "text_as_png", "zero_byte"])
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
 def test_fit_unreadable_train_image(tmp_path, parts_copy, kind):
     bad = write_bad(kind, parts_copy / "train" / "good")
     out = tmp_path / "run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import IO, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -166,13 +167,26 @@ def metrics_table(doc: dict[str, Any], title: str) -> Table:
     return table
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """A file whose content appears at ``path`` only once the block ends without error (temp + rename):
+    an interrupted command never leaves a truncated file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    with atomic_file(path) as f:
         json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -395,17 +409,17 @@ def predict(
         ):
             overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
             name = overlay_name(Path(scored.path), taken)
-            Image.fromarray(overlay).save(out_dir / name)
+            with atomic_file(out_dir / name, "wb") as f:
+                Image.fromarray(overlay).save(f, format="PNG")
             rows.append((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
     seconds = time.perf_counter() - start
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "score", "is_anomalous", "overlay"])
     writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".scores.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f:
         f.write(buffer.getvalue())
-    os.replace(tmp, out_dir / "scores.csv")
     n_bad = sum(r[2] for r in rows)
     out.print(
         f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
@@ -473,9 +487,9 @@ def demo(
             picture = mask_outline(
                 heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
             )
-            Image.fromarray(picture).save(
-                overlays / f"{name}_{r.samples[i].defect}_{r.samples[i].path.stem}.png"
-            )
+            file = overlays / f"{name}_{r.samples[i].defect}_{r.samples[i].path.stem}.png"
+            with atomic_file(file, "wb") as f:
+                Image.fromarray(picture).save(f, format="PNG")
     out.print(f"overlays (ground truth outlined in red) → {overlays}")
     out.print(
         f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · "
