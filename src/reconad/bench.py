@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from reconad import __version__, pipeline
@@ -38,7 +37,6 @@ from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
-from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import model_class
 from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, usual_permissions, write_reports
 from reconad.runs import Run, save_run
@@ -133,7 +131,6 @@ class _Test:
     """A category's test split, extracted once."""
 
     samples: list[Sample]
-    labels: np.ndarray
     ext: pipeline.Extracted
 
 
@@ -156,8 +153,9 @@ def _extract_all(
     holdout: float,
     seed: int,
     progress: Progress,
-) -> tuple[dict[str, _Test], float]:
-    """Warm the cache with every training image; extract every test split once (timed, uncached)."""
+) -> tuple[dict[str, tuple[pipeline.Extracted, pipeline.Extracted]], dict[str, _Test], float]:
+    """Extract every category's (model part, held-back part) of the training images (through the cache) and
+    its test split (timed, uncached), once for all models."""
     total = sum(len(c.train) + len(c.test) for c in sources)
     offset = 0
 
@@ -165,44 +163,32 @@ def _extract_all(
         progress("features", offset + done, total)
 
     start = time.perf_counter()
-    tests = {}
+    train, tests = {}, {}
     for c in sources:
-        fitted, held = pipeline.split_holdout(c.train, holdout, seed)
-        for part in (fitted, held):
-            if part:
-                pipeline.extract(part, extractor, cache=cache, progress=step)
+        parts = []
+        for part in pipeline.split_holdout(c.train, holdout, seed):
+            parts.append(pipeline.extract(part, extractor, cache=cache, progress=step))
             offset += len(part)
+        train[c.name] = (parts[0], parts[1])
         ext = pipeline.extract(c.test, extractor, with_masks=True, progress=step)
         offset += len(c.test)
-        tests[c.name] = _Test(list(c.test), np.array([s.label for s in c.test]), ext)
-    return tests, time.perf_counter() - start
+        tests[c.name] = _Test(list(c.test), ext)
+    return train, tests, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- one model
 
 
-def _evaluate(run: Run, tests: dict[str, _Test], image_size: int) -> dict[str, pipeline.CategoryResult]:
-    """What :func:`pipeline.evaluate` does, on the test features extracted once (seconds = model + maps)."""
-    results = {}
-    for name, t in tests.items():
-        start = time.perf_counter()
-        maps, scores = pipeline.score_features(
-            run.model_for(name), t.ext.features, image_size, run.config["scoring"], [name] * len(t.samples)
-        )
-        seconds = time.perf_counter() - start
-        maps_np, scores_np = maps.numpy(), scores.numpy()
-        metrics = compute_metrics(t.labels, scores_np, t.ext.masks, maps_np)
-        threshold = run.categories[name]["threshold"]
-        results[name] = pipeline.CategoryResult(
-            metrics, t.samples, t.labels, scores_np, t.ext.masks, maps_np, threshold, seconds
-        )
-    return results
+def _evaluate(run: Run, tests: dict[str, _Test]) -> dict[str, pipeline.CategoryResult]:
+    """:func:`pipeline.evaluate_features` on the test features extracted once (seconds = model + maps)."""
+    return {name: pipeline.evaluate_features(run, name, t.samples, t.ext) for name, t in tests.items()}
 
 
 def _bench_model(
     name: str,
     cls: type,
     sources: list[CategoryData],
+    train: dict[str, tuple[pipeline.Extracted, pipeline.Extracted]],
     tests: dict[str, _Test],
     extractor: FeatureExtractor,
     cache: FeatureCache,
@@ -235,11 +221,12 @@ def _bench_model(
         seed=seed,
         progress=fit_progress,
         fit_kwargs=fit_kwargs,
+        features=train,
     )
     tick(n_cat)
     results = {}
     for i, c in enumerate(sources):
-        results.update(_evaluate(run, {c.name: tests[c.name]}, extractor.image_size))
+        results.update(_evaluate(run, {c.name: tests[c.name]}))
         tick(n_cat + i + 1)
     peak = _peak_rss()
     save_run(run, runs_dir / name)
@@ -386,7 +373,7 @@ def run_bench(
     try:
         extractor = FeatureExtractor(backbone, tuple(layers), image_size, device=device)
         cache = _feature_cache(extractor, cache_dir, tmp / "cache")
-        tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
+        train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
         units = 2 * len(sources)
         total = units * len(models)
         reports, docs = [], {}
@@ -400,6 +387,7 @@ def run_bench(
                 name,
                 classes[name],
                 sources,
+                train,
                 tests,
                 extractor,
                 cache,

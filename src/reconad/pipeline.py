@@ -147,14 +147,19 @@ def fit(
     scoring: dict[str, Any] | None = None,
     progress: Progress = _quiet,
     fit_kwargs: dict[str, Any] | None = None,
+    features: dict[str, tuple[Extracted, Extracted]] | None = None,
 ) -> Run:
-    """Fit ``model_name`` on the good images of every category (one model each, or one unified model)."""
+    """Fit ``model_name`` on the good images of every category (one model each, or one unified model).
+
+    ``features``: per category, the already extracted (model part, held-back part) of
+    :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
+    """
     torch.manual_seed(seed)
     scoring = {"sigma": 4.0, "reduce": "max", **(scoring or {})}
     context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
-    feats = {
+    feats = features or {
         c.name: (
             extract(
                 splits[c.name][0],
@@ -231,6 +236,24 @@ class CategoryResult:
     seconds: float
 
 
+def evaluate_features(run: Run, category: str, samples: list[Sample], ext: Extracted) -> CategoryResult:
+    """Score one category's extracted test split and compute its metrics (seconds = model + maps)."""
+    start = time.perf_counter()
+    maps, scores = score_features(
+        run.model_for(category),
+        ext.features,
+        run.config["features"]["image_size"],
+        run.config["scoring"],
+        [category] * len(samples),
+    )
+    seconds = time.perf_counter() - start
+    labels = np.array([s.label for s in samples])
+    maps_np, scores_np = maps.numpy(), scores.numpy()
+    metrics = compute_metrics(labels, scores_np, ext.masks, maps_np)
+    threshold = run.categories[category]["threshold"]
+    return CategoryResult(metrics, list(samples), labels, scores_np, ext.masks, maps_np, threshold, seconds)
+
+
 def evaluate(
     run: Run,
     data: list[CategoryData],
@@ -239,7 +262,10 @@ def evaluate(
     cache: FeatureCache | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, CategoryResult]:
-    """Score each category's test split with the run's model(s) and compute the five metrics."""
+    """Score each category's test split with the run's model(s) and compute the five metrics.
+
+    ``seconds`` of each result is end to end: decoding, backbone, model and maps.
+    """
     results = {}
     for c in data:
         if c.name not in run.categories:
@@ -248,31 +274,12 @@ def evaluate(
             )
         if not c.test:
             raise ReconadError(f"category {c.name}: no test images")
-        start = time.perf_counter()
         ext = extract(
             c.test, extractor, cache=cache, with_masks=True, progress=progress, description=f"{c.name}: test"
         )
-        maps, scores = score_features(
-            run.model_for(c.name),
-            ext.features,
-            extractor.image_size,
-            run.config["scoring"],
-            [c.name] * len(c.test),
-        )
-        seconds = time.perf_counter() - start
-        labels = np.array([s.label for s in c.test])
-        maps_np, scores_np = maps.numpy(), scores.numpy()
-        metrics = compute_metrics(labels, scores_np, ext.masks, maps_np)
-        results[c.name] = CategoryResult(
-            metrics,
-            list(c.test),
-            labels,
-            scores_np,
-            ext.masks,
-            maps_np,
-            run.categories[c.name]["threshold"],
-            seconds,
-        )
+        result = evaluate_features(run, c.name, c.test, ext)
+        result.seconds += ext.seconds
+        results[c.name] = result
     return results
 
 
