@@ -534,7 +534,7 @@ def bench(
             device=device,
             progress=progress,
         )
-    out.print(md)
+    print(md)
     out.print(f"results → {out_dir}")
 
 
