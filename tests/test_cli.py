@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import (
     FIT_ARGS,
     UNREADABLE,
@@ -65,6 +66,34 @@ def test_fit_unknown_model(tmp_path, parts):
     out = tmp_path / "run"
     result = invoke("fit", "nosuchmodel", "--data", f"mvtec:{parts}", "--out", out)
     assert_clean_error(result, "unknown model 'nosuchmodel'", "patchcore")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--holdout", "0"], ["holdout must be between 0 and 1", "got 0.0"]),
+        (["--holdout", "1.5"], ["holdout must be between 0 and 1"]),
+        (["--image-size", "0"], ["image size must be a positive integer"]),
+        (["--layers", "2,x"], ["--layers '2,x'"]),
+        (["--layers", "9"], ["no feature levels (9,)"]),
+        (["--param", "coreset_ratio"], ["--param 'coreset_ratio': expected key=value"]),
+        (["--backbone", "nosuchnet"], ["unknown backbone 'nosuchnet'"]),
+        (["--weights", "/nonexistent/w.safetensors"], ["weights file not found: /nonexistent/w.safetensors"]),
+        (["--device", "gpu9"], ["--device 'gpu9'"]),
+        (["--category", "nope"], ["category 'nope' not found", "synthetic_part"]),
+    ],
+)
+def test_fit_bad_option(tmp_path, parts, option, words):
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{parts}", out, *option), *words)
+    assert_nothing_written(out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_fit_on_cuda_without_a_gpu(tmp_path, parts):
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{parts}", out, "--device", "cuda"), "no CUDA GPU", "--device cpu")
     assert_nothing_written(out)
 
 

@@ -150,3 +150,20 @@ def test_malicious_backbone_weights_refused(tmp_path, writer):
     with pytest.raises(ReconadError, match="cannot read weights"):
         create_classifier("tf_efficientnet_lite0", tmp_path / "weights.safetensors")
     assert not marker.exists()
+
+
+def test_other_backbone_without_weights_fails_fast_and_offline(monkeypatch):
+    """A timm model with no embedded weights and no --weights: a clear error, and no network access at all."""
+    import socket
+
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(ReconadError, match="no embedded weights for backbone 'resnet18': pass --weights"):
+        create_classifier("resnet18")
+    assert attempts == []

@@ -107,6 +107,11 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 
 def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded ``fraction`` of good training images held back from the model to calibrate the threshold."""
+    if not 0 < fraction < 1:
+        raise ReconadError(
+            f"holdout must be between 0 and 1 (exclusive), got {fraction}: the threshold is set from "
+            "held-back good images"
+        )
     if len(train) < 2:
         raise ReconadError(
             f"category {train[0].category if train else '?'}: need at least 2 good training images"

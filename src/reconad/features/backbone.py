@@ -8,6 +8,8 @@ The default, ``tf_efficientnet_lite0`` (also lite1, lite2), loads the weights sh
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -54,7 +56,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def remap_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def remap_by_order(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename ``source`` tensors onto ``target``'s keys, pairing them in order and checking every shape.
 
     The wheel files use the lukemelas-style names (``_blocks.3._bn1``); timm registers the same modules in the
@@ -65,9 +69,27 @@ def remap_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     remapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
-            raise ReconadError(f"weights do not fit: {src_key} {tuple(tensor.shape)} vs {dst_key} {tuple(expected.shape)}")
+            raise ReconadError(
+                f"weights do not fit: {src_key} {tuple(tensor.shape)} vs {dst_key} {tuple(expected.shape)}"
+            )
         remapped[dst_key] = tensor
     return remapped
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """No network while timm looks for pretrained weights: only what the local Hugging Face cache holds."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: timm cannot download from the hub either
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def create_classifier(name: str = "tf_efficientnet_lite0", weights: Path | None = None) -> nn.Module:
@@ -84,7 +106,8 @@ def create_classifier(name: str = "tf_efficientnet_lite0", weights: Path | None 
             state = remap_by_order(state, model.state_dict())
     else:
         try:  # the user's own timm/HF cache, offline
-            return timm.create_model(name, pretrained=True).eval()
+            with _hub_offline():
+                return timm.create_model(name, pretrained=True).eval()
         except Exception as err:
             raise ReconadError(
                 f"no embedded weights for backbone {name!r}: pass --weights FILE (safetensors or state dict)"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
 
 
@@ -36,7 +37,12 @@ class FeatureExtractor:
         self.image_size = image_size
         self.smooth = smooth
         self.weights = str(weights) if weights else None
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as err:
+            raise ReconadError(f"--device {device!r}: {err}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ReconadError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
         self.model, (mean, std) = create_feature_backbone(
             backbone, self.layers, Path(weights) if weights else None
         )
