@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from reconad.models.base import create_model
@@ -58,6 +60,49 @@ def test_greedy_coreset_equals_naive_farthest_point_sampling(n, d, select, proje
     assert got == naive_farthest_points(x, select, projection_dim, seed, first=got[0])
     assert len(set(got)) == select
     assert greedy_coreset(x, select, projection_dim, seed, points_per_block=block).tolist() == got  # seeded
+
+
+def projected(features: torch.Tensor, projection_dim: int | None, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if projection_dim is not None and projection_dim < x.shape[1]:
+        x = x @ (torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim))
+    return x.double().numpy()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 400),
+    d=st.integers(1, 12),
+    fraction=st.floats(0.0, 0.5),
+    projection_dim=st.sampled_from([None, 2, 4]),
+    block=st.sampled_from([4, 16, 256]),
+    seed=st.integers(0, 2**16),
+)
+def test_greedy_coreset_property(n, d, fraction, projection_dim, block, seed):
+    """Any shape, size, projection and block size: distinct points, each the farthest from those before it
+    (up to float32 rounding of the distances)."""
+    x = clustered(n, d, seed)
+    select = max(1, round(fraction * n))
+    got = greedy_coreset(x, select, projection_dim, seed, points_per_block=block).tolist()
+    assert len(got) == select and len(set(got)) == select
+    xs = projected(x, projection_dim, seed)
+    tol = 1e-5 * float((xs**2).sum(axis=1).max()) + 1e-9
+    min_dist = np.full(n, np.inf)
+    for step, i in enumerate(got):
+        if step:
+            assert min_dist[i] >= min_dist.max() - tol, step
+        min_dist = np.minimum(min_dist, ((xs - xs[i]) ** 2).sum(axis=1))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="coreset.py: float32 distances of chosen points to themselves are not exactly 0, so when nearly "
+    "every point is selected a chosen point can be picked again (chosen points at min_dist -1 fix it)",
+)
+def test_greedy_coreset_selecting_every_point_gives_every_point():
+    x = clustered(91, 1, 0)
+    assert sorted(greedy_coreset(x, 91, None, 0, points_per_block=4).tolist()) == list(range(91))
 
 
 def test_greedy_coreset_clamps_the_count():
