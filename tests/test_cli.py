@@ -254,6 +254,9 @@ def test_predict_skips_bad_files_and_scores_the_rest(tmp_path, fitted_run):
         overlay = np.asarray(Image.open(out / r["overlay"]))
         assert overlay.shape == (48, 48, 3)  # drawn at the original image size
     assert sorted(p.name for p in out.iterdir()) == sorted([*(r["overlay"] for r in rows), "scores.csv"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
 
 
 def test_predict_missing_input(tmp_path, fitted_run):

@@ -76,6 +76,17 @@ def test_save_replaces_a_previous_run_and_leaves_no_temporaries(tmp_path, fitted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_saved_run_and_reports_get_the_usual_permissions(tmp_path, fitted_run):
+    """Writing via temporaries must not leave 0700 folders or 0600 files (others could not read them)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    save_run(load_run(fitted_run), tmp_path / "run")
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask
+    result = invoke("test", tmp_path / "run", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_save_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path, fitted_run):
     out = tmp_path / "notes"
     out.mkdir()

@@ -173,7 +173,10 @@ def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     an interrupted command never leaves a truncated file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600: the permissions a new file gets
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
         os.replace(tmp, path)

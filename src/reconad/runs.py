@@ -51,6 +51,9 @@ def save_run(run: Run, path: Path) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: give the run the permissions a new folder gets
     old: Path | None = None
     try:
         (tmp / "weights").mkdir()
