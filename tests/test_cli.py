@@ -129,6 +129,40 @@ def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_run(tmp_path, parts):
     assert (out / "thesis.txt").read_text() == "do not delete"
 
 
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["fit", "patchcore", "--data", "mvtec:{parts}", "--out", "{file}/run"], ["{file} is not a folder"]),
+        (["predict", "{run}", "{parts}/test/good", "--out", "{file}"], ["{file} exists and is not a folder"]),
+        (["test", "{run}", "--json", "{dir}"], ["{dir} exists and is a folder"]),
+        (["test", "{run}", "--json", "{file}/m.json"], ["{file} is not a folder"]),
+        (["test", "{run}", "--report", "{file}"], ["{file} exists and is not a folder"]),
+    ],
+    ids=["fit-out-under-a-file", "predict-out-is-a-file", "json-is-a-folder", "json-under-a-file", "report"],
+)
+def test_output_path_in_the_way(tmp_path, parts, fitted_run, command, words):
+    """An output path that cannot be written is refused before any work (exit 2), and nothing is touched."""
+    names = {"parts": parts, "run": fitted_run, "file": tmp_path / "a_file", "dir": tmp_path / "a_dir"}
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "a_dir").mkdir()
+    result = invoke(*(arg.format(**names) for arg in command))
+    assert_clean_error(result, *(w.format(**names) for w in words))
+    assert (tmp_path / "a_file").read_text() == "keep me" and not any((tmp_path / "a_dir").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
+
+
+def test_disk_full_while_saving_is_one_line(tmp_path, parts, monkeypatch):
+    import reconad.runs
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reconad.runs, "save_file", full)
+    out = tmp_path / "run"
+    assert_clean_error(fit(f"mvtec:{parts}", out), "No space left on device")
+    assert_nothing_written(out)
+
+
 def test_error_line_is_one_line_and_literal_for_odd_paths(tmp_path):
     """A long path is not wrapped, and brackets in it are printed, not read as rich markup."""
     odd = tmp_path / ("x" * 120) / "a[/b]" / "[bold]c"

@@ -81,6 +81,11 @@ def clean_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except OSError as error:  # the file system said no (disk full, permissions, a file in the way)
+            if STATE["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except Exception as error:  # a bug: say so in one line unless debugging
             if STATE["debug"]:
                 raise
@@ -192,6 +197,17 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
         json.dump(doc, f, indent=2)
 
 
+def check_output(path: Path, *, folder: bool) -> None:
+    """Fail before any work when ``path`` cannot become a folder (``folder``) or a file."""
+    if path.exists() and path.is_dir() != folder:
+        raise ReconadError(f"{show_path(path)} exists and is {'not a folder' if folder else 'a folder'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReconadError(f"cannot write {show_path(path)}: {show_path(parent)} is not a folder")
+            break
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     """Where unified models keep per-epoch checkpoints until the run is saved."""
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
@@ -218,6 +234,7 @@ def do_fit(
     cls = model_class(model)  # unknown model: error before any work
     if out_dir.exists() and not (out_dir / "run.json").is_file():
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
+    check_output(out_dir, folder=True)
     sources = load_sources(data, categories, seed=seed)
     try:
         level_ids = tuple(int(x) for x in layers.split(","))
@@ -335,6 +352,10 @@ def test(
     device: str = "cpu",
 ) -> None:
     """Score the test split of each category and print image/pixel AUROC, AUPRO, F1-max and AP."""
+    if json_file:
+        check_output(json_file, folder=False)
+    if report:
+        check_output(report, folder=True)
     run, results, doc = do_test(run_dir, data, category, device=device)
     out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
     for name, m in doc["categories"].items():
@@ -399,6 +420,7 @@ def predict(
         category = next(iter(run.categories))
     if category not in run.categories:
         raise ReconadError(f"the run has no category {category!r} (it has {', '.join(run.categories)})")
+    check_output(out_dir, folder=True)
     paths = collect_images(inputs)
     extractor = make_extractor(run.config["features"], device)
     cat = run.categories[category]
