@@ -95,11 +95,6 @@ def test_greedy_coreset_property(n, d, fraction, projection_dim, block, seed):
         min_dist = np.minimum(min_dist, ((xs - xs[i]) ** 2).sum(axis=1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coreset.py: float32 distances of chosen points to themselves are not exactly 0, so when nearly "
-    "every point is selected a chosen point can be picked again (chosen points at min_dist -1 fix it)",
-)
 def test_greedy_coreset_selecting_every_point_gives_every_point():
     x = clustered(91, 1, 0)
     assert sorted(greedy_coreset(x, 91, None, 0, points_per_block=4).tolist()) == list(range(91))

@@ -52,7 +52,7 @@ def greedy_coreset(
     block = _blocks(x, points_per_block, seed)
     order = torch.argsort(block, stable=True)  # points of one block are contiguous
     xs = np.ascontiguousarray(x[order].numpy(), dtype=np.float32)
-    block = block[order].numpy()
+    _, block = np.unique(block[order].numpy(), return_inverse=True)  # ids 0..B-1, no empty block
     n_blocks = int(block.max()) + 1
     counts = np.bincount(block, minlength=n_blocks)
     ends = np.cumsum(counts)
@@ -70,6 +70,7 @@ def greedy_coreset(
     for step in range(n_select):
         chosen[step] = current
         centre = xs[current]
+        min_dist[current] = -np.inf  # never picked again (its float distance to itself may not be 0)
         gap = np.linalg.norm(centroids - centre, axis=1) - radius  # lower bound on distances to the centre
         for b in np.flatnonzero((gap <= 0) | (gap * gap < block_max)):
             lo, hi = starts[b], ends[b]
