@@ -30,17 +30,32 @@ def _blocks(x: Tensor, points_per_block: int, seed: int) -> Tensor:
     return torch.from_numpy(assign[:, 0].astype(np.int64))
 
 
+def _padded_chunks(block: np.ndarray, chunk: int) -> np.ndarray:
+    """Each block cut into chunks of at most ``chunk`` points: ``[n_chunks, chunk]`` indices, -1 pads."""
+    order = np.argsort(block, kind="stable")
+    bounds = np.flatnonzero(np.diff(block[order])) + 1
+    rows = []
+    for members in np.split(order, bounds):
+        for start in range(0, len(members), chunk):
+            part = members[start : start + chunk]
+            rows.append(np.pad(part, (0, chunk - len(part)), constant_values=-1))
+    return np.stack(rows)
+
+
 def greedy_coreset(
     features: Tensor,
     n_select: int,
     projection_dim: int | None = 128,
     seed: int = 0,
     points_per_block: int = 256,
+    chunk: int = 64,
 ) -> Tensor:
     """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling.
 
     ``projection_dim``: a seeded Gaussian random projection first (Johnson–Lindenstrauss), as PatchCore does;
-    ``None`` keeps the full dimension. The first point is drawn at random with ``seed``.
+    ``None`` keeps the full dimension. The first point is drawn at random with ``seed``. Points are grouped
+    into k-means clusters of about ``points_per_block``, split into padded chunks of ``chunk`` points, so
+    each step is a few array operations over the chunks that the triangle inequality cannot rule out.
     """
     n = features.shape[0]
     n_select = max(1, min(int(n_select), n))
@@ -49,34 +64,31 @@ def greedy_coreset(
     if projection_dim is not None and projection_dim < x.shape[1]:
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
         x = x @ proj
-    block = _blocks(x, points_per_block, seed)
-    order = torch.argsort(block, stable=True)  # points of one block are contiguous
-    xs = np.ascontiguousarray(x[order].numpy(), dtype=np.float32)
-    _, block = np.unique(block[order].numpy(), return_inverse=True)  # ids 0..B-1, no empty block
-    n_blocks = int(block.max()) + 1
-    counts = np.bincount(block, minlength=n_blocks)
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    centroids = np.zeros((n_blocks, xs.shape[1]), np.float32)
-    np.add.at(centroids, block, xs)
-    centroids /= np.maximum(counts, 1)[:, None]
-    radius = np.zeros(n_blocks, np.float32)
-    np.maximum.at(radius, block, np.linalg.norm(xs - centroids[block], axis=1))
-    sq_norm = np.einsum("ij,ij->i", xs, xs)
-    min_dist = np.full(n, np.inf, np.float32)  # squared distance of each point to the coreset
-    block_max = np.full(n_blocks, np.inf, np.float32)  # max of min_dist within each block
+    index = _padded_chunks(_blocks(x, points_per_block, seed).numpy(), chunk)  # [B, S], -1 = padding
+    valid = index >= 0
+    xs = np.ascontiguousarray(x.numpy(), dtype=np.float32)[np.where(valid, index, 0)]  # [B, S, d]
+    xs[~valid] = 0
+    sq_norm = np.einsum("bsd,bsd->bs", xs, xs)
+    counts = valid.sum(1)
+    centroids = xs.sum(1) / counts[:, None]
+    radius = np.where(valid, np.linalg.norm(xs - centroids[:, None], axis=2), 0).max(1)
+    centroid_sq = np.einsum("bd,bd->b", centroids, centroids)
+    min_dist = np.where(valid, np.inf, -np.inf).astype(np.float32)  # squared distance to the coreset
+    block_max = np.full(len(index), np.inf, np.float32)
+    position = {int(v): (b, s) for (b, s), v in np.ndenumerate(index) if v >= 0}
     chosen = np.empty(n_select, dtype=np.int64)
-    current = int(torch.randint(n, (1,), generator=gen))
+    b, s = position[int(torch.randint(n, (1,), generator=gen))]
     for step in range(n_select):
-        chosen[step] = current
-        centre = xs[current]
-        min_dist[current] = -np.inf  # never picked again (its float distance to itself may not be 0)
-        gap = np.linalg.norm(centroids - centre, axis=1) - radius  # lower bound on distances to the centre
-        for b in np.flatnonzero((gap <= 0) | (gap * gap < block_max)):
-            lo, hi = starts[b], ends[b]
-            dist = sq_norm[lo:hi] - 2 * (xs[lo:hi] @ centre) + sq_norm[current]
-            seg = np.minimum(min_dist[lo:hi], dist, out=min_dist[lo:hi])
-            block_max[b] = seg.max()
-        best = int(block_max.argmax())
-        current = int(starts[best] + min_dist[starts[best] : ends[best]].argmax())
-    return order[torch.from_numpy(chosen)]
+        chosen[step] = index[b, s]
+        centre = xs[b, s].copy()
+        centre_sq = float(sq_norm[b, s])
+        min_dist[b, s] = -np.inf  # never picked again (its float distance to itself may not be exactly 0)
+        gap = np.sqrt(np.maximum(centroid_sq - 2 * (centroids @ centre) + centre_sq, 0)) - radius
+        active = np.flatnonzero((gap <= 0) | (gap * gap < block_max))
+        dist = sq_norm[active] - 2 * (xs[active] @ centre) + centre_sq
+        seg = np.minimum(min_dist[active], dist)
+        min_dist[active] = seg
+        block_max[active] = seg.max(1)
+        b = int(block_max.argmax())
+        s = int(min_dist[b].argmax())
+    return torch.from_numpy(chosen)
