@@ -27,7 +27,7 @@ from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate as compute_metrics
 from reconad.metrics import mean_metrics
-from reconad.models.base import Model, create_model
+from reconad.models.base import Model, check_params, create_model
 from reconad.runs import UNIFIED, Run
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
@@ -159,6 +159,7 @@ def fit(
     ``features``: per category, the already extracted (model part, held-back part) of
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
     """
+    check_params(model_name, params or {})
     torch.manual_seed(seed)
     scoring = {"sigma": 4.0, "reduce": "max", **(scoring or {})}
     context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}

@@ -61,6 +61,16 @@ def create_model(name: str, **params: Any) -> Model:
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
 
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """A clear error for a user-given hyper-parameter the model does not have (a typo, say)."""
+    accepted = set(inspect.signature(model_class(name).__init__).parameters) - {"self"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ReconadError(
+            f"model {name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
+        )
+
+
 def init_config(model: object) -> dict[str, Any]:
     """The ``__init__`` arguments of ``model`` as stored attributes (the sklearn convention): its config."""
     params = inspect.signature(type(model).__init__).parameters
