@@ -159,3 +159,12 @@ def test_fit_is_deterministic_per_seed():
     c = PatchCore(coreset_ratio=0.1, projection_dim=8, seed=6).fit(train).bank_
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_an_unknown_parameter_is_a_clear_error():
+    from reconad.errors import ReconadError
+    from reconad.models.base import check_params
+
+    check_params("patchcore", {"coreset_ratio": 0.05})
+    with pytest.raises(ReconadError, match="no parameter coreset_rato"):
+        check_params("patchcore", {"coreset_rato": 0.05})

@@ -67,7 +67,8 @@ def check_params(name: str, params: dict[str, Any]) -> None:
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise ReconadError(
-            f"model {name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(accepted))}"
+            f"model {name} has no parameter {', '.join(unknown)}; "
+            f"its parameters: {', '.join(sorted(accepted))}"
         )
 
 
