@@ -109,6 +109,17 @@ def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: 
         model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
 
 
+def test_features_are_standardised_per_channel() -> None:
+    """Scaling channels by powers of two (exact in floating point) changes neither training nor scores."""
+    feats = _features()
+    scale = 2.0 ** torch.randint(-3, 4, (1, 16, 1, 1), generator=torch.Generator().manual_seed(0)).float()
+    a = RLR(**TINY, epochs=2).fit(feats)
+    b = RLR(**TINY, epochs=2).fit(feats * scale)
+    assert torch.equal(a.predict(feats), b.predict(feats * scale))
+    assert not torch.equal(b.nets_[0].feature_std, torch.ones(6))  # statistics stored with the weights
+    assert "net.0.feature_mean" in b.state_dict()
+
+
 @pytest.mark.parametrize(("cls", "flags"), MODELS_UNDER_TEST)
 def test_training_reduces_the_loss(cls: type, flags: dict) -> None:
     model = cls(**TINY, epochs=12, lr=3e-3, jitter_scale=1.0, **flags).fit(_features(n=8))

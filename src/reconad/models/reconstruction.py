@@ -1,16 +1,18 @@
 """The shared trainer for feature-reconstruction transformers (RLR, UniAD-style): one network per feature
 level, every category trained together (a *unified* model).
 
-Training: the clean patch features of each level are the target; the input is the same features plus
-feature jitter (Gaussian noise, per-token std ``jitter_scale · ‖f‖ / C``, applied with probability
-``jitter_prob``); the loss is ``MSE + mean(1 − cosine)`` per level, summed over levels; Adam, fixed epochs.
-After every epoch a checkpoint is written atomically (safetensors for weights, optimizer state and RNG
-state; JSON for the epoch), so ``fit(..., resume=True)`` continues where an interrupted run stopped and
-ends with exactly the weights an uninterrupted run would have (every random draw comes from one seeded
-generator whose state is saved).
+Each level is standardised per channel with the mean and standard deviation of its training features
+(stored with the weights): the network starts at the right scale, which matters on a short CPU schedule,
+and every channel counts alike in the loss and the score. Training: the clean standardised features are the
+target; the input is the same features plus feature jitter (Gaussian noise, per-token std
+``jitter_scale · ‖f‖ / C``, applied with probability ``jitter_prob``); the loss is ``MSE + mean(1 − cosine)``
+per level, summed over levels; Adam, fixed epochs. After every epoch a checkpoint is written atomically
+(safetensors for weights, optimizer state and RNG state; JSON for the epoch), so ``fit(..., resume=True)``
+continues where an interrupted run stopped and ends with exactly the weights an uninterrupted run would
+have (every random draw comes from one seeded generator whose state is saved).
 
-Score: per level, channel-mean squared error + (1 − cosine) between features and reconstruction, bilinearly
-upsampled to the finest grid and averaged over levels.
+Score: per level, channel-mean squared error + (1 − cosine) between standardised features and their
+reconstruction, bilinearly upsampled to the finest grid and averaged over levels.
 """
 
 from __future__ import annotations
@@ -59,11 +61,14 @@ def default_window(side: int) -> int:
 
 class TokenReconstructor(nn.Module):
     """One level's network: linear embedding + fixed position embedding → :meth:`encode` → LayerNorm → linear
-    projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens)."""
+    projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens).
+    ``feature_mean`` / ``feature_std`` (buffers, set by the trainer) standardise the level's raw features."""
 
     def __init__(self, channels: int, width: int, hw: tuple[int, int]) -> None:
         super().__init__()
         self.hw = hw
+        self.register_buffer("feature_mean", torch.zeros(channels))
+        self.register_buffer("feature_std", torch.ones(channels))
         self.embed = nn.Linear(channels, width)
         self.register_buffer("pos", sincos_position_2d(hw, width), persistent=False)
         self.norm = nn.LayerNorm(width)
@@ -72,8 +77,12 @@ class TokenReconstructor(nn.Module):
     def encode(self, tokens: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def standardise(self, features: Tensor) -> Tensor:
+        """Raw ``[B, N, C]`` level features → per-channel standardised features (the space of the loss)."""
+        return (features - self.feature_mean) / self.feature_std
+
     def forward(self, features: Tensor) -> Tensor:
-        """``[B, N, C]`` (possibly jittered) features → ``[B, N, C]`` reconstruction."""
+        """``[B, N, C]`` standardised (possibly jittered) features → ``[B, N, C]`` reconstruction."""
         return self.out(self.norm(self.encode(self.embed(features) + self.pos)))
 
 
@@ -249,6 +258,10 @@ class ReconstructionModel:
         levels = self.split_levels(features)
         self._build(self._level_hw(features))
         assert self.nets_ is not None
+        for net, x in zip(self.nets_, levels, strict=True):
+            flat = x.reshape(-1, x.shape[-1]).double()
+            net.feature_mean.copy_(flat.mean(dim=0).float())
+            net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
         device = self._device()
         optimizer = torch.optim.Adam(self.nets_.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(self.seed)
@@ -268,7 +281,7 @@ class ReconstructionModel:
                 idx = order[i : i + self.batch_size]
                 loss = torch.zeros((), device=device)
                 for net, x in zip(self.nets_, levels, strict=True):
-                    clean = x[idx].to(device)
+                    clean = net.standardise(x[idx].to(device))
                     rec = net(feature_jitter(clean, self.jitter_scale, self.jitter_prob, generator))
                     cos = F.cosine_similarity(rec, clean, dim=-1, eps=1e-6)
                     loss = loss + F.mse_loss(rec, clean) + (1 - cos).mean()
@@ -366,7 +379,7 @@ class ReconstructionModel:
         for i in range(0, features.shape[0], batch_size):
             levels = self.split_levels(features[i : i + batch_size])
             for k, (net, x, hw) in enumerate(zip(self.nets_, levels, self.level_hw_, strict=True)):
-                x = x.to(device)
+                x = net.standardise(x.to(device))
                 out[k].append(reconstruction_error(x, net(x)).view(-1, *hw).float().cpu())
         return [torch.cat(o) for o in out]
 
