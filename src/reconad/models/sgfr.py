@@ -1,0 +1,172 @@
+"""SGFR — subspace-guided feature reconstruction (after Hotta, Zhang, Hagihara, Akashi, arXiv 2309.13904).
+
+Nominal patch features are taken to lie on a union of low-dimensional subspaces. A self-expressive model
+(each nominal feature an elastic-net combination of the others, zero self-coefficient) reveals them; its
+coefficients say which features carry the subspaces, and only those are kept as atoms. A test feature is
+reconstructed from the atoms of its own subspace (its nearest atoms, the same elastic net) and its anomaly
+score is the reconstruction residual. See ``docs/sgfr.md`` for the equations and the measurements.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from reconad.errors import ReconadError
+from reconad.models.base import init_config, register
+from reconad.models.coreset import greedy_coreset
+from reconad.models.self_expressive import (
+    METRICS,
+    AtomIndex,
+    code,
+    coverage_select,
+    ivf_lists,
+    train_centroids,
+)
+
+SAMPLINGS = ("coverage", "usage", "random", "coreset")
+
+
+def _patches(features: Tensor) -> Tensor:
+    if features.ndim != 4:
+        raise ReconadError(f"features must be [N, C, h, w], got shape {tuple(features.shape)}")
+    return features.detach().float().cpu().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+@register
+class SGFR:
+    """Sparse self-expressive reconstruction of patch features from a sampled atom bank.
+
+    ``sampling_ratio``: fraction of the training patches kept as atoms. ``n_candidates``: atoms a feature
+    may use (its nearest ones). ``lam``, ``alpha``: elastic-net weight λ and ℓ₁ share α, on features scaled to
+    unit mean squared norm. ``iters``: ADMM steps. ``sampling``: ``"coverage"`` (self-expressive coefficient
+    mass with coverage re-weighting), ``"usage"`` (total |coefficient| only), ``"random"`` or ``"coreset"``
+    (greedy farthest point, for comparison). ``pool_size``: training patches self-expressed to choose atoms.
+    ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``seed``: all randomness.
+    """
+
+    name: ClassVar[str] = "sgfr"
+    unified: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        sampling_ratio: float = 0.02,
+        n_candidates: int = 16,
+        lam: float = 0.02,
+        alpha: float = 0.5,
+        iters: int = 15,
+        sampling: str = "coverage",
+        rounds: int = 4,
+        pool_size: int = 131072,
+        metric: str = "abscos",
+        nprobe: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < sampling_ratio <= 1.0:
+            raise ReconadError(f"sampling_ratio must be in (0, 1], got {sampling_ratio}")
+        if sampling not in SAMPLINGS:
+            raise ReconadError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        if metric not in METRICS:
+            raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
+            raise ReconadError("need n_candidates >= 1, iters >= 1, lam >= 0 and 0 <= alpha <= 1")
+        self.sampling_ratio = sampling_ratio
+        self.n_candidates = n_candidates
+        self.lam = lam
+        self.alpha = alpha
+        self.iters = iters
+        self.sampling = sampling
+        self.rounds = rounds
+        self.pool_size = pool_size
+        self.metric = metric
+        self.nprobe = nprobe
+        self.seed = seed
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, features: Tensor, categories: list[str] | None = None) -> SGFR:
+        x = _patches(features)
+        if len(x) < 2:
+            raise ReconadError("SGFR needs at least two training patches")
+        self.scale_ = x.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+        x = x / self.scale_
+        gen = torch.Generator().manual_seed(self.seed)
+        budget = min(len(x), max(2, round(self.sampling_ratio * len(x))))
+        self.support_ = self._sample(x, budget, gen)  # which training patches became atoms (not saved)
+        self.bank_ = x[self.support_].contiguous()
+        lists = ivf_lists(len(self.bank_), self.metric)
+        use_ivf = 0 < self.nprobe < lists
+        self.centroids_ = (
+            train_centroids(self.bank_, lists, self.seed, self.metric)
+            if use_ivf
+            else torch.empty(0, x.shape[1])
+        )
+        self._build()
+        return self
+
+    def _sample(self, x: Tensor, budget: int, gen: torch.Generator) -> Tensor:
+        n = len(x)
+        if budget >= n:
+            return torch.arange(n)
+        if self.sampling == "random":
+            return torch.randperm(n, generator=gen)[:budget]
+        if self.sampling == "coreset":
+            return greedy_coreset(x, budget, 128, self.seed)
+        pool = torch.randperm(n, generator=gen)[: min(n, max(self.pool_size, 2 * budget))]
+        points = x[pool]
+        own = torch.arange(len(points))
+        idx, coef, _ = self._code(self._index_over(points), points, own)
+        self.pool_idx_, self.pool_coef_ = idx, coef
+
+        def residuals(chosen: Tensor) -> Tensor:
+            return self._code(self._index_over(points[chosen]), points)[2]
+
+        rounds = self.rounds if self.sampling == "coverage" else 1
+        return pool[coverage_select(idx, coef, budget, rounds, residuals)]
+
+    def _index_over(self, atoms: Tensor) -> AtomIndex:
+        lists = ivf_lists(len(atoms), self.metric)
+        centroids = train_centroids(atoms, lists, self.seed, self.metric) if 0 < self.nprobe < lists else None
+        return AtomIndex(atoms, centroids, self.nprobe, self.metric)
+
+    def _code(self, index: AtomIndex, y: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own)
+
+    def _build(self) -> None:
+        centroids = self.centroids_ if len(self.centroids_) else None
+        self._index = AtomIndex(self.bank_, centroids, self.nprobe, self.metric)
+
+    # ---------------------------------------------------------------- predict
+    def reconstruct(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per patch ``(atom indices [P, K], codes [P, K], squared residuals [P])`` in scaled units."""
+        if not hasattr(self, "bank_"):
+            raise ReconadError("SGFR is not fitted: call fit() first")
+        y = _patches(features)
+        if y.shape[1] != self.bank_.shape[1]:
+            raise ReconadError(
+                f"features have {y.shape[1]} channels but the model was fitted on {self.bank_.shape[1]}"
+            )
+        return self._code(self._index, y / self.scale_)
+
+    def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
+        """Patch scores ``[N, h, w]``: the residual norm ``‖y − Xc‖`` in feature units."""
+        n, _, h, w = features.shape
+        _, _, res = self.reconstruct(features)
+        return (res.sqrt() * self.scale_).reshape(n, h, w)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"bank": self.bank_, "centroids": self.centroids_, "scale": self.scale_.reshape(1)}
+
+    def get_config(self) -> dict[str, Any]:
+        return init_config(self)
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> SGFR:
+        model = cls(**config)
+        model.bank_ = state["bank"].float().contiguous()
+        model.centroids_ = state["centroids"].float().contiguous()
+        model.scale_ = state["scale"].float().reshape(())
+        model._build()
+        return model
