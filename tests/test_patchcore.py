@@ -148,7 +148,13 @@ def test_save_load_gives_bit_identical_scores(tmp_path):
     model = create_model("patchcore", coreset_ratio=0.1, k=2, level_channels=(8, 8)).fit(train)
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = PatchCore.from_state(model.get_config(), load_file(str(tmp_path / "w.safetensors")))
-    assert loaded.get_config() == {"coreset_ratio": 0.1, "k": 2, "projection_dim": 128, "seed": 0}
+    assert loaded.get_config() == {
+        "coreset_ratio": 0.1,
+        "k": 2,
+        "projection_dim": 128,
+        "nprobe": 0,
+        "seed": 0,
+    }
     assert torch.equal(loaded.predict(test), model.predict(test))
 
 

@@ -12,13 +12,12 @@ matrix-vector product and a soft threshold.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import faiss
-import numpy as np
 import torch
 from torch import Tensor
+
+from reconad.models.knn import NearestNeighbors
 
 
 def soft_threshold(x: Tensor, t: float) -> Tensor:
@@ -70,88 +69,8 @@ def residual_from_gram(gram: Tensor, b: Tensor, yy: Tensor, c: Tensor) -> Tensor
     return (yy - 2.0 * (b * c).sum(-1) + quad).clamp_min(0.0)
 
 
-METRICS = ("abscos", "cosine", "l2")
-
-
-def ivf_lists(n_atoms: int, metric: str = "l2") -> int:
-    """IVF lists for ``n`` index entries: ``2√n`` (4,096 → 128 lists of 32), with at least 39 entries per list
-    (FAISS k-means wants that many points per centroid). ``abscos`` indexes ±atoms: 2 entries each."""
-    n = 2 * n_atoms if metric == "abscos" else n_atoms
-    return max(1, min(round(2.0 * math.sqrt(n)), n // 39))
-
-
-def _entries(atoms: Tensor, metric: str) -> Tensor:
-    """What the FAISS index holds: the atoms (l2), unit atoms (cosine), or unit atoms and their negatives."""
-    if metric == "l2":
-        return atoms.float()
-    unit = _unit(atoms)
-    return torch.cat([unit, -unit]) if metric == "abscos" else unit
-
-
-def train_centroids(atoms: Tensor, n_lists: int, seed: int, metric: str = "l2") -> Tensor:
-    """Coarse k-means centroids ``[n_lists, C]`` of the index entries (seeded; 10 Lloyd steps; spherical for
-    the cosine metrics)."""
-    x = np.ascontiguousarray(_entries(atoms, metric).numpy(), dtype=np.float32)
-    km = faiss.Kmeans(
-        x.shape[1], n_lists, niter=10, seed=seed, max_points_per_centroid=64, spherical=metric != "l2"
-    )
-    km.train(x)
-    return torch.from_numpy(km.centroids.copy())
-
-
-def _unit(x: Tensor) -> Tensor:
-    x = x.float()
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-class AtomIndex:
-    """Candidate-atom search (FAISS), exact or IVF over given ``centroids`` probing ``nprobe`` lists.
-
-    ``metric``: ``"l2"`` nearest atoms; ``"cosine"`` largest cosine; ``"abscos"`` largest ``|cos|`` (the
-    subspace notion of closeness: ``a`` and ``−a`` span the same line), searched as the largest cosine over
-    the atoms and their negatives. With the same atoms and centroids the index, hence every search, is the
-    same: centroids are learned state, stored with the model.
-    """
-
-    def __init__(
-        self, atoms: Tensor, centroids: Tensor | None = None, nprobe: int = 8, metric: str = "l2"
-    ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        self.metric = metric
-        self.atoms = atoms.float().contiguous()
-        self.sq = (self.atoms * self.atoms).sum(1)
-        self.norms = self.sq.sqrt()
-        data = np.ascontiguousarray(_entries(self.atoms, metric).numpy())
-        dim = data.shape[1]
-        flat = faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP
-        if centroids is None or nprobe <= 0 or nprobe >= len(centroids):
-            self.index = flat(dim)
-        else:
-            quantizer = flat(dim)
-            quantizer.add(np.ascontiguousarray(centroids.float().numpy()))
-            kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-            self.index = faiss.IndexIVFFlat(quantizer, dim, len(centroids), kind)
-            self.index.is_trained = True
-            self.index.nprobe = nprobe
-            self._quantizer = quantizer  # keep it alive: FAISS does not own it
-        self.index.add(data)
-
-    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """``(squared L2 distances or signed cosines, atom indices)`` ``[B, k]``, best first (-1: none)."""
-        q = queries.float() if self.metric == "l2" else _unit(queries)
-        d, i = self.index.search(np.ascontiguousarray(q.numpy()), k)
-        d, i = torch.from_numpy(d), torch.from_numpy(i).long()
-        if self.metric == "abscos":
-            n = len(self.atoms)
-            negative = i >= n
-            d = torch.where(negative, -d, d)
-            i = torch.where(negative, i - n, i)
-        return d, i
-
-
 def code(
-    index: AtomIndex,
+    index: NearestNeighbors,
     queries: Tensor,
     k: int,
     lam: float,

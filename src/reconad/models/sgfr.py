@@ -17,14 +17,8 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.self_expressive import (
-    METRICS,
-    AtomIndex,
-    code,
-    coverage_select,
-    ivf_lists,
-    train_centroids,
-)
+from reconad.models.knn import METRICS, NearestNeighbors, ivf_lists, train_centroids
+from reconad.models.self_expressive import code, coverage_select
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
 
@@ -125,17 +119,19 @@ class SGFR:
         rounds = self.rounds if self.sampling == "coverage" else 1
         return pool[coverage_select(idx, coef, budget, rounds, residuals)]
 
-    def _index_over(self, atoms: Tensor) -> AtomIndex:
+    def _index_over(self, atoms: Tensor) -> NearestNeighbors:
         lists = ivf_lists(len(atoms), self.metric)
         centroids = train_centroids(atoms, lists, self.seed, self.metric) if 0 < self.nprobe < lists else None
-        return AtomIndex(atoms, centroids, self.nprobe, self.metric)
+        return NearestNeighbors(atoms, centroids, self.nprobe, self.metric)
 
-    def _code(self, index: AtomIndex, y: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _code(
+        self, index: NearestNeighbors, y: Tensor, own: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own)
 
     def _build(self) -> None:
         centroids = self.centroids_ if len(self.centroids_) else None
-        self._index = AtomIndex(self.bank_, centroids, self.nprobe, self.metric)
+        self._index = NearestNeighbors(self.bank_, centroids, self.nprobe, self.metric)
 
     # ---------------------------------------------------------------- predict
     def reconstruct(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
