@@ -131,7 +131,9 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     names = list(next(iter(results.values())))
     lines = [
-        "| config | " + " | ".join(f"{c} pixel AUROC / AUPRO / image AUROC" for c in results) + " | mean px+pro |",
+        "| config | "
+        + " | ".join(f"{c} pixel AUROC / AUPRO / image AUROC" for c in results)
+        + " | mean px+pro |",
         "|---|" + "---|" * (len(results) + 1),
     ]
     for name in names:
