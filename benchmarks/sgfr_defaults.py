@@ -44,6 +44,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "l2 K16 2% lam0.1": {"metric": "l2", "sampling_ratio": 0.02, "lam": 0.1},
     "l2 K16 5%": {"metric": "l2", "sampling_ratio": 0.05},
     "abscos K16 5%": {"metric": "abscos", "sampling_ratio": 0.05},
+    "l2 K16 10%": {"metric": "l2", "sampling_ratio": 0.1},
+    "l2 K16 2% nonneg": {"metric": "l2", "sampling_ratio": 0.02, "nonneg": True},
+    "l2 K32 2% nonneg": {"metric": "l2", "sampling_ratio": 0.02, "nonneg": True, "n_candidates": 32},
+    "l2 K16 5% nonneg": {"metric": "l2", "sampling_ratio": 0.05, "nonneg": True},
+    "abscos K16 10%": {"metric": "abscos", "sampling_ratio": 0.1},
 }
 
 
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", nargs="+", default=DATA)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", default=None, help="candidate names to run (default: all)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor()
@@ -122,8 +128,10 @@ def main() -> None:
     for cat in load_sources(args.data):
         d = validation_set(cat, extractor, cache, args.seed)
         print(f"{cat.name}: {len(d['train'])} fit images, {len(d['labels'])} validation images", flush=True)
-        runs = {"patchcore (default)": score(PatchCore(), d)}
+        runs = {} if args.only else {"patchcore (default)": score(PatchCore(), d)}
         for name, params in CANDIDATES.items():
+            if args.only and name not in args.only:
+                continue
             runs[name] = score(SGFR(**params), d)
         for name, r in runs.items():
             print(f"  {name}: {r}", flush=True)

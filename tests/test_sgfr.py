@@ -139,3 +139,18 @@ def test_registered_and_validates() -> None:
     model = SGFR(sampling_ratio=1.0).fit(torch.randn(2, 4, 3, 3))
     with pytest.raises(ReconadError):
         model.predict(torch.zeros(1, 5, 3, 3))
+
+
+def test_nonneg_solver_matches_sklearn_positive_elastic_net() -> None:
+    gen = torch.Generator().manual_seed(14)
+    atoms = torch.randn(3, 10, 25, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 25, generator=gen, dtype=torch.float64)
+    gram, b = atoms @ atoms.transpose(1, 2), (atoms @ y.unsqueeze(-1)).squeeze(-1)
+    ours = elastic_net_gram(gram, b, 0.3, 0.5, iters=800, nonneg=True)
+    assert (ours >= 0).all()
+    for i in range(3):
+        ref = ElasticNet(
+            alpha=0.3 / 25, l1_ratio=0.5, fit_intercept=False, positive=True, tol=1e-12, max_iter=100_000
+        )
+        ref.fit(atoms[i].T.numpy(), y[i].numpy())
+        np.testing.assert_allclose(ours[i].numpy(), ref.coef_, atol=1e-5)

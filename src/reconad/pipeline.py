@@ -339,10 +339,13 @@ def score_images(
         return image, np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
     done = 0
+    chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start : start + batch_size])
-            loaded = list(pool.map(load, chunk))
+        ahead = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+        for n, chunk in enumerate(chunks):
+            current = ahead  # decoding of the next batch overlaps this batch's backbone and model
+            ahead = [pool.submit(load, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
+            loaded = [f.result() for f in current]
             good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
             for p, x in zip(chunk, loaded):
                 if isinstance(x, str) and on_error:

@@ -31,13 +31,21 @@ def _bmv(m: Tensor, v: Tensor) -> Tensor:
 
 
 def elastic_net_gram(
-    gram: Tensor, b: Tensor, lam: float, alpha: float, iters: int = 15, rho: float | None = None
+    gram: Tensor,
+    b: Tensor,
+    lam: float,
+    alpha: float,
+    iters: int = 15,
+    rho: float | None = None,
+    nonneg: bool = False,
 ) -> Tensor:
     """Elastic-net codes ``[B, K]`` from ``gram`` ``[B, K, K]`` and ``b`` ``[B, K]`` (ADMM, ``iters`` steps).
 
     Splits ``c = z``: the smooth part ½cᵀGc − bᵀc + λ(1−α)/2‖c‖² is minimised exactly through the inverse of
     ``G + (λ(1−α) + ρ)I`` (one batched Cholesky per call); the ℓ₁ part is a soft threshold. ``ρ = 5λ``
     by default (measured: relative objective gap ≈ 1e-3 after 15–20 steps on unit-scale features).
+    ``nonneg``: codes constrained to ``c ≥ 0`` (the ℓ₁ step becomes a one-sided threshold): a target is then
+    rebuilt inside the cone of its atoms, not from differences of them.
     Returns the sparse iterate ``z`` (exact zeros where an atom is not used).
     """
     l1, l2 = lam * alpha, lam * (1.0 - alpha)
@@ -53,12 +61,16 @@ def elastic_net_gram(
     inv = torch.cholesky_inverse(chol)
     c0 = _bmv(inv, b)  # the ridge part of every c-step, reused
     inv_rho = rho * inv
-    z = soft_threshold(c0, l1 / rho)
-    u = c0 - z
     thr = l1 / rho
+
+    def prox(x: Tensor) -> Tensor:
+        return (x - thr).clamp_min(0.0) if nonneg else soft_threshold(x, thr)
+
+    z = prox(c0)
+    u = c0 - z
     for _ in range(iters - 1):
         c = c0 + _bmv(inv_rho, z - u)
-        z = soft_threshold(c + u, thr)
+        z = prox(c + u)
         u += c - z
     return z
 
@@ -78,6 +90,7 @@ def code(
     iters: int,
     exclude_self: Tensor | None = None,
     batch: int = 1024,
+    nonneg: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Code ``queries`` ``[M, C]`` over their ``k`` candidate atoms.
 
@@ -110,7 +123,7 @@ def code(
             a = a.masked_fill(missing.unsqueeze(-1), 0.0)
             b = b.masked_fill(missing, 0.0)
         gram = torch.bmm(a, a.transpose(1, 2))
-        c = elastic_net_gram(gram, b, lam, alpha, iters)
+        c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg)
         out_i[s : s + batch] = idx
         out_c[s : s + batch] = c
         out_r[s : s + batch] = residual_from_gram(gram, b, yy, c)

@@ -38,7 +38,8 @@ class SGFR:
     unit mean squared norm. ``iters``: ADMM steps. ``sampling``: ``"coverage"`` (self-expressive coefficient
     mass with coverage re-weighting), ``"usage"`` (total |coefficient| only), ``"random"`` or ``"coreset"``
     (greedy farthest point, for comparison). ``pool_size``: training patches self-expressed to choose atoms.
-    ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``seed``: all randomness.
+    ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``nonneg``: non-negative codes (a
+    patch rebuilt inside the cone of its atoms). ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -46,7 +47,7 @@ class SGFR:
 
     def __init__(
         self,
-        sampling_ratio: float = 0.02,
+        sampling_ratio: float = 0.1,
         n_candidates: int = 16,
         lam: float = 0.02,
         alpha: float = 0.5,
@@ -56,6 +57,7 @@ class SGFR:
         pool_size: int = 131072,
         metric: str = "abscos",
         nprobe: int = 8,
+        nonneg: bool = False,
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
@@ -76,6 +78,7 @@ class SGFR:
         self.pool_size = pool_size
         self.metric = metric
         self.nprobe = nprobe
+        self.nonneg = nonneg
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -127,7 +130,7 @@ class SGFR:
     def _code(
         self, index: NearestNeighbors, y: Tensor, own: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own)
+        return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own, nonneg=self.nonneg)
 
     def _build(self) -> None:
         centroids = self.centroids_ if len(self.centroids_) else None
