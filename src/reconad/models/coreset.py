@@ -49,7 +49,7 @@ def greedy_coreset(
     seed: int = 0,
     points_per_block: int = 256,
     chunk: int = 64,
-    candidates: int = 256,
+    candidates: int = 1024,
 ) -> Tensor:
     """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling.
 
