@@ -152,7 +152,7 @@ def test_save_load_gives_bit_identical_scores(tmp_path):
         "coreset_ratio": 0.1,
         "k": 2,
         "projection_dim": 128,
-        "nprobe": 0,
+        "nprobe": 16,
         "seed": 0,
     }
     assert torch.equal(loaded.predict(test), model.predict(test))

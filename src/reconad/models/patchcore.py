@@ -20,7 +20,9 @@ class PatchCore:
     ``coreset_ratio``: fraction of all training patches kept (default 10 %, PatchCore's default).
     ``k``: neighbours averaged for the score (1 = PatchCore). ``projection_dim``: random projection used only
     to choose the coreset. ``nprobe``: IVF cells probed by the nearest-atom search (``2√M`` cells for an
-    ``M``-atom bank); 0 = exact search.
+    ``M``-atom bank); 0 = exact search. The default 16 is the smallest power of two whose mean relative
+    error of the nearest distance is ≤ 0.2 % on held-back good images of all three shared data sets
+    (``benchmarks/knn_recall.py``; recall@1 ≥ 0.98, 3× to 4× faster than exact).
     """
 
     name: ClassVar[str] = "patchcore"
@@ -31,7 +33,7 @@ class PatchCore:
         coreset_ratio: float = 0.1,
         k: int = 1,
         projection_dim: int = 128,
-        nprobe: int = 0,
+        nprobe: int = 16,
         seed: int = 0,
     ) -> None:
         if not 0.0 < coreset_ratio <= 1.0:
