@@ -25,9 +25,9 @@ from reconad.models.patchcore import PatchCore
 from reconad.pipeline import extract, split_holdout
 
 DATA = [
-    "mvtec:/work/shared/data/mvtec_ad",
-    "mvtec3d:/work/shared/data/mvtec_3d",
-    "mtd:/work/shared/data/magnetic_tile",
+    "mvtec:../shared/data/mvtec_ad",
+    "mvtec3d:../shared/data/mvtec_3d",
+    "mtd:../shared/data/magnetic_tile",
 ]
 
 

@@ -32,9 +32,9 @@ from reconad.pipeline import extract
 from reconad.scoring import anomaly_maps, image_scores
 
 DATA = [
-    "mvtec:/work/shared/data/mvtec_ad",
-    "mvtec3d:/work/shared/data/mvtec_3d",
-    "mtd:/work/shared/data/magnetic_tile",
+    "mvtec:../shared/data/mvtec_ad",
+    "mvtec3d:../shared/data/mvtec_3d",
+    "mtd:../shared/data/magnetic_tile",
 ]
 #: The candidate configurations (SGFR keyword arguments), each a reasoned alternative to the first.
 CANDIDATES: dict[str, dict[str, Any]] = {

@@ -35,9 +35,9 @@ from reconad.pipeline import extract
 from reconad.scoring import anomaly_maps, image_scores
 
 DATA = [
-    "mvtec:/work/shared/data/mvtec_ad",
-    "mvtec3d:/work/shared/data/mvtec_3d",
-    "mtd:/work/shared/data/magnetic_tile",
+    "mvtec:../shared/data/mvtec_ad",
+    "mvtec3d:../shared/data/mvtec_3d",
+    "mtd:../shared/data/magnetic_tile",
 ]
 SWEEP = (0.01, 0.02, 0.05, 0.1)
 
