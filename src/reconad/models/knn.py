@@ -43,13 +43,24 @@ def train_centroids(atoms: Tensor, n_lists: int, seed: int, metric: str = "l2") 
     return torch.from_numpy(km.centroids.copy())
 
 
+def ivf_centroids(atoms: Tensor, nprobe: int, seed: int, metric: str = "l2") -> Tensor:
+    """The coarse centroids an IVF search over ``atoms`` probing ``nprobe`` lists needs (:func:`ivf_lists`
+    of them), or an empty ``[0, C]`` tensor where exact search is used (``nprobe`` 0, or not below the
+    number of lists)."""
+    lists = ivf_lists(len(atoms), metric)
+    if 0 < nprobe < lists:
+        return train_centroids(atoms, lists, seed, metric)
+    return torch.empty(0, atoms.shape[1])
+
+
 def _unit(x: Tensor) -> Tensor:
     x = x.float()
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 class NearestNeighbors:
-    """Nearest-atom search (FAISS), exact or IVF over given ``centroids`` probing ``nprobe`` lists.
+    """Nearest-atom search (FAISS), exact or IVF over given ``centroids`` probing ``nprobe`` lists (exact
+    where ``centroids`` is None or empty).
 
     ``metric``: ``"l2"`` nearest atoms; ``"cosine"`` largest cosine; ``"abscos"`` largest ``|cos|`` (the
     subspace notion of closeness: ``a`` and ``−a`` span the same line), searched as the largest cosine over
@@ -69,7 +80,7 @@ class NearestNeighbors:
         data = np.ascontiguousarray(_entries(self.atoms, metric).numpy())
         dim = data.shape[1]
         flat = faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP
-        if centroids is None or nprobe <= 0 or nprobe >= len(centroids):
+        if centroids is None or len(centroids) == 0 or nprobe <= 0 or nprobe >= len(centroids):
             self.index = flat(dim)
         else:
             quantizer = flat(dim)

@@ -10,7 +10,7 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import NearestNeighbors, ivf_lists, train_centroids
+from reconad.models.knn import NearestNeighbors, ivf_centroids
 
 
 @register
@@ -53,17 +53,12 @@ class PatchCore:
             greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
         )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
-        lists = ivf_lists(len(self.bank_))
-        use_ivf = 0 < self.nprobe < lists
-        self.centroids_ = (
-            train_centroids(self.bank_, lists, self.seed) if use_ivf else torch.empty(0, patches.shape[1])
-        )
+        self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed)
         self._build()
         return self
 
     def _build(self) -> None:
-        centroids = self.centroids_ if len(self.centroids_) else None
-        self._index = NearestNeighbors(self.bank_, centroids, self.nprobe)
+        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         n, c, h, w = features.shape

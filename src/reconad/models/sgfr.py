@@ -17,7 +17,7 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import METRICS, NearestNeighbors, ivf_lists, train_centroids
+from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.self_expressive import code, coverage_select
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
@@ -92,13 +92,7 @@ class SGFR:
         budget = min(len(x), max(2, round(self.sampling_ratio * len(x))))
         self.support_ = self._sample(x, budget, gen)  # which training patches became atoms (not saved)
         self.bank_ = x[self.support_].contiguous()
-        lists = ivf_lists(len(self.bank_), self.metric)
-        use_ivf = 0 < self.nprobe < lists
-        self.centroids_ = (
-            train_centroids(self.bank_, lists, self.seed, self.metric)
-            if use_ivf
-            else torch.empty(0, x.shape[1])
-        )
+        self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed, self.metric)
         self._build()
         return self
 
@@ -114,7 +108,6 @@ class SGFR:
         points = x[pool]
         own = torch.arange(len(points))
         idx, coef, _ = self._code(self._index_over(points), points, own)
-        self.pool_idx_, self.pool_coef_ = idx, coef
 
         def residuals(chosen: Tensor) -> Tensor:
             return self._code(self._index_over(points[chosen]), points)[2]
@@ -123,8 +116,7 @@ class SGFR:
         return pool[coverage_select(idx, coef, budget, rounds, residuals)]
 
     def _index_over(self, atoms: Tensor) -> NearestNeighbors:
-        lists = ivf_lists(len(atoms), self.metric)
-        centroids = train_centroids(atoms, lists, self.seed, self.metric) if 0 < self.nprobe < lists else None
+        centroids = ivf_centroids(atoms, self.nprobe, self.seed, self.metric)
         return NearestNeighbors(atoms, centroids, self.nprobe, self.metric)
 
     def _code(
@@ -133,8 +125,7 @@ class SGFR:
         return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own, nonneg=self.nonneg)
 
     def _build(self) -> None:
-        centroids = self.centroids_ if len(self.centroids_) else None
-        self._index = NearestNeighbors(self.bank_, centroids, self.nprobe, self.metric)
+        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric)
 
     # ---------------------------------------------------------------- predict
     def reconstruct(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
