@@ -152,9 +152,11 @@ def test_save_load_gives_bit_identical_scores(tmp_path):
         "coreset_ratio": 0.1,
         "k": 2,
         "projection_dim": 128,
-        "nprobe": 16,
+        "nprobe": "auto",
+        "min_recall": 0.99,
         "seed": 0,
     }
+    assert loaded.nprobe_ == model.nprobe_
     assert torch.equal(loaded.predict(test), model.predict(test))
 
 

@@ -104,3 +104,30 @@ class NearestNeighbors:
             d = torch.where(negative, -d, d)
             i = torch.where(negative, i - n, i)
         return d, i
+
+
+def calibrate_nprobe(
+    atoms: Tensor,
+    centroids: Tensor,
+    queries: Tensor,
+    min_recall: float = 0.99,
+    metric: str = "l2",
+    k: int = 1,
+) -> int:
+    """The smallest power-of-two ``nprobe`` whose IVF search finds at least ``min_recall`` of the exact
+    ``k`` nearest atoms of ``queries``; 0 (exact search) where no ``nprobe`` below the number of lists does.
+
+    Label-free: a model calls it at fit time with good patches it did not keep as atoms.
+    """
+    if len(centroids) == 0 or len(queries) == 0:
+        return 0
+    _, exact = NearestNeighbors(atoms, None, 0, metric).search(queries, k)
+    ivf, nprobe = NearestNeighbors(atoms, centroids, 1, metric), 1
+    while nprobe < len(centroids):
+        ivf.index.nprobe = nprobe
+        _, found = ivf.search(queries, k)
+        hits = (found.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean().item()
+        if hits >= min_recall:
+            return nprobe
+        nprobe *= 2
+    return 0

@@ -10,7 +10,7 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import NearestNeighbors, ivf_centroids
+from reconad.models.knn import NearestNeighbors, calibrate_nprobe, ivf_centroids
 
 
 @register
@@ -20,9 +20,10 @@ class PatchCore:
     ``coreset_ratio``: fraction of all training patches kept (default 10 %, PatchCore's default).
     ``k``: neighbours averaged for the score (1 = PatchCore). ``projection_dim``: random projection used only
     to choose the coreset. ``nprobe``: IVF cells probed by the nearest-atom search (``2√M`` cells for an
-    ``M``-atom bank); 0 = exact search. The default 16 is the smallest power of two whose mean relative
-    error of the nearest distance is ≤ 0.2 % on held-back good images of all three shared data sets
-    (``benchmarks/knn_recall.py``; recall@1 ≥ 0.98, 3× to 4× faster than exact).
+    ``M``-atom bank); 0 = exact search; ``"auto"`` (default) = learned at fit time, the smallest power of
+    two that finds the exact nearest atom of at least ``min_recall`` of 4,096 seeded training patches left
+    out of the bank (:func:`~reconad.models.knn.calibrate_nprobe`). On held-back good images of the shared
+    data sets that gives recall@1 ≥ 0.98 (``benchmarks/knn_recall.py``) at 2× to 8× the speed of exact search.
     """
 
     name: ClassVar[str] = "patchcore"
@@ -33,17 +34,21 @@ class PatchCore:
         coreset_ratio: float = 0.1,
         k: int = 1,
         projection_dim: int = 128,
-        nprobe: int = 16,
+        nprobe: int | str = "auto",
+        min_recall: float = 0.99,
         seed: int = 0,
     ) -> None:
         if not 0.0 < coreset_ratio <= 1.0:
             raise ReconadError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        if k < 1 or nprobe < 0:
-            raise ReconadError(f"need k >= 1 and nprobe >= 0, got k={k}, nprobe={nprobe}")
+        if k < 1 or not (nprobe == "auto" or (isinstance(nprobe, int) and nprobe >= 0)):
+            raise ReconadError(f"need k >= 1 and nprobe 'auto' or an int >= 0, got k={k}, nprobe={nprobe!r}")
+        if not 0.0 < min_recall <= 1.0:
+            raise ReconadError(f"min_recall must be in (0, 1], got {min_recall}")
         self.coreset_ratio = coreset_ratio
         self.k = k
         self.projection_dim = projection_dim
         self.nprobe = nprobe
+        self.min_recall = min_recall
         self.seed = seed
 
     def fit(self, features: Tensor, categories: list[str] | None = None) -> PatchCore:
@@ -53,12 +58,25 @@ class PatchCore:
             greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
         )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
-        self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed)
+        auto = self.nprobe == "auto"
+        self.centroids_ = ivf_centroids(self.bank_, 1 if auto else self.nprobe, self.seed)
+        self.nprobe_ = self.nprobe if not auto else self._calibrate(patches, keep)
         self._build()
         return self
 
+    def _calibrate(self, patches: Tensor, keep: Tensor | None) -> int:
+        """``nprobe`` learned from up to 4,096 seeded training patches the coreset left out."""
+        if keep is None or len(self.centroids_) == 0:
+            return 0
+        left_out = torch.ones(len(patches), dtype=torch.bool)
+        left_out[keep] = False
+        rest = left_out.nonzero()[:, 0]
+        pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(self.seed))[:4096]
+        queries = patches[rest[pick]]
+        return calibrate_nprobe(self.bank_, self.centroids_, queries, self.min_recall, k=self.k)
+
     def _build(self) -> None:
-        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe)
+        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe_)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         n, c, h, w = features.shape
@@ -66,7 +84,7 @@ class PatchCore:
         return dist.clamp_(min=0).sqrt_().mean(dim=1).reshape(n, h, w)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"bank": self.bank_, "centroids": self.centroids_}
+        return {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -76,5 +94,6 @@ class PatchCore:
         model = cls(**config)
         model.bank_ = state["bank"].float().contiguous()
         model.centroids_ = state.get("centroids", torch.empty(0, model.bank_.shape[1])).float().contiguous()
+        model.nprobe_ = int(state["nprobe"]) if "nprobe" in state else int(model.nprobe)
         model._build()
         return model

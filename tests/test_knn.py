@@ -1,0 +1,45 @@
+"""Nearest-atom search: the IVF index against exact search, and the label-free choice of ``nprobe``."""
+
+import torch
+
+from reconad.models.knn import NearestNeighbors, calibrate_nprobe, ivf_lists, train_centroids
+from reconad.models.patchcore import PatchCore
+
+
+def clustered(n: int, dim: int = 16, clusters: int = 40, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=g) * 3
+    return centres[torch.randint(clusters, (n,), generator=g)] + torch.randn(n, dim, generator=g)
+
+
+def recall(atoms, centroids, nprobe, queries):
+    _, exact = NearestNeighbors(atoms).search(queries, 1)
+    _, found = NearestNeighbors(atoms, centroids, nprobe).search(queries, 1)
+    return (exact == found).float().mean().item()
+
+
+def test_calibrated_nprobe_is_the_smallest_power_of_two_reaching_the_recall():
+    atoms, queries = clustered(4000), clustered(2000, seed=1)
+    centroids = train_centroids(atoms, ivf_lists(len(atoms)), seed=0)
+    nprobe = calibrate_nprobe(atoms, centroids, queries, min_recall=0.95)
+    assert 1 < nprobe < len(centroids)  # this data needs some probing, but not all of it
+    assert recall(atoms, centroids, nprobe, queries) >= 0.95
+    assert recall(atoms, centroids, nprobe // 2, queries) < 0.95
+
+
+def test_calibration_falls_back_to_exact_search():
+    atoms = clustered(4000)
+    assert calibrate_nprobe(atoms, torch.empty(0, 16), atoms[:10]) == 0  # no IVF index at all
+    centroids = train_centroids(atoms, ivf_lists(len(atoms)), seed=0)
+    assert calibrate_nprobe(atoms, centroids, clustered(500, seed=2), min_recall=1.0 + 1e-9) == 0
+
+
+def test_patchcore_learns_nprobe_and_matches_exact_search_closely():
+    train = clustered(64 * 64 * 8).reshape(8, 64, 64, 16).permute(0, 3, 1, 2).contiguous()
+    test = clustered(64 * 64, seed=3).reshape(1, 64, 64, 16).permute(0, 3, 1, 2).contiguous()
+    auto = PatchCore(coreset_ratio=0.2).fit(train)
+    exact = PatchCore(coreset_ratio=0.2, nprobe=0).fit(train)
+    assert torch.equal(auto.bank_, exact.bank_)
+    assert 0 < auto.nprobe_ < len(auto.centroids_)
+    same = (auto.predict(test) - exact.predict(test)).abs() < 1e-4
+    assert same.float().mean() >= 0.95
