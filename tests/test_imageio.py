@@ -96,6 +96,7 @@ def test_permission_denied_mapped(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(Image, "open", deny)
+    monkeypatch.setattr(Path, "read_bytes", deny)  # the fast PNG path reads the bytes itself
     _expect_error(p, "permission denied")
 
 
@@ -317,3 +318,61 @@ def test_load_resized_bad_size(tmp_path, size):
     Image.fromarray(_noise()).save(img)
     with pytest.raises(ReconadError, match="size"):
         load_resized(Sample(img, 0, "c"), size)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_fast_png_path_matches_pillow(tmp_path, mode):
+    from reconad.data.fastpng import decode_plain_png
+
+    p = tmp_path / "plain.png"
+    pixels = _noise(40, 56) if mode == "RGB" else _noise(40, 56)[:, :, 0]
+    Image.fromarray(pixels).save(p)
+    fast = decode_plain_png(p.read_bytes(), 10**8)
+    assert fast is not None  # the fast path took it
+    assert np.array_equal(fast, np.asarray(Image.open(p).convert("RGB")))
+    assert np.array_equal(read_image(p), fast)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "I;16", "LA"])
+def test_fast_png_path_leaves_other_pngs_to_pillow(tmp_path, mode):
+    from reconad.data.fastpng import decode_plain_png
+
+    p = tmp_path / "other.png"
+    Image.fromarray(_noise(8, 8)).convert(mode).save(p)
+    assert decode_plain_png(p.read_bytes(), 10**8) is None
+    assert read_image(p).shape == (8, 8, 3)
+
+
+def test_fast_png_path_defers_transparency_exif_and_bombs(tmp_path):
+    from reconad.data.fastpng import decode_plain_png
+
+    p = tmp_path / "t.png"
+    Image.fromarray(_noise(8, 8)).save(p, transparency=(0, 0, 0))
+    assert decode_plain_png(p.read_bytes(), 10**8) is None
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise
+    q = tmp_path / "e.png"
+    Image.fromarray(_noise(8, 12)).save(q, exif=exif)
+    assert decode_plain_png(q.read_bytes(), 10**8) is None
+    assert read_image(q).shape == (12, 8, 3)  # Pillow applied the orientation
+    assert decode_plain_png(q.read_bytes(), 10) is None  # over the pixel limit: never decoded here
+
+
+def test_fast_png_path_reports_truncation_like_pillow(tmp_path):
+    p = tmp_path / "cut.png"
+    Image.fromarray(_noise(64, 64)).save(p)
+    p.write_bytes(p.read_bytes()[:-200])
+    _expect_error(p, "corrupt or truncated")
+
+
+def test_resize_images_is_within_one_level_of_pillow_and_batch_invariant():
+    from reconad.data.imageio import resize_images
+
+    images = [_noise(60, 90, seed=1), _noise(60, 90, seed=2), _noise(17, 33, seed=3), _noise(24, 24, seed=4)]
+    out = resize_images(images, 24)
+    assert out.shape == (4, 24, 24, 3) and out.dtype == np.uint8
+    for image, got in zip(images, out):
+        pil = np.asarray(Image.fromarray(image).resize((24, 24), Image.Resampling.BILINEAR))
+        assert np.abs(got.astype(int) - pil.astype(int)).max() <= 1
+        assert np.array_equal(resize_images([image], 24)[0], got)
+    assert np.array_equal(out[3], images[3])  # already the right size: untouched

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from reconad import __version__
-from reconad.data import CategoryData, Sample, load_resized
+from reconad.data import CategoryData, Sample, load_image_and_mask, resize_images
 from reconad.data.imageio import read_image
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
@@ -49,12 +48,12 @@ class Extracted:
 
 
 def _batches(samples: Sequence[Sample], size: int, batch_size: int) -> Iterator[list[tuple]]:
-    """Decoded, resized (image, mask) pairs in batches; decoding runs ahead in a background thread."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = [pool.submit(lambda s=s: load_resized(s, size)) for s in samples[:batch_size]]
+    """Decoded (image, resized mask) pairs in batches; decoding runs ahead in a background thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(load_image_and_mask, s, size) for s in samples[:batch_size]]
         for start in range(0, len(samples), batch_size):
             ahead = samples[start + batch_size : start + 2 * batch_size]
-            nxt = [pool.submit(lambda s=s: load_resized(s, size)) for s in ahead]
+            nxt = [pool.submit(load_image_and_mask, s, size) for s in ahead]
             yield [f.result() for f in pending]
             pending = nxt
 
@@ -85,8 +84,7 @@ def extract(
     ):
         need = [j for j, i in enumerate(batch_idx) if features[i] is None]
         if need:
-            images = torch.from_numpy(np.stack([batch[j][0] for j in need]))
-            out = extractor(images)
+            out = extractor(torch.from_numpy(resize_images([batch[j][0] for j in need], size)))
             for j, f in zip(need, out):
                 features[batch_idx[j]] = f.clone()
                 if cache:
@@ -331,16 +329,15 @@ def score_images(
     model, size = run.model_for(category), extractor.image_size
     threshold = run.categories[category]["threshold"]
 
-    def load(path: Any) -> tuple[np.ndarray, np.ndarray] | str:
+    def load(path: Any) -> np.ndarray | str:
         try:
-            image = read_image(path)
+            return read_image(path)
         except ReconadError as err:
             return str(err)
-        return image, np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
     done = 0
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = [pool.submit(load, p) for p in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
             current = ahead  # decoding of the next batch overlaps this batch's backbone and model
@@ -351,11 +348,11 @@ def score_images(
                 if isinstance(x, str) and on_error:
                     on_error(str(p), x)
             if good:
-                feats = extractor(torch.from_numpy(np.stack([x[1] for _, x in good])))
+                feats = extractor(torch.from_numpy(resize_images([x for _, x in good], size)))
                 maps, scores = score_features(
                     model, feats, size, run.config["scoring"], [category] * len(good)
                 )
-                for (p, (image, _)), m, s in zip(good, maps, scores):
+                for (p, image), m, s in zip(good, maps, scores):
                     full = (
                         anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
                         if image.shape[:2] != (size, size)

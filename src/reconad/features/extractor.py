@@ -14,6 +14,10 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
 
+#: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
+#: so a change to it never mixes old and new features.
+PREPROCESSING = "rgb8|torch-bilinear-antialias"
+
 
 class FeatureExtractor:
     """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_size``) → patch features ``[N, C, h, w]``.
@@ -66,7 +70,7 @@ class FeatureExtractor:
 
     def key(self) -> str:
         """A short digest of :meth:`config` plus the weights' identity, for the feature cache."""
-        ident = json.dumps(self.config(), sort_keys=True)
+        ident = json.dumps(self.config(), sort_keys=True) + PREPROCESSING
         if self.weights:
             stat = Path(self.weights).stat()
             ident += f"{stat.st_size}:{stat.st_mtime_ns}"
