@@ -49,6 +49,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "l2 K32 2% nonneg": {"metric": "l2", "sampling_ratio": 0.02, "nonneg": True, "n_candidates": 32},
     "l2 K16 5% nonneg": {"metric": "l2", "sampling_ratio": 0.05, "nonneg": True},
     "abscos K16 10%": {"metric": "abscos", "sampling_ratio": 0.1},
+    "l2 K16 10% affine": {"metric": "l2", "sampling_ratio": 0.1, "affine": True},
+    "abscos K16 10% affine": {"metric": "abscos", "sampling_ratio": 0.1, "affine": True},
 }
 
 

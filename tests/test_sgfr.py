@@ -154,3 +154,45 @@ def test_nonneg_solver_matches_sklearn_positive_elastic_net() -> None:
         )
         ref.fit(atoms[i].T.numpy(), y[i].numpy())
         np.testing.assert_allclose(ours[i].numpy(), ref.coef_, atol=1e-5)
+
+
+def test_affine_solver_matches_a_constrained_reference() -> None:
+    from scipy.optimize import minimize
+
+    gen = torch.Generator().manual_seed(15)
+    atoms = torch.randn(3, 8, 20, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 20, generator=gen, dtype=torch.float64)
+    gram, b = atoms @ atoms.transpose(1, 2), (atoms @ y.unsqueeze(-1)).squeeze(-1)
+    lam, alpha = 0.2, 0.5
+    ours = elastic_net_gram(gram, b, lam, alpha, iters=3000, affine=True)
+    torch.testing.assert_close(ours.sum(-1), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0)
+    for i in range(3):
+        a, t = atoms[i].numpy(), y[i].numpy()
+
+        def objective(pn: np.ndarray) -> float:  # c = p − n with p, n ≥ 0: a smooth problem for SLSQP
+            c = pn[:8] - pn[8:]
+            r = t - a.T @ c
+            return 0.5 * r @ r + lam * alpha * pn.sum() + lam * (1 - alpha) / 2 * c @ c
+
+        ref = minimize(
+            objective,
+            np.full(16, 1 / 16),
+            method="SLSQP",
+            bounds=[(0, None)] * 16,
+            constraints=[{"type": "eq", "fun": lambda pn: pn[:8].sum() - pn[8:].sum() - 1}],
+            options={"ftol": 1e-14, "maxiter": 2000},
+        )
+        np.testing.assert_allclose(ours[i].numpy(), ref.x[:8] - ref.x[8:], atol=1e-4)
+
+
+def test_affine_codes_do_not_mimic_a_scaled_normal_feature() -> None:
+    bases = subspaces(3)
+    train, _ = draw(bases, [400, 400, 400], seed=0)
+    train = train / train.norm(dim=1, keepdim=True)  # normal features: unit length
+    half = train[:50] * 0.5  # in the span of the bank, but half as long as anything in it
+    kw = {"sampling_ratio": 0.5, "n_candidates": 3, "lam": 1e-3, "nprobe": 0, "metric": "l2"}
+    linear = SGFR(**kw).fit(as_features(train))
+    affine = SGFR(**kw, affine=True).fit(as_features(train))
+    assert rel_residual(linear, half).median() < 0.05  # 3 atoms span the whole 3-dim subspace
+    assert rel_residual(affine, half).median() > 0.5  # their affine hull is a plane away from the origin
+    assert rel_residual(affine, train[:50]).median() < 0.05  # normal features are still rebuilt

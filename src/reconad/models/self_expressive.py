@@ -39,6 +39,7 @@ def elastic_net_gram(
     iters: int = 15,
     rho: float | None = None,
     nonneg: bool = False,
+    affine: bool = False,
 ) -> Tensor:
     """Elastic-net codes ``[B, K]`` from ``gram`` ``[B, K, K]`` and ``b`` ``[B, K]`` (ADMM, ``iters`` steps).
 
@@ -46,7 +47,9 @@ def elastic_net_gram(
     ``G + (λ(1−α) + ρ)I`` (one batched Cholesky per call); the ℓ₁ part is a soft threshold. ``ρ = 5λ``
     by default (measured: relative objective gap ≈ 1e-3 after 15–20 steps on unit-scale features).
     ``nonneg``: codes constrained to ``c ≥ 0`` (the ℓ₁ step becomes a one-sided threshold): a target is then
-    rebuilt inside the cone of its atoms, not from differences of them.
+    rebuilt inside the cone of its atoms, not from differences of them. ``affine``: codes summing to one
+    (``1ᵀc = 1``, SSC's constraint for affine subspaces; a Lagrange step in every c-update): a target is
+    rebuilt inside the affine hull of its atoms, so a scaled copy of a normal feature is not free.
     Returns the sparse iterate ``z`` (exact zeros where an atom is not used).
     """
     l1, l2 = lam * alpha, lam * (1.0 - alpha)
@@ -63,6 +66,14 @@ def elastic_net_gram(
     c0 = _bmv(inv, b)  # the ridge part of every c-step, reused
     inv_rho = rho * inv
     thr = l1 / rho
+    # affine: the c-step's minimiser on 1ᵀc = 1 is c_free + (1 − 1ᵀc_free) · H⁻¹1 / (1ᵀH⁻¹1)
+    h1 = inv.sum(-1) if affine else None
+    h1 = h1 / h1.sum(-1, keepdim=True) if h1 is not None else None
+
+    def onto_plane(c: Tensor) -> Tensor:
+        return c if h1 is None else c + (1.0 - c.sum(-1, keepdim=True)) * h1
+
+    c0 = onto_plane(c0)
 
     def prox(x: Tensor) -> Tensor:
         return (x - thr).clamp_min(0.0) if nonneg else soft_threshold(x, thr)
@@ -70,7 +81,7 @@ def elastic_net_gram(
     z = prox(c0)
     u = c0 - z
     for _ in range(iters - 1):
-        c = c0 + _bmv(inv_rho, z - u)
+        c = onto_plane(c0 + _bmv(inv_rho, z - u))
         z = prox(c + u)
         u += c - z
     return z
@@ -92,6 +103,7 @@ def code(
     exclude_self: Tensor | None = None,
     batch: int = 1024,
     nonneg: bool = False,
+    affine: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Code ``queries`` ``[M, C]`` over their ``k`` candidate atoms.
 
@@ -124,7 +136,7 @@ def code(
             a = a.masked_fill(missing.unsqueeze(-1), 0.0)
             b = b.masked_fill(missing, 0.0)
         gram = torch.bmm(a, a.transpose(1, 2))
-        c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg)
+        c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine)
         out_i[s : s + batch] = idx
         out_c[s : s + batch] = c
         out_r[s : s + batch] = residual_from_gram(gram, b, yy, c)

@@ -39,7 +39,8 @@ class SGFR:
     mass with coverage re-weighting), ``"usage"`` (total |coefficient| only), ``"random"`` or ``"coreset"``
     (greedy farthest point, for comparison). ``pool_size``: training patches self-expressed to choose atoms.
     ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``nonneg``: non-negative codes (a
-    patch rebuilt inside the cone of its atoms). ``seed``: all randomness.
+    patch rebuilt inside the cone of its atoms). ``affine``: codes that sum to one (a patch rebuilt inside the
+    affine hull of its atoms). ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -58,6 +59,7 @@ class SGFR:
         metric: str = "abscos",
         nprobe: int = 8,
         nonneg: bool = False,
+        affine: bool = False,
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
@@ -79,6 +81,7 @@ class SGFR:
         self.metric = metric
         self.nprobe = nprobe
         self.nonneg = nonneg
+        self.affine = affine
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -122,7 +125,17 @@ class SGFR:
     def _code(
         self, index: NearestNeighbors, y: Tensor, own: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return code(index, y, self.n_candidates, self.lam, self.alpha, self.iters, own, nonneg=self.nonneg)
+        return code(
+            index,
+            y,
+            self.n_candidates,
+            self.lam,
+            self.alpha,
+            self.iters,
+            own,
+            nonneg=self.nonneg,
+            affine=self.affine,
+        )
 
     def _build(self) -> None:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric)
