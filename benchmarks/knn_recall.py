@@ -6,7 +6,9 @@ Per category: PatchCore's default 10 % coreset bank is built from the model part
 (the same seeded hold-out as ``reconad fit``); the held-back good images' patches are searched exactly
 (FAISS flat) and with IVF (``2√M`` cells, seeded k-means) probing ``nprobe`` cells. Reported: recall@1 (the
 exact nearest atom found), the mean and 99.9th percentile of the relative error of the nearest distance,
-and milliseconds per image (1,024 patches) of each search.
+and milliseconds per image (1,024 patches) of each search. PatchCore's default ``nprobe="auto"`` picks, at
+fit time, the smallest power of two reaching recall@1 0.99 on training patches its coreset left out; this
+table checks that choice on images the model never saw.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ class ReconstructionModel:
         windows: Sequence[int] | None = None,
         jitter_scale: float = 4.0,
         jitter_prob: float = 1.0,
-        epochs: int = 12,
+        epochs: int = 30,
         batch_size: int = 4,
         lr: float = 1e-4,
         seed: int = 0,
