@@ -169,7 +169,7 @@ def test_affine_solver_matches_a_constrained_reference() -> None:
     for i in range(3):
         a, t = atoms[i].numpy(), y[i].numpy()
 
-        def objective(pn: np.ndarray) -> float:  # c = p − n with p, n ≥ 0: a smooth problem for SLSQP
+        def objective(pn: np.ndarray, a: np.ndarray = a, t: np.ndarray = t) -> float:  # c = p − n, p, n ≥ 0
             c = pn[:8] - pn[8:]
             r = t - a.T @ c
             return 0.5 * r @ r + lam * alpha * pn.sum() + lam * (1 - alpha) / 2 * c @ c
