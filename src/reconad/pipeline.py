@@ -340,7 +340,7 @@ def score_images(
     with ThreadPoolExecutor(max_workers=1) as pool:
         ahead = [pool.submit(load, p) for p in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
-            current = ahead  # decoding of the next batch overlaps this batch's backbone and model
+            current = ahead  # the next batch decodes meanwhile (Pillow frees the GIL; pyspng does not)
             ahead = [pool.submit(load, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
             loaded = [f.result() for f in current]
             good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover  (a dependency; the fallback keeps recon
     pyspng = None
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PLAIN_COLOUR_TYPES = {0: "grayscale", 2: "RGB"}
+_PLAIN_COLOUR_TYPES = frozenset({0, 2})  # PNG colour types: grayscale, RGB
 
 
 def _plain_header(data: bytes, max_pixels: int) -> bool:

@@ -66,9 +66,10 @@ def elastic_net_gram(
     c0 = _bmv(inv, b)  # the ridge part of every c-step, reused
     inv_rho = rho * inv
     thr = l1 / rho
-    # affine: the c-step's minimiser on 1ᵀc = 1 is c_free + (1 − 1ᵀc_free) · H⁻¹1 / (1ᵀH⁻¹1)
-    h1 = inv.sum(-1) if affine else None
-    h1 = h1 / h1.sum(-1, keepdim=True) if h1 is not None else None
+    h1 = None  # affine: the c-step's minimiser on 1ᵀc = 1 is c_free + (1 − 1ᵀc_free) · H⁻¹1 / (1ᵀH⁻¹1)
+    if affine:
+        h1 = inv.sum(-1)
+        h1 = h1 / h1.sum(-1, keepdim=True)
 
     def onto_plane(c: Tensor) -> Tensor:
         return c if h1 is None else c + (1.0 - c.sum(-1, keepdim=True)) * h1
