@@ -125,6 +125,10 @@ def _fingerprint(levels: Sequence[Tensor]) -> list[float]:
     return out
 
 
+#: How the learning rate moves over training (see :meth:`ReconstructionModel.learning_rate`).
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class ReconstructionModel:
     """Base of the unified feature-reconstruction models. Subclasses set ``name`` and implement
     :meth:`make_level`; the constructor arguments below are shared hyper-parameters.
@@ -152,7 +156,11 @@ class ReconstructionModel:
         lr: float = 1e-4,
         seed: int = 0,
         device: str = "auto",
+        lr_schedule: str = "constant",
     ) -> None:
+        if lr_schedule not in LR_SCHEDULES:
+            raise ReconadError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.level_channels = [int(c) for c in level_channels]
         self.level_grids = [int(g) for g in level_grids]
         n = len(self.level_channels)
@@ -273,12 +281,15 @@ class ReconstructionModel:
             if resume:
                 start = self._load_checkpoint(ckpt, optimizer, generator, fingerprint)
         n = features.shape[0]
+        steps = math.ceil(n / self.batch_size)
         self.nets_.train()
         for epoch in range(start, self.epochs):
             order = torch.randperm(n, generator=generator)
             total, batches = 0.0, 0
             for i in range(0, n, self.batch_size):
                 idx = order[i : i + self.batch_size]
+                for group in optimizer.param_groups:
+                    group["lr"] = self.learning_rate(epoch * steps + batches, self.epochs * steps)
                 loss = torch.zeros((), device=device)
                 for net, x in zip(self.nets_, levels, strict=True):
                     clean = net.standardise(x[idx].to(device))
@@ -297,6 +308,15 @@ class ReconstructionModel:
                 progress(epoch + 1, self.epochs, self.loss_history_[-1])
         self.nets_.eval()
         return self
+
+    def learning_rate(self, step: int, total: int) -> float:
+        """The learning rate of optimizer step ``step`` of ``total``: ``lr`` throughout (``"constant"``), or
+        ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed to zero at the last step of ``epochs``).
+
+        It depends only on the step index, so a resumed run follows the same schedule."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+        return self.lr
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def _ckpt_json(self, ckpt: Path) -> Path:

@@ -126,6 +126,7 @@ class RLR(ReconstructionModel):
         lr: float = 1e-4,
         seed: int = 0,
         device: str = "auto",
+        lr_schedule: str = "constant",
         use_lca: bool = True,
         use_mlka: bool = True,
     ) -> None:
@@ -134,7 +135,7 @@ class RLR(ReconstructionModel):
         self.use_lca, self.use_mlka = bool(use_lca), bool(use_mlka)
         super().__init__(
             level_channels, level_grids, widths, layers, heads, ff_mult, windows, jitter_scale, jitter_prob,
-            epochs, batch_size, lr, seed, device,
+            epochs, batch_size, lr, seed, device, lr_schedule,
         )  # fmt: skip
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
