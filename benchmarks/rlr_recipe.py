@@ -8,7 +8,8 @@ known masks (CutPaste from another training image, an elliptic brightness blotch
 candidate is trained on the other 90 % of every category at once, with the candidate's optimiser settings
 and everything else at the defaults, then scored on each category's validation set. The test splits are
 never read. The candidate with the best mean of pixel AUROC and AUPRO over the categories is the recipe;
-the table is written to ``OUT/results.md`` (and ``OUT/results.json``).
+the table is written to ``OUT/results.md`` (and ``OUT/results.json``, whose rows a later invocation into
+the same ``OUT`` keeps, adding only the candidates it has not measured).
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def main() -> None:
         + ", ".join(f"{c} {len(d['val'])}" for c, d in sets.items())
     )
 
-    results: dict[str, Any] = {}
+    saved = args.out / "results.json"
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for name in args.candidates.split(","):
+        if name in results:  # measured by an earlier invocation into the same OUT
+            continue
         params = CANDIDATES[name] | ({"epochs": args.epochs} if args.epochs else {})
         model = create_model(args.model, level_channels=(40, 112), level_grids=(32, 16), **params)
         start = time.perf_counter()
@@ -85,7 +89,7 @@ def main() -> None:
         print(
             f"{name}: criterion {row['criterion']:.4f} " + json.dumps({c: row[c] for c in sets}), flush=True
         )
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        saved.write_text(json.dumps(results, indent=1))
 
     cats = list(sets)
     lines = [

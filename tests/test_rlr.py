@@ -138,24 +138,52 @@ def test_anomalous_patch_scores_higher() -> None:
     assert inside > 2 * far
 
 
-def _train(epochs: int, ckpt: Path | None, resume: bool = False, stop_after: int | None = None) -> RLR:
+def _train(
+    epochs: int,
+    ckpt: Path | None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    schedule: str = "constant",
+) -> RLR:
     def progress(epoch: int, total: int, loss: float) -> None:
         if stop_after is not None and epoch == stop_after:
             raise KeyboardInterrupt
 
-    model = RLR(**TINY, epochs=epochs, lr=1e-3)
+    model = RLR(**TINY, epochs=epochs, lr=1e-3, lr_schedule=schedule)
     return model.fit(_features(), checkpoint_dir=ckpt, resume=resume, progress=progress)
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    full = _train(3, None)
+def test_learning_rate_schedules() -> None:
+    constant, cosine = (
+        RLR(**TINY, lr=1e-3, lr_schedule="constant"),
+        RLR(**TINY, lr=1e-3, lr_schedule="cosine"),
+    )
+    assert [constant.learning_rate(s, 100) for s in (0, 50, 99)] == [1e-3] * 3
+    assert cosine.learning_rate(0, 100) == pytest.approx(1e-3)
+    assert cosine.learning_rate(50, 100) == pytest.approx(5e-4)
+    assert 0 < cosine.learning_rate(99, 100) < 1e-6
+    rates = [cosine.learning_rate(s, 100) for s in range(100)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cosine.get_config()["lr_schedule"] == "cosine"
+    with pytest.raises(ReconadError, match="lr_schedule"):
+        RLR(**TINY, lr_schedule="step")
+
+
+def test_cosine_schedule_changes_training() -> None:
+    constant, cosine = _train(2, None), _train(2, None, schedule="cosine")
+    assert not torch.equal(constant.state_dict()["net.0.reference"], cosine.state_dict()["net.0.reference"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path, schedule: str) -> None:
+    full = _train(3, None, schedule=schedule)
     with pytest.raises(KeyboardInterrupt):
-        _train(3, tmp_path, stop_after=2)  # dies after epoch 2 was checkpointed
+        _train(3, tmp_path, stop_after=2, schedule=schedule)  # dies after epoch 2 was checkpointed
     meta = json.loads((tmp_path / "rlr-checkpoint.json").read_text())
     assert meta["epoch"] == 2 and len(meta["losses"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rlr-checkpoint.json", "rlr-epoch0002.safetensors"]
     calls: list[int] = []
-    resumed = RLR(**TINY, epochs=3, lr=1e-3).fit(
+    resumed = RLR(**TINY, epochs=3, lr=1e-3, lr_schedule=schedule).fit(
         _features(), checkpoint_dir=tmp_path, resume=True, progress=lambda e, t, loss: calls.append(e)
     )
     assert calls == [3]

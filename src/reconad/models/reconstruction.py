@@ -153,10 +153,10 @@ class ReconstructionModel:
         jitter_prob: float = 1.0,
         epochs: int = 30,
         batch_size: int = 4,
-        lr: float = 1e-4,
+        lr: float = 1e-3,
         seed: int = 0,
         device: str = "auto",
-        lr_schedule: str = "constant",
+        lr_schedule: str = "cosine",
     ) -> None:
         if lr_schedule not in LR_SCHEDULES:
             raise ReconadError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")

@@ -123,10 +123,10 @@ class RLR(ReconstructionModel):
         jitter_prob: float = 1.0,
         epochs: int = 30,
         batch_size: int = 4,
-        lr: float = 1e-4,
+        lr: float = 1e-3,
         seed: int = 0,
         device: str = "auto",
-        lr_schedule: str = "constant",
+        lr_schedule: str = "cosine",
         use_lca: bool = True,
         use_mlka: bool = True,
     ) -> None:
