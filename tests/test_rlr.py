@@ -198,7 +198,9 @@ def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
     with pytest.raises(ReconadError, match="hyper-parameters"):
         RLR(**{**TINY, "heads": 4}, epochs=2).fit(_features(), checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ReconadError, match="other features"):
-        RLR(**TINY, epochs=2, lr=1e-3).fit(_features(seed=9), checkpoint_dir=tmp_path, resume=True)
+        RLR(**TINY, epochs=2, lr=1e-3, lr_schedule="constant").fit(
+            _features(seed=9), checkpoint_dir=tmp_path, resume=True
+        )
 
 
 def test_registry_and_contract_errors() -> None:
