@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/rlr_vs_uniad.py --out runs/rlr_bench [--epochs 12] [--models rlr,uniad]
 
+``--models`` may also name ``patchcore`` and ``sgfr``: the per-category references, one model per category
+with its default parameters, fitted on the same features (no training options apply to them).
+
 Per model: the five metrics per category and their mean, train seconds, predict images/s (the model alone, on
 cached features: no backbone, no map smoothing), and the *shortcut index* per category = mean reconstruction
 error inside the defect masks ÷ mean error on defect-free pixels of the test images (patch error maps
@@ -41,7 +44,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "uniad": ("uniad", {}),
     "rlr_no_lca": ("rlr", {"use_lca": False}),
     "rlr_no_mlka": ("rlr", {"use_mlka": False}),
+    "patchcore": ("patchcore", {}),  # per-category references on the same features, default parameters
+    "sgfr": ("sgfr", {}),
 }
+REFERENCES = ("patchcore", "sgfr")
 
 
 def shortcut_index(patch_scores: torch.Tensor, masks: np.ndarray) -> float | None:
@@ -72,25 +78,34 @@ def load_features(specs: list[str], cache_dir: Path | None) -> dict[str, dict[st
 def run_variant(
     variant: str, data: dict[str, dict[str, Any]], params: dict[str, Any], ckpt: Path, resume: bool
 ) -> dict[str, Any]:
-    """Train one unified model on every category's good images, then score each category's test split."""
+    """Train one unified model on every category's good images (a reference model: one per category), then
+    score each category's test split."""
     name, flags = VARIANTS[variant]
     extractor_ctx = {"level_channels": (40, 112), "level_grids": (32, 16)}
-    model = create_model(name, **extractor_ctx, **params, **flags)
-    train = torch.cat([d["train"] for d in data.values()])
-    cats = [c for c, d in data.items() for _ in range(len(d["train"]))]
-
-    def progress(epoch: int, total: int, loss: float) -> None:
-        print(
-            f"  {variant} epoch {epoch}/{total} loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
-
     t0 = time.perf_counter()
-    model.fit(train, cats, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    if name in REFERENCES:
+        models = {c: create_model(name, **extractor_ctx, seed=params["seed"]) for c in data}
+        for cat, d in data.items():
+            models[cat].fit(d["train"])
+        model = next(iter(models.values()))
+    else:
+        model = create_model(name, **extractor_ctx, **params, **flags)
+        train = torch.cat([d["train"] for d in data.values()])
+        cats = [c for c, d in data.items() for _ in range(len(d["train"]))]
+
+        def progress(epoch: int, total: int, loss: float) -> None:
+            print(
+                f"  {variant} epoch {epoch}/{total} loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+
+        model.fit(train, cats, checkpoint_dir=ckpt, resume=resume, progress=progress)
+        models = dict.fromkeys(data, model)
     train_s = time.perf_counter() - t0
     per_cat: dict[str, dict[str, Any]] = {}
     predict_s, n_pred = 0.0, 0
     for cat, d in data.items():
+        model = models[cat]
         t1 = time.perf_counter()
         patch = torch.cat([model.predict(d["test"][i : i + 32]) for i in range(0, len(d["test"]), 32)])
         predict_s += time.perf_counter() - t1
@@ -109,8 +124,8 @@ def run_variant(
         "categories": per_cat,
         "mean": mean,
         "train_seconds": train_s,
-        "epochs": model.epochs,
-        "final_loss": model.loss_history_[-1] if model.loss_history_ else None,
+        "epochs": getattr(model, "epochs", None),
+        "final_loss": model.loss_history_[-1] if getattr(model, "loss_history_", None) else None,
         "predict_images_per_second": n_pred / predict_s,
     }
 
@@ -124,8 +139,9 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
             vals = " | ".join("—" if m.get(k) is None else f"{m[k]:.3f}" for k in keys)
             rows.append(f"| {variant} | {cat} | {vals} |")
     speed = "\n".join(
-        f"- {v}: {r['epochs']} epochs, train {r['train_seconds']:.0f} s, predict "
-        f"{r['predict_images_per_second']:.1f} images/s (model only), final loss {r['final_loss']:.4f}"
+        f"- {v}: {r['epochs'] or 'no'} epochs, train {r['train_seconds']:.0f} s, predict "
+        f"{r['predict_images_per_second']:.1f} images/s (model only)"
+        + (f", final loss {r['final_loss']:.4f}" if r["final_loss"] is not None else "")
         for v, r in results.items()
     )
     return head + "\n".join(rows) + "\n\n" + speed + "\n"
@@ -141,6 +157,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--heads", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"])
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--jitter-scale", type=float, default=None)
     ap.add_argument("--device", default="auto")
@@ -156,6 +173,7 @@ def main() -> None:
             "layers": args.layers,
             "heads": args.heads,
             "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
             "batch_size": args.batch_size,
             "jitter_scale": args.jitter_scale,
         }.items()
