@@ -311,7 +311,7 @@ class ReconstructionModel:
 
     def learning_rate(self, step: int, total: int) -> float:
         """The learning rate of optimizer step ``step`` of ``total``: ``lr`` throughout (``"constant"``), or
-        ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed to zero at the last step of ``epochs``).
+        ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed towards zero over the ``epochs``).
 
         It depends only on the step index, so a resumed run follows the same schedule."""
         if self.lr_schedule == "cosine":
