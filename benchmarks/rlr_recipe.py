@@ -28,7 +28,7 @@ from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
 from reconad.models.base import create_model
-from reconad.scoring import anomaly_maps, image_scores
+from reconad.pipeline import DEFAULT_SCORING, score_features
 
 #: Candidate optimiser settings: the session-3 recipe and a faster-converging alternative.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -80,9 +80,8 @@ def main() -> None:
             "final_loss": model.loss_history_[-1],
         }
         for cat, d in sets.items():
-            patch = torch.cat([model.predict(d["val"][i : i + 32]) for i in range(0, len(d["val"]), 32)])
-            maps = anomaly_maps(patch, d["masks"].shape[-1], sigma=4.0)
-            m = evaluate(d["labels"], image_scores(maps).numpy(), d["masks"], maps.numpy())
+            maps, scores = score_features(model, d["val"], d["masks"].shape[-1], DEFAULT_SCORING)
+            m = evaluate(d["labels"], scores.numpy(), d["masks"], maps.numpy())
             row[cat] = {k: m[k] for k in KEYS}
         row["criterion"] = sum(row[c]["pixel_auroc"] + row[c]["pixel_aupro"] for c in sets) / (2 * len(sets))
         results[name] = row

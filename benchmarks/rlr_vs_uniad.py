@@ -30,7 +30,7 @@ from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS, evaluate, mean_metrics
-from reconad.models.base import create_model
+from reconad.models.base import create_model, model_class
 from reconad.pipeline import extract
 from reconad.scoring import anomaly_maps, image_scores
 
@@ -47,7 +47,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore": ("patchcore", {}),  # per-category references on the same features, default parameters
     "sgfr": ("sgfr", {}),
 }
-REFERENCES = ("patchcore", "sgfr")
 
 
 def shortcut_index(patch_scores: torch.Tensor, masks: np.ndarray) -> float | None:
@@ -83,11 +82,11 @@ def run_variant(
     name, flags = VARIANTS[variant]
     extractor_ctx = {"level_channels": (40, 112), "level_grids": (32, 16)}
     t0 = time.perf_counter()
-    if name in REFERENCES:
-        models = {c: create_model(name, **extractor_ctx, seed=params["seed"]) for c in data}
-        for cat, d in data.items():
-            models[cat].fit(d["train"])
-        model = next(iter(models.values()))
+    if not model_class(name).unified:
+        models = {
+            c: create_model(name, **extractor_ctx, seed=params["seed"]).fit(d["train"])
+            for c, d in data.items()
+        }
     else:
         model = create_model(name, **extractor_ctx, **params, **flags)
         train = torch.cat([d["train"] for d in data.values()])
@@ -105,9 +104,8 @@ def run_variant(
     per_cat: dict[str, dict[str, Any]] = {}
     predict_s, n_pred = 0.0, 0
     for cat, d in data.items():
-        model = models[cat]
         t1 = time.perf_counter()
-        patch = torch.cat([model.predict(d["test"][i : i + 32]) for i in range(0, len(d["test"]), 32)])
+        patch = torch.cat([models[cat].predict(d["test"][i : i + 32]) for i in range(0, len(d["test"]), 32)])
         predict_s += time.perf_counter() - t1
         n_pred += len(patch)
         maps = anomaly_maps(patch, d["masks"].shape[-1], sigma=4.0)
@@ -118,6 +116,7 @@ def run_variant(
     mean = mean_metrics(per_cat)
     shortcut = [m["shortcut_index"] for m in per_cat.values() if m["shortcut_index"] is not None]
     mean["shortcut_index"] = float(np.mean(shortcut)) if shortcut else None
+    model = next(iter(models.values()))  # the unified model, or one reference (all share the config)
     return {
         "model": name,
         "config": model.get_config(),

@@ -30,6 +30,9 @@ from reconad.models.base import Model, check_params, create_model
 from reconad.runs import UNIFIED, Run
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
+#: How patch scores become maps and image scores unless a run says otherwise (:func:`score_features`).
+DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
+
 #: Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from it).
 Progress = Callable[[str, int, int], None]
 
@@ -159,7 +162,7 @@ def fit(
     """
     check_params(model_name, params or {})
     torch.manual_seed(seed)
-    scoring = {"sigma": 4.0, "reduce": "max", **(scoring or {})}
+    scoring = {**DEFAULT_SCORING, **(scoring or {})}
     context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
