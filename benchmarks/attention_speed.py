@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from reconad.models.attention import local_attention, masked_attention
+from reconad.runtime import keep_freed_memory
 
 
 def timed(fn: Callable[[], torch.Tensor], repeat: int) -> float:
@@ -28,6 +29,7 @@ def timed(fn: Callable[[], torch.Tensor], repeat: int) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args()

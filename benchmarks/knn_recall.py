@@ -25,6 +25,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.models.knn import NearestNeighbors, ivf_lists, train_centroids
 from reconad.models.patchcore import PatchCore
 from reconad.pipeline import extract, split_holdout
+from reconad.runtime import keep_freed_memory
 
 DATA = [
     "mvtec:../shared/data/mvtec_ad",
@@ -40,6 +41,7 @@ def timed_search(index: NearestNeighbors, queries: torch.Tensor) -> tuple[torch.
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=DATA)
     ap.add_argument("--nprobe", nargs="+", type=int, default=[1, 2, 4, 8, 16])

@@ -21,9 +21,11 @@ from reconad.cli import parse_params
 from reconad.data import load_resized, load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
+from reconad.runtime import keep_freed_memory
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -29,6 +29,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
 from reconad.models.base import create_model
 from reconad.pipeline import DEFAULT_SCORING, score_features
+from reconad.runtime import keep_freed_memory
 
 #: Candidate optimiser settings: the session-3 recipe and a faster-converging alternative.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -40,6 +41,7 @@ KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -32,6 +32,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS, evaluate, mean_metrics
 from reconad.models.base import create_model, model_class
 from reconad.pipeline import extract
+from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps, image_scores
 
 DATA = [
@@ -147,6 +148,7 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", nargs="+", default=DATA, help="FORMAT:PATH sources (default: the three)")

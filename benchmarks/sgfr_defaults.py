@@ -29,6 +29,7 @@ from reconad.metrics import evaluate
 from reconad.models.patchcore import PatchCore
 from reconad.models.sgfr import SGFR
 from reconad.pipeline import extract
+from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps, image_scores
 
 DATA = [
@@ -117,6 +118,7 @@ def score(model: Any, d: dict[str, Any]) -> dict[str, float]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", nargs="+", default=DATA)

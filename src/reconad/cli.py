@@ -39,6 +39,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import model_class
 from reconad.runs import Run, load_run, save_run
+from reconad.runtime import keep_freed_memory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -62,6 +63,7 @@ def main(
 ) -> None:
     """reconad: unsupervised visual anomaly detection and localization (SGFR, RLR, PatchCore, UniAD-style)."""
     STATE["debug"], STATE["quiet"] = debug, quiet
+    keep_freed_memory()
 
 
 def clean_errors(fn: F) -> F:
