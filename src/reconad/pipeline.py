@@ -50,15 +50,23 @@ class Extracted:
     seconds: float
 
 
+def decode_batch(load: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[load(x) for x in items]`` on one thread per core (the decoders free the GIL).
+
+    Decoding runs between backbone forwards, not beside them: a decoder sharing the cores with the
+    backbone's OpenMP threads made the forward twice as slow (``benchmarks/README.md``, *Predict throughput*).
+    """
+    workers = min(len(items), torch.get_num_threads())
+    if workers <= 1:
+        return [load(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(load, items))
+
+
 def _batches(samples: Sequence[Sample], size: int, batch_size: int) -> Iterator[list[tuple]]:
-    """Decoded (image, resized mask) pairs in batches; decoding runs ahead in a background thread."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(load_image_and_mask, s, size) for s in samples[:batch_size]]
-        for start in range(0, len(samples), batch_size):
-            ahead = samples[start + batch_size : start + 2 * batch_size]
-            nxt = [pool.submit(load_image_and_mask, s, size) for s in ahead]
-            yield [f.result() for f in pending]
-            pending = nxt
+    """Decoded (image, resized mask) pairs in batches of ``batch_size``."""
+    for start in range(0, len(samples), batch_size):
+        yield decode_batch(lambda s: load_image_and_mask(s, size), samples[start : start + batch_size])
 
 
 def extract(
@@ -339,28 +347,22 @@ def score_images(
             return str(err)
 
     done = 0
-    chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = [pool.submit(load, p) for p in chunks[0]] if chunks else []
-        for n, chunk in enumerate(chunks):
-            current = ahead  # the next batch decodes meanwhile (Pillow frees the GIL; pyspng does not)
-            ahead = [pool.submit(load, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
-            loaded = [f.result() for f in current]
-            good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
-            for p, x in zip(chunk, loaded):
-                if isinstance(x, str) and on_error:
-                    on_error(str(p), x)
-            if good:
-                feats = extractor(torch.from_numpy(resize_images([x for _, x in good], size)))
-                maps, scores = score_features(
-                    model, feats, size, run.config["scoring"], [category] * len(good)
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        loaded = decode_batch(load, chunk)
+        good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
+        for p, x in zip(chunk, loaded):
+            if isinstance(x, str) and on_error:
+                on_error(str(p), x)
+        if good:
+            feats = extractor(torch.from_numpy(resize_images([x for _, x in good], size)))
+            maps, scores = score_features(model, feats, size, run.config["scoring"], [category] * len(good))
+            for (p, image), m, s in zip(good, maps, scores):
+                full = (
+                    anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
+                    if image.shape[:2] != (size, size)
+                    else m.numpy()
                 )
-                for (p, image), m, s in zip(good, maps, scores):
-                    full = (
-                        anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
-                        if image.shape[:2] != (size, size)
-                        else m.numpy()
-                    )
-                    yield Scored(str(p), image, full, float(s), bool(s > threshold))
-            done += len(chunk)
-            progress("predict", done, len(paths))
+                yield Scored(str(p), image, full, float(s), bool(s > threshold))
+        done += len(chunk)
+        progress("predict", done, len(paths))
