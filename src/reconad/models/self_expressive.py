@@ -102,7 +102,7 @@ def code(
     alpha: float,
     iters: int,
     exclude_self: Tensor | None = None,
-    batch: int = 1024,
+    batch: int = 4096,
     nonneg: bool = False,
     affine: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
