@@ -75,11 +75,15 @@ def greedy_coreset(
     valid = index >= 0
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     xs = points[np.where(valid, index, 0)]  # [B, S, d]
+    del x, points  # the projected copy is no longer needed: xs holds every point
     xs[~valid] = 0
     sq_norm = np.einsum("bsd,bsd->bs", xs, xs)
     counts = valid.sum(1)
     centroids = xs.sum(1) / counts[:, None]
-    radius = np.where(valid, np.linalg.norm(xs - centroids[:, None], axis=2), 0).max(1)
+    radius = np.empty(len(xs), np.float32)
+    for s in range(0, len(xs), 4096):  # in slices: a full-size difference array would double peak memory
+        diff = np.linalg.norm(xs[s : s + 4096] - centroids[s : s + 4096, None], axis=2)
+        radius[s : s + 4096] = np.where(valid[s : s + 4096], diff, 0).max(1)
     min_dist = np.where(valid, np.inf, -np.inf).astype(np.float32)  # squared distance to the coreset
     flat_dist = min_dist.reshape(-1)  # a view: flat position = block * chunk + slot
     block_max = np.full(len(index), np.inf, np.float32)
@@ -98,7 +102,8 @@ def greedy_coreset(
         gap = np.sqrt(to_centroid) - radius[:, None]  # [B, m]: a lower bound on point-to-centre distances
         active = torch.from_numpy(np.flatnonzero(((gap <= 0) | (gap * gap < block_max[:, None])).any(1)))
         c_t, c_sq = torch.from_numpy(centres), torch.from_numpy(centre_sq)
-        for part in active.split(max(1, 2**22 // (xs.shape[1] * len(new)))):  # ≤ 16 MiB of distances
+        per_block = xs.shape[1] * max(len(new), xs.shape[2])  # floats per block: distances or points
+        for part in active.split(max(1, 2**22 // per_block)):  # ≤ 16 MiB of distances and of points
             pts = xs_t.index_select(0, part).reshape(-1, xs.shape[2])
             dist = torch.addmm(c_sq, pts, c_t.T, alpha=-2).add_(sq_t.index_select(0, part).reshape(-1, 1))
             seg = torch.minimum(dist_t.index_select(0, part), dist.amin(1).view(len(part), -1))
