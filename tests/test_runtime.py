@@ -1,4 +1,4 @@
-"""The allocator setting the CLI makes at start-up."""
+"""Process-level speed settings: the allocator setting the CLI makes at start-up, decoding on every core."""
 
 import platform
 
@@ -17,3 +17,25 @@ def test_keep_freed_memory_is_accepted_by_glibc():
 def test_keep_freed_memory_refuses_pads_mallopt_cannot_take(pad):
     with pytest.raises(ValueError, match="pad_bytes"):
         keep_freed_memory(pad)
+
+
+def test_decode_batch_keeps_order_and_uses_threads(monkeypatch):
+    import threading
+
+    import torch
+
+    from reconad.pipeline import decode_batch
+
+    seen = set()
+
+    def load(x):
+        seen.add(threading.get_ident())
+        return x * 2
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decode_batch(load, list(range(40))) == [2 * x for x in range(40)]
+    assert threading.get_ident() not in seen  # worker threads decoded, not the caller
+    seen.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert decode_batch(load, [3, 1]) == [6, 2] and seen == {threading.get_ident()}
+    assert decode_batch(load, []) == []

@@ -3,7 +3,7 @@
 A backbone forward allocates and frees tens of MB of activations per batch. glibc's default malloc hands
 such blocks back to the kernel on ``free`` and faults them in again, zeroed, on the next batch. On the
 2-core virtual machines we measure on, those page faults cost more than the convolutions: the
-EfficientNet-Lite0 forward takes 19–30 ms per 256 px image with the default, 10–11 ms with the freed memory
+EfficientNet-Lite0 forward takes 15–20 ms per 256 px image with the default, 10–11 ms with the freed memory
 kept (``benchmarks/README.md``, *Allocator*). The CLI calls :func:`keep_freed_memory` at start-up; library
 users can call it once themselves.
 """
