@@ -147,19 +147,35 @@ def test_killed_predict_leaves_only_whole_files(tmp_path, fitted_run):
 
 
 def test_interrupted_overlay_write_leaves_no_partial_file(tmp_path, fitted_run, monkeypatch):
-    """Ctrl-C in the middle of writing the second overlay: the first stays whole, nothing else is there."""
+    """Ctrl-C while the second overlay file is written: the first stays whole, nothing else is there."""
     folder = tmp_path / "new"
     good_images(folder, 3)
-    real_save, calls = Image.Image.save, []
+    real_fdopen, opened = os.fdopen, []
 
-    def save(self, fp, *args, **kwargs):
-        calls.append(fp)
-        if len(calls) == 2:
-            (fp.write if hasattr(fp, "write") else Path(fp).write_bytes)(b"\x89PNG\r\n\x1a\n half")
+    class HalfWritten:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
             raise KeyboardInterrupt
-        return real_save(self, fp, *args, **kwargs)
 
-    monkeypatch.setattr(Image.Image, "save", save)
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        if mode == "wb":
+            opened.append(fd)
+            if len(opened) == 2:
+                return HalfWritten(f)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
     out = tmp_path / "pred"
     result = invoke("predict", fitted_run, folder, "--out", out)
     assert result.exit_code == 130 and "interrupted" in result.stderr

@@ -19,12 +19,12 @@ def test_keep_freed_memory_refuses_pads_mallopt_cannot_take(pad):
         keep_freed_memory(pad)
 
 
-def test_decode_batch_keeps_order_and_uses_threads(monkeypatch):
+def test_map_on_cores_keeps_order_and_uses_worker_threads(monkeypatch):
     import threading
 
     import torch
 
-    from reconad.pipeline import decode_batch
+    from reconad.pipeline import map_on_cores
 
     seen = set()
 
@@ -33,9 +33,9 @@ def test_decode_batch_keeps_order_and_uses_threads(monkeypatch):
         return x * 2
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert decode_batch(load, list(range(40))) == [2 * x for x in range(40)]
+    assert map_on_cores(load, list(range(40))) == [2 * x for x in range(40)]
     assert threading.get_ident() not in seen  # worker threads decoded, not the caller
     seen.clear()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert decode_batch(load, [3, 1]) == [6, 2] and seen == {threading.get_ident()}
-    assert decode_batch(load, []) == []
+    assert map_on_cores(load, [3, 1]) == [6, 2] and seen == {threading.get_ident()}
+    assert map_on_cores(load, []) == []

@@ -50,23 +50,24 @@ class Extracted:
     seconds: float
 
 
-def decode_batch(load: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """``[load(x) for x in items]`` on one thread per core (the decoders free the GIL).
+def map_on_cores(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` on one thread per core, for work that frees the GIL (image decoding and
+    encoding).
 
-    Decoding runs between backbone forwards, not beside them: a decoder sharing the cores with the
-    backbone's OpenMP threads made the forward twice as slow (``benchmarks/README.md``, *Predict throughput*).
+    Call it between backbone forwards, not beside them: a decoder sharing the cores with the backbone's
+    OpenMP threads made the forward twice as slow (``benchmarks/README.md``, *Predict throughput*).
     """
     workers = min(len(items), torch.get_num_threads())
     if workers <= 1:
-        return [load(x) for x in items]
+        return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(load, items))
+        return list(pool.map(fn, items))
 
 
 def _batches(samples: Sequence[Sample], size: int, batch_size: int) -> Iterator[list[tuple]]:
     """Decoded (image, resized mask) pairs in batches of ``batch_size``."""
     for start in range(0, len(samples), batch_size):
-        yield decode_batch(lambda s: load_image_and_mask(s, size), samples[start : start + batch_size])
+        yield map_on_cores(lambda s: load_image_and_mask(s, size), samples[start : start + batch_size])
 
 
 def extract(
@@ -349,7 +350,7 @@ def score_images(
     done = 0
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
-        loaded = decode_batch(load, chunk)
+        loaded = map_on_cores(load, chunk)
         good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
         for p, x in zip(chunk, loaded):
             if isinstance(x, str) and on_error:
