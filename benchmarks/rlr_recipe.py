@@ -36,6 +36,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr 1e-4 constant": {"lr": 1e-4, "lr_schedule": "constant"},
     "lr 1e-3 cosine": {"lr": 1e-3, "lr_schedule": "cosine"},
     "lr 3e-4 cosine": {"lr": 3e-4, "lr_schedule": "cosine"},
+    "lr 3e-3 cosine": {"lr": 3e-3, "lr_schedule": "cosine"},
 }
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
