@@ -428,7 +428,7 @@ def predict(
     cat = run.categories[category]
     out_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
-    rows, taken, batch = [], set(), []
+    rows, taken, batch, batch_size = [], set(), [], 16
 
     def render(scored: pipeline.Scored) -> bytes:
         overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
@@ -447,10 +447,16 @@ def predict(
     start = time.perf_counter()
     with progress_bars() as progress:
         for scored in pipeline.score_images(
-            run, extractor, paths, category, on_error=lambda p, m: failures.append((p, m)), progress=progress
+            run,
+            extractor,
+            paths,
+            category,
+            batch_size=batch_size,
+            on_error=lambda p, m: failures.append((p, m)),
+            progress=progress,
         ):
             batch.append(scored)
-            if len(batch) == 16:  # score_images' batch
+            if len(batch) == batch_size:  # a batch scored: its overlays encode before the next forward
                 write_batch()
         write_batch()
     seconds = time.perf_counter() - start
