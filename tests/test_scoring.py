@@ -33,6 +33,18 @@ def test_blur_matches_scipy_reflect(shape):
     np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("grid", "size", "sigma"),
+    [((32, 32), (256, 256), 4.0), ((7, 5), (40, 23), 2.0), ((16, 12), (9, 30), 4.0)],
+)
+def test_maps_are_upsampling_then_blur(grid, size, sigma):
+    """The one-matrix-per-axis maps equal their definition: bilinear upsampling, then the Gaussian blur."""
+    p = torch.rand(3, *grid, dtype=torch.float64) * 10
+    up = F.interpolate(p[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    got = anomaly_maps(p.float(), size, sigma).double()
+    torch.testing.assert_close(got, gaussian_blur(up, sigma), rtol=1e-5, atol=1e-5)  # float32 rounding
+
+
 def test_constant_input_stays_constant():
     for size in (64, (5, 3)):
         maps = anomaly_maps(torch.full((2, 4, 4), 3.5), size, sigma=4.0)

@@ -6,6 +6,7 @@ Everything works on batched CPU (or GPU) tensors; no per-image Python work and n
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -61,11 +62,31 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     return torch.matmul(torch.matmul(bh, maps), bw.T)
 
 
+def bilinear_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The ``[n_out, n_in]`` matrix of 1-D linear resizing as ``F.interpolate`` does it
+    (``align_corners=False``): one axis of a bilinear resize, read off by resizing the identity."""
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.to(dtype)
+
+
+@lru_cache(maxsize=16)
+def map_operator(n_out: int, n_in: int, sigma: float) -> Tensor:
+    """``[n_out, n_in]``: one axis of "bilinear resize to ``n_out``, then the Gaussian blur" as one matrix
+    (:func:`blur_matrix` times :func:`bilinear_matrix`, formed in float64)."""
+    up = bilinear_matrix(n_out, n_in)
+    op = blur_matrix(n_out, sigma, torch.float64) @ up if sigma > 0 else up
+    return op.float()
+
+
 def anomaly_maps(patch_scores: Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> Tensor:
     """Per-pixel anomaly maps ``[N, H, W]`` from patch scores ``[N, h, w]``.
 
     Bilinear upsampling (``align_corners=False``) to ``size`` (an int means a square), then a Gaussian
     blur of standard deviation ``sigma`` pixels (radius 4σ, reflect padding); ``sigma=0`` skips the blur.
+    Both steps are linear and separable, so they are applied together as ``M_H @ x @ M_Wᵀ`` with one
+    ``[H, h]`` and one ``[W, w]`` matrix (:func:`map_operator`): for 32×32 patch scores and 256 px maps
+    that is ~30× fewer multiply-adds than blurring the upsampled map, and equal to it up to float32
+    rounding.
     """
     if patch_scores.ndim != 3:
         raise ReconadError(f"patch scores must be [N, h, w], got shape {tuple(patch_scores.shape)}")
@@ -75,10 +96,15 @@ def anomaly_maps(patch_scores: Tensor, size: int | tuple[int, int], sigma: float
     if len(hw) != 2 or min(hw) < 1:
         raise ReconadError(f"map size must be a positive int or (H, W), got {size!r}")
     x = patch_scores if patch_scores.is_floating_point() else patch_scores.float()
+    h, w = x.shape[1:]
     with torch.no_grad():
-        if tuple(x.shape[1:]) != hw:
-            x = F.interpolate(x.unsqueeze(1), size=hw, mode="bilinear", align_corners=False).squeeze(1)
-        return gaussian_blur(x, sigma)
+        if sigma == 0:
+            if (h, w) == hw:
+                return x
+            return F.interpolate(x.unsqueeze(1), size=hw, mode="bilinear", align_corners=False).squeeze(1)
+        mh = map_operator(hw[0], h, float(sigma)).to(x.device, x.dtype)
+        mw = map_operator(hw[1], w, float(sigma)).to(x.device, x.dtype)
+        return torch.matmul(torch.matmul(mh, x), mw.T)
 
 
 def image_scores(maps: Tensor, reduce: str = "max") -> Tensor:
