@@ -81,9 +81,10 @@ def greedy_coreset(
     counts = valid.sum(1)
     centroids = xs.sum(1) / counts[:, None]
     radius = np.empty(len(xs), np.float32)
-    for s in range(0, len(xs), 4096):  # in slices: a full-size difference array would double peak memory
-        diff = np.linalg.norm(xs[s : s + 4096] - centroids[s : s + 4096, None], axis=2)
-        radius[s : s + 4096] = np.where(valid[s : s + 4096], diff, 0).max(1)
+    step = max(1, 2**22 // (xs.shape[1] * xs.shape[2]))  # slices of ≤ 16 MiB: not a second copy of xs
+    for s in range(0, len(xs), step):
+        diff = np.linalg.norm(xs[s : s + step] - centroids[s : s + step, None], axis=2)
+        radius[s : s + step] = np.where(valid[s : s + step], diff, 0).max(1)
     min_dist = np.where(valid, np.inf, -np.inf).astype(np.float32)  # squared distance to the coreset
     flat_dist = min_dist.reshape(-1)  # a view: flat position = block * chunk + slot
     block_max = np.full(len(index), np.inf, np.float32)
