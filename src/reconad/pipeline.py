@@ -28,6 +28,7 @@ from reconad.metrics import evaluate as compute_metrics
 from reconad.metrics import mean_metrics
 from reconad.models.base import Model, check_params, create_model
 from reconad.runs import UNIFIED, Run
+from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
 #: How patch scores become maps and image scores unless a run says otherwise (:func:`score_features`).
@@ -198,16 +199,17 @@ def fit(
     model_start = time.perf_counter()
     models: dict[str, Model] = {}
     probe = create_model(model_name, **{**context, **(params or {})})
-    if probe.unified:
-        names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
-        bank = torch.cat([feats[c.name][0].features for c in data])
-        models[UNIFIED] = probe.fit(bank, names, **(fit_kwargs or {}))
-    else:
-        for i, c in enumerate(data):
-            progress("fitting", i, len(data))
-            model = probe if i == 0 else create_model(model_name, **{**context, **(params or {})})
-            models[c.name] = model.fit(feats[c.name][0].features)
-        progress("fitting", len(data), len(data))
+    with less_kept_memory():
+        if probe.unified:
+            names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
+            bank = torch.cat([feats[c.name][0].features for c in data])
+            models[UNIFIED] = probe.fit(bank, names, **(fit_kwargs or {}))
+        else:
+            for i, c in enumerate(data):
+                progress("fitting", i, len(data))
+                model = probe if i == 0 else create_model(model_name, **{**context, **(params or {})})
+                models[c.name] = model.fit(feats[c.name][0].features)
+            progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start
     categories = {}
     for c in data:
