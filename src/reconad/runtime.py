@@ -34,9 +34,9 @@ def _mallopt_top_pad(pad_bytes: int) -> bool:
 def keep_freed_memory(pad_bytes: int = DEFAULT_PAD) -> bool:
     """Ask glibc malloc to keep up to ``pad_bytes`` of freed heap memory for reuse instead of returning it.
 
-    The price is a slightly higher peak resident size (measured on bottle: ``reconad fit patchcore``
-    1.73 → 1.89 GB, ``reconad test`` 1.41 → 1.55 GB). Returns False, changing nothing, where the C library
-    is not glibc (macOS, musl) or refuses the setting.
+    The price is a slightly higher peak resident size (measured on bottle: ``reconad test`` 1.41 → 1.55 GB;
+    fitting runs under :func:`less_kept_memory`). Returns False, changing nothing, where the C library is
+    not glibc (macOS, musl) or refuses the setting.
     """
     global _kept_pad
     if pad_bytes < 0 or pad_bytes > 2**31 - 1:
