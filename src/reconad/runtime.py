@@ -53,7 +53,7 @@ def less_kept_memory(pad_bytes: int = FIT_PAD) -> Iterator[None]:
     returned on entry (``malloc_trim``); the pad :func:`keep_freed_memory` set is restored on exit.
 
     For model fitting: kept backbone activations only add to its peak, and its own working arrays need
-    less. Measured on bottle (``reconad fit patchcore``): peak RSS 1.88 → 1.39–1.43 GB and the same fit time
+    less. Measured on bottle (``reconad fit patchcore``): peak RSS 1.88 → 1.39–1.44 GB and the same fit time
     (14.8–16.0 s against 15.3–15.9 s); with glibc's default pad the peak is 1.31 GB but the fit 20 s, the
     coreset's buffers then being faulted in afresh each round. Nothing changes where
     :func:`keep_freed_memory` was not called, kept less than ``pad_bytes``, or the C library is not glibc.
