@@ -54,9 +54,8 @@ def test_less_kept_memory_returns_what_was_kept_and_restores_the_pad():
     from reconad import runtime
 
     assert keep_freed_memory(1 << 30)
-    np.ones(
-        8 << 17
-    )  # 8 MiB, freed at once: glibc's mmap threshold rises, later 8 MiB blocks come from the heap
+    # 8 MiB freed at once: glibc's mmap threshold rises, so later 8 MiB blocks come from the heap
+    np.ones(8 << 17)
     blocks = [np.ones(8 << 17) for _ in range(25)]  # 200 MiB on the heap
     del blocks  # kept: the pad is 1 GiB
     before = _rss_mb()

@@ -71,11 +71,9 @@ def bilinear_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float64) -
 
 @lru_cache(maxsize=16)
 def map_operator(n_out: int, n_in: int, sigma: float) -> Tensor:
-    """``[n_out, n_in]``: one axis of "bilinear resize to ``n_out``, then the Gaussian blur" as one matrix
-    (:func:`blur_matrix` times :func:`bilinear_matrix`, formed in float64)."""
-    up = bilinear_matrix(n_out, n_in)
-    op = blur_matrix(n_out, sigma, torch.float64) @ up if sigma > 0 else up
-    return op.float()
+    """``[n_out, n_in]``: one axis of "bilinear resize to ``n_out``, then the Gaussian blur" (``sigma > 0``)
+    as one matrix (:func:`blur_matrix` times :func:`bilinear_matrix`, formed in float64)."""
+    return (blur_matrix(n_out, sigma, torch.float64) @ bilinear_matrix(n_out, n_in)).float()
 
 
 def anomaly_maps(patch_scores: Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> Tensor:
