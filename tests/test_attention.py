@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from reconad.models.attention import (
+    blocked_pays,
     local_attention,
     masked_attention,
     merge_heads,
     split_heads,
-    window_index,
+    window_blocks,
     window_mask,
 )
 
@@ -41,10 +42,27 @@ def test_window_mask_geometry() -> None:
     assert int(m[_pos(2, 3)].sum()) == 9  # interior: the full 3×3
     assert int(m[_pos(0, 0)].sum()) == 4  # corner: cut at the border
     assert bool(m[_pos(2, 3), _pos(3, 4)]) and not bool(m[_pos(2, 3), _pos(2, 5)])
-    index, valid = window_index(*HW, 3)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 8])
+def test_window_blocks_cover_each_window_exactly_once(block: int) -> None:
+    """Every grid position is the query of exactly one tile slot, and that slot allows exactly its window."""
+    queries, keys, allowed, slot = window_blocks(*HW, 3, block)
+    flat_q, flat_allowed = queries.reshape(-1), allowed.reshape(-1, allowed.shape[-1])
+    assert torch.equal(flat_q[slot], torch.arange(N))
+    assert allowed.any(dim=-1).all()  # no empty row, padded queries included
+    tile = torch.arange(queries.numel()) // queries.shape[1]
     rebuilt = torch.zeros(N, N, dtype=torch.bool)
-    rebuilt[torch.arange(N).repeat_interleave(9)[valid.reshape(-1)], index[valid]] = True
-    assert torch.equal(rebuilt, m)
+    for pos in range(N):
+        s = int(slot[pos])
+        rebuilt[pos, keys[tile[s]][flat_allowed[s]]] = True
+        assert int(flat_allowed[s].sum()) == int(window_mask(*HW, 3)[pos].sum())  # no key twice
+    assert torch.equal(rebuilt, window_mask(*HW, 3))
+
+
+def test_blocked_pays_only_on_large_grids() -> None:
+    assert blocked_pays((32, 32), 7) and blocked_pays((16, 16), 5)
+    assert not blocked_pays(HW, 3) and not blocked_pays((8, 8), 5)
 
 
 @pytest.mark.parametrize("window", [0, 2, -3])
@@ -53,14 +71,30 @@ def test_window_must_be_positive_odd(window: int) -> None:
         window_mask(4, 4, window)
 
 
-@pytest.mark.parametrize("method", ["dense", "gather"])
+METHODS = [("dense", 4), ("blocked", 1), ("blocked", 2), ("blocked", 4), ("auto", 4)]
+
+
+@pytest.mark.parametrize(("method", "block"), METHODS)
 @pytest.mark.parametrize("shared_kv", [False, True])
-def test_local_attention_matches_masked_reference(shared_kv: bool, method: str) -> None:
+def test_local_attention_matches_masked_reference(shared_kv: bool, method: str, block: int) -> None:
     q, k, v = _qkv()
     if shared_kv:  # a batch-independent reference, as RLR's LCA uses
         k, v = k[0], v[0]
     want = _reference(q, k, v, window_mask(*HW, 3))
-    assert torch.allclose(local_attention(q, k, v, HW, 3, method=method), want, atol=1e-10)
+    assert torch.allclose(local_attention(q, k, v, HW, 3, method=method, block=block), want, atol=1e-10)
+
+
+def test_blocked_local_attention_gradients_match_dense() -> None:
+    """Training goes through the backward pass too: tiles and the dense kernel give the same gradients."""
+    q, k, v = (t[0].requires_grad_() if i else t.requires_grad_() for i, t in enumerate(_qkv()))
+    grads = []
+    for method in ("dense", "blocked"):
+        (local_attention(q, k, v, HW, 3, method=method, block=2) ** 2).sum().backward()
+        grads.append([t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    for dense, blocked in zip(*grads, strict=True):
+        assert torch.allclose(dense, blocked, atol=1e-10)
 
 
 def test_masked_attention_matches_reference() -> None:
@@ -85,7 +119,7 @@ def test_masked_attention_ignores_the_window() -> None:
     assert not torch.allclose(masked_attention(q, k, v3, HW, 3)[:, :, i], base[:, :, i])
 
 
-@pytest.mark.parametrize("method", ["dense", "gather"])
+@pytest.mark.parametrize("method", ["dense", "blocked"])
 def test_local_attention_sees_only_the_window(method: str) -> None:
     q, k, v = _qkv()
     i = _pos(2, 3)
