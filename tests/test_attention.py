@@ -82,6 +82,12 @@ def test_local_attention_matches_masked_reference(shared_kv: bool, method: str, 
         k, v = k[0], v[0]
     want = _reference(q, k, v, window_mask(*HW, 3))
     assert torch.allclose(local_attention(q, k, v, HW, 3, method=method, block=block), want, atol=1e-10)
+    if shared_kv:  # keys shared, values per image (and the other way round)
+        for kk, vv in ((k, _qkv(1)[2]), (_qkv(1)[1], v)):
+            want = _reference(q, kk, vv, window_mask(*HW, 3))
+            assert torch.allclose(
+                local_attention(q, kk, vv, HW, 3, method=method, block=block), want, atol=1e-10
+            )
 
 
 def test_blocked_local_attention_gradients_match_dense() -> None:

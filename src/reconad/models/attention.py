@@ -98,10 +98,10 @@ def local_attention(
     qt = q.index_select(-2, queries.reshape(-1)).unflatten(-2, queries.shape)  # [B, H, T, block², d]
     kt = k.index_select(-2, keys.reshape(-1)).unflatten(-2, keys.shape)  # [(B,) H, T, halo², d]
     vt = v.index_select(-2, keys.reshape(-1)).unflatten(-2, keys.shape)
-    shared = "" if k.dim() == 3 else "b"
-    scores = torch.einsum(f"bhtqd,{shared}htkd->bhtqk", qt, kt) / math.sqrt(q.shape[-1])
+    kb, vb = ("" if t.dim() == 3 else "b" for t in (k, v))  # a shared reference has no batch axis
+    scores = torch.einsum(f"bhtqd,{kb}htkd->bhtqk", qt, kt) / math.sqrt(q.shape[-1])
     attn = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    out = torch.einsum(f"bhtqk,{shared}htkd->bhtqd", attn, vt)
+    out = torch.einsum(f"bhtqk,{vb}htkd->bhtqd", attn, vt)
     return out.flatten(-3, -2).index_select(-2, slot)
 
 
