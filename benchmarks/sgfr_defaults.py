@@ -59,6 +59,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "abscos K16 10% convex": {"metric": "abscos", "sampling_ratio": 0.1, **CONVEX},
     "l2 K16 10% convex": {"metric": "l2", "sampling_ratio": 0.1, **CONVEX},
     "l2 K32 10% convex": {"metric": "l2", "sampling_ratio": 0.1, "n_candidates": 32, **CONVEX},
+    # Small banks (session 7): atoms are picked from a random pool of 131,072 training patches, 19 % of
+    # magnetic_tile's; a 4x pool lets the sampling see every subspace it could cover; more coverage rounds
+    # re-aim it at the patches still poorly rebuilt more often.
+    "abscos K16 2% pool 512k": {"metric": "abscos", "sampling_ratio": 0.02, "pool_size": 524288},
+    "abscos K16 2% rounds 8": {"metric": "abscos", "sampling_ratio": 0.02, "rounds": 8},
 }
 
 
