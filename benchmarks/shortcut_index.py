@@ -1,0 +1,62 @@
+"""The shortcut index of fitted runs: mean reconstruction error inside the defect masks ÷ mean error on
+defect-free pixels, per category of each run's test split (higher = anomalies were reconstructed worse).
+
+    .venv/bin/python benchmarks/shortcut_index.py RUN [RUN ...]
+
+For runs made by ``reconad fit`` / ``reconad bench`` (any model; the index is meant for the reconstruction
+models). Test features come from the feature cache, data from the paths the run was fitted on. Prints a
+markdown table: one row per run, one column per category, and their mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from rlr_vs_uniad import shortcut_index
+
+from reconad.data.sources import load_sources
+from reconad.features.cache import FeatureCache
+from reconad.features.extractor import FeatureExtractor
+from reconad.pipeline import extract
+from reconad.runs import load_run
+from reconad.runtime import keep_freed_memory
+
+
+def run_index(path: Path) -> dict[str, float]:
+    """Per category of the run, its shortcut index on that category's test split."""
+    run = load_run(path)
+    extractor = FeatureExtractor()
+    cache = FeatureCache(extractor.key(), None)
+    out = {}
+    for name, info in run.categories.items():
+        cat = next(c for c in load_sources([info["source"]]) if c.name == name)
+        test = extract(cat.test, extractor, cache=cache, with_masks=True)
+        model = run.model_for(name)
+        with torch.no_grad():
+            patch = torch.cat(
+                [model.predict(test.features[i : i + 32]) for i in range(0, len(test.features), 32)]
+            )
+        index = shortcut_index(patch, test.masks)
+        if index is not None:
+            out[name] = index
+    return out
+
+
+def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+")
+    args = ap.parse_args()
+    rows = {str(p): run_index(p) for p in args.runs}
+    cats = list(dict.fromkeys(c for r in rows.values() for c in r))
+    print("| run | " + " | ".join(cats) + " | mean |\n|---|" + "---:|" * (len(cats) + 1))
+    for run, r in rows.items():
+        cells = " | ".join(f"{r[c]:.3f}" if c in r else "—" for c in cats)
+        print(f"| {run} | {cells} | {np.mean(list(r.values())):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
