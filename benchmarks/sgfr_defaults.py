@@ -64,6 +64,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # re-aim it at the patches still poorly rebuilt more often.
     "abscos K16 2% pool 512k": {"metric": "abscos", "sampling_ratio": 0.02, "pool_size": 524288},
     "abscos K16 2% rounds 8": {"metric": "abscos", "sampling_ratio": 0.02, "rounds": 8},
+    # Fewer candidate atoms (session 7): a span of 4 or 8 atoms mimics less of an anomaly than one of 16
+    # (K = 1 with no penalty is the distance to the nearest atom's line, close to PatchCore's score).
+    "abscos K8 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 8},
+    "abscos K4 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 4},
 }
 
 
