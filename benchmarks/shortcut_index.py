@@ -25,20 +25,17 @@ from reconad.runs import load_run
 from reconad.runtime import keep_freed_memory
 
 
-def run_index(path: Path) -> dict[str, float]:
+def run_index(path: Path, extractor: FeatureExtractor, cache: FeatureCache) -> dict[str, float]:
     """Per category of the run, its shortcut index on that category's test split."""
     run = load_run(path)
-    extractor = FeatureExtractor()
-    cache = FeatureCache(extractor.key(), None)
     out = {}
     for name, info in run.categories.items():
         cat = next(c for c in load_sources([info["source"]]) if c.name == name)
         test = extract(cat.test, extractor, cache=cache, with_masks=True)
         model = run.model_for(name)
-        with torch.no_grad():
-            patch = torch.cat(
-                [model.predict(test.features[i : i + 32]) for i in range(0, len(test.features), 32)]
-            )
+        patch = torch.cat(
+            [model.predict(test.features[i : i + 32]) for i in range(0, len(test.features), 32)]
+        )
         index = shortcut_index(patch, test.masks)
         if index is not None:
             out[name] = index
@@ -50,7 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args()
-    rows = {str(p): run_index(p) for p in args.runs}
+    extractor = FeatureExtractor()  # one backbone for every run
+    cache = FeatureCache(extractor.key(), None)
+    rows = {str(p): run_index(p, extractor, cache) for p in args.runs}
     cats = list(dict.fromkeys(c for r in rows.values() for c in r))
     print("| run | " + " | ".join(cats) + " | mean |\n|---|" + "---:|" * (len(cats) + 1))
     for run, r in rows.items():
