@@ -41,6 +41,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
+def unified_validation(seed: int) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
+    """Per category the validation set of ``sgfr_defaults.validation_set``, and the training features of
+    every category joined (what one unified model is trained on)."""
+    extractor = FeatureExtractor()
+    cache = FeatureCache(extractor.key())
+    sets = {cat.name: validation_set(cat, extractor, cache, seed) for cat in load_sources(DATA)}
+    return sets, torch.cat([d["train"] for d in sets.values()])
+
+
 def main() -> None:
     keep_freed_memory()  # as the CLI does (reconad.runtime)
     parser = argparse.ArgumentParser(
@@ -53,10 +62,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the default epochs (a quick smoke run)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor()
-    cache = FeatureCache(extractor.key())
-    sets = {cat.name: validation_set(cat, extractor, cache, args.seed) for cat in load_sources(DATA)}
-    train = torch.cat([d["train"] for d in sets.values()])
+    sets, train = unified_validation(args.seed)
     print(
         f"{len(train)} training images; validation: "
         + ", ".join(f"{c} {len(d['val'])}" for c, d in sets.items())

@@ -29,13 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rlr_recipe import CANDIDATES
-from sgfr_defaults import DATA, validation_set
+from rlr_recipe import CANDIDATES, unified_validation
 from torch import Tensor
 
-from reconad.data.sources import load_sources
-from reconad.features.cache import FeatureCache
-from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
 from reconad.models.base import create_model
 from reconad.models.reconstruction import ReconstructionModel
@@ -98,10 +94,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor()
-    cache = FeatureCache(extractor.key())
-    sets = {cat.name: validation_set(cat, extractor, cache, args.seed) for cat in load_sources(DATA)}
-    train = torch.cat([d["train"] for d in sets.values()])
+    sets, train = unified_validation(args.seed)
     model = create_model(
         args.model, level_channels=(40, 112), level_grids=(32, 16), **CANDIDATES["lr 1e-3 cosine"]
     )
