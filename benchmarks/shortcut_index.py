@@ -11,12 +11,14 @@ markdown table: one row per run, one column per category, and their mean.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from rlr_vs_uniad import shortcut_index
 
+from reconad.cli import make_extractor
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
@@ -25,9 +27,15 @@ from reconad.runs import load_run
 from reconad.runtime import keep_freed_memory
 
 
-def run_index(path: Path, extractor: FeatureExtractor, cache: FeatureCache) -> dict[str, float]:
-    """Per category of the run, its shortcut index on that category's test split."""
+def run_index(path: Path, extractors: dict[str, tuple[FeatureExtractor, FeatureCache]]) -> dict[str, float]:
+    """Per category of the run, its shortcut index on that category's test split. ``extractors``: one
+    backbone (and its feature cache) per distinct features config, shared by the runs that use it."""
     run = load_run(path)
+    key = json.dumps(run.config["features"], sort_keys=True)
+    if key not in extractors:  # the backbone and layers the run was fitted on
+        extractor = make_extractor(run.config["features"])
+        extractors[key] = extractor, FeatureCache(extractor.key(), None)
+    extractor, cache = extractors[key]
     out = {}
     for name, info in run.categories.items():
         cat = next(c for c in load_sources([info["source"]]) if c.name == name)
@@ -47,9 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args()
-    extractor = FeatureExtractor()  # one backbone for every run
-    cache = FeatureCache(extractor.key(), None)
-    rows = {str(p): run_index(p, extractor, cache) for p in args.runs}
+    extractors: dict[str, tuple[FeatureExtractor, FeatureCache]] = {}
+    rows = {str(p): run_index(p, extractors) for p in args.runs}
     cats = list(dict.fromkeys(c for r in rows.values() for c in r))
     print("| run | " + " | ".join(cats) + " | mean |\n|---|" + "---:|" * (len(cats) + 1))
     for run, r in rows.items():
