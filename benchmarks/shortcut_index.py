@@ -23,19 +23,26 @@ from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.pipeline import extract
-from reconad.runs import load_run
+from reconad.runs import Run, load_run
 from reconad.runtime import keep_freed_memory
 
+Extractors = dict[str, tuple[FeatureExtractor, FeatureCache]]
 
-def run_index(path: Path, extractors: dict[str, tuple[FeatureExtractor, FeatureCache]]) -> dict[str, float]:
-    """Per category of the run, its shortcut index on that category's test split. ``extractors``: one
-    backbone (and its feature cache) per distinct features config, shared by the runs that use it."""
-    run = load_run(path)
+
+def run_extractor(run: Run, extractors: Extractors) -> tuple[FeatureExtractor, FeatureCache]:
+    """The backbone (and its feature cache) ``run`` was fitted on; ``extractors`` keeps one per distinct
+    features config, shared by the runs that use it."""
     key = json.dumps(run.config["features"], sort_keys=True)
-    if key not in extractors:  # the backbone and layers the run was fitted on
+    if key not in extractors:
         extractor = make_extractor(run.config["features"])
         extractors[key] = extractor, FeatureCache(extractor.key(), None)
-    extractor, cache = extractors[key]
+    return extractors[key]
+
+
+def run_index(path: Path, extractors: Extractors) -> dict[str, float]:
+    """Per category of the run, its shortcut index on that category's test split."""
+    run = load_run(path)
+    extractor, cache = run_extractor(run, extractors)
     out = {}
     for name, info in run.categories.items():
         cat = next(c for c in load_sources([info["source"]]) if c.name == name)
@@ -55,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args()
-    extractors: dict[str, tuple[FeatureExtractor, FeatureCache]] = {}
+    extractors: Extractors = {}
     rows = {str(p): run_index(p, extractors) for p in args.runs}
     cats = list(dict.fromkeys(c for r in rows.values() for c in r))
     print("| run | " + " | ".join(cats) + " | mean |\n|---|" + "---:|" * (len(cats) + 1))
