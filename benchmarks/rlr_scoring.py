@@ -109,7 +109,11 @@ def main() -> None:
             size = d["masks"].shape[-1]
             maps = torch.cat(
                 [
-                    anomaly_maps(patch_scores(model, d["val"][i : i + 32], variant).float(), size, 4.0)
+                    anomaly_maps(
+                        patch_scores(model, d["val"][i : i + 32], variant).float(),
+                        size,
+                        DEFAULT_SCORING["sigma"],
+                    )
                     for i in range(0, len(d["val"]), 32)
                 ]
             )
