@@ -6,7 +6,8 @@ For runs made by ``reconad fit`` / ``reconad bench`` (any model). For each defec
 figures per run: pixel AUROC on the good test images plus that type's images (how well the type is found),
 and the pooled pixel AUROC of every test image *except* that type's (what the category's figure would be
 without it). Also each type's share of the category's defect pixels. A diagnostic of test results already
-reported: nothing here chooses a model or a setting. Prints markdown tables.
+reported: nothing here chooses a model or a setting. Prints markdown tables. (`reconad test --by-defect`
+gives the first figure, with the other metrics, for any run.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from shortcut_index import Extractors, run_extractor
 
 from reconad.data.sources import load_sources
-from reconad.metrics import pixel_auroc
+from reconad.metrics import by_defect_type, pixel_auroc
 from reconad.pipeline import extract, score_features
 from reconad.runs import load_run
 from reconad.runtime import keep_freed_memory
@@ -37,16 +38,17 @@ def breakdown(path: Path, extractors: Extractors, only: str | None) -> dict[str,
         test = extract(cat.test, extractor, cache=cache, with_masks=True)
         assert test.masks is not None
         model, scoring = run.model_for(name), run.config["scoring"]
-        maps_np = score_features(model, test.features, extractor.image_size, scoring)[0].numpy()
-        masks = test.masks
+        maps, scores = score_features(model, test.features, extractor.image_size, scoring)
+        maps_np, masks = maps.numpy(), test.masks
+        labels = np.array([s.label for s in cat.test])
         defects = np.array([s.defect for s in cat.test])
-        good, total = defects == "good", masks.sum()
+        alone = by_defect_type(labels, scores.numpy(), masks, maps_np, defects)
         rows = {"all": {"share": 1.0, "alone": pixel_auroc(masks, maps_np), "without": None}}
-        for d in sorted(set(defects) - {"good"}):
+        for d, metrics in alone.items():
             this = defects == d
             rows[d] = {
-                "share": float(masks[this].sum() / total),
-                "alone": pixel_auroc(masks[good | this], maps_np[good | this]),
+                "share": float(masks[this].sum() / masks.sum()),
+                "alone": metrics["pixel_auroc"],
                 "without": pixel_auroc(masks[~this], maps_np[~this]),
             }
         out[name] = rows

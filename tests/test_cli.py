@@ -345,3 +345,19 @@ def test_demo_as_documented(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert doc["categories"]["synthetic_part"]["image_auroc"] > 0.9
+
+
+def test_test_by_defect_type(tmp_path, parts, fitted_run):
+    report = tmp_path / "m.json"
+    result = invoke("test", fitted_run, "--by-defect", "--json", report)
+    assert result.exit_code == 0, result.output
+    assert "each defect type with the good images" in result.stdout
+    m = json.loads(report.read_text())["categories"]["synthetic_part"]
+    counts = {d.name: len(list(d.iterdir())) for d in (parts / "test").iterdir()}
+    assert set(m["defect_types"]) == set(counts) - {"good"}
+    for defect, metrics in m["defect_types"].items():
+        assert metrics["n_test"] == counts["good"] + counts[defect]
+        assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    plain = tmp_path / "plain.json"
+    assert invoke("test", fitted_run, "--json", plain).exit_code == 0
+    assert "defect_types" not in json.loads(plain.read_text())["categories"]["synthetic_part"]

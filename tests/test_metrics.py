@@ -8,6 +8,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, ro
 from reconad.errors import ReconadError
 from reconad.metrics import (
     METRIC_KEYS,
+    by_defect_type,
     evaluate,
     image_auroc,
     image_f1_max,
@@ -201,3 +202,24 @@ def test_all_metrics_invariant_to_increasing_transforms(case, transform):
     before = evaluate(labels, scores, masks, maps)
     after = evaluate(labels, transform(scores.astype(float)), masks, transform(maps.astype(float)))
     assert after == pytest.approx(before, abs=1e-12)
+
+
+def test_by_defect_type_scores_each_type_against_the_good_images():
+    rng = np.random.default_rng(0)
+    defects = ["good"] * 4 + ["scratch"] * 3 + ["blob"] * 3
+    labels = np.array([d != "good" for d in defects], dtype=int)
+    masks = np.zeros((10, 8, 8), dtype=bool)
+    masks[4:, 2:5, 2:5] = True
+    maps = rng.random((10, 8, 8))
+    maps[4:7][masks[4:7]] += 2.0  # scratches are found, blobs are noise
+    scores = maps.reshape(10, -1).max(axis=1)
+    out = by_defect_type(labels, scores, masks, maps, defects)
+    assert list(out) == ["blob", "scratch"]  # every defect type, sorted; never "good"
+    assert out["scratch"]["pixel_auroc"] == 1.0 and out["scratch"]["n_test"] == 7
+    assert out["blob"]["pixel_auroc"] < 0.8
+    keep = np.r_[0:4, 7:10]  # the good images and the blobs, as evaluate() would score them
+    assert out["blob"] == evaluate(labels[keep], scores[keep], masks[keep], maps[keep])
+    no_pixels = by_defect_type(labels, scores, None, None, defects)
+    assert no_pixels["scratch"]["pixel_auroc"] is None and no_pixels["scratch"]["image_auroc"] == 1.0
+    with pytest.raises(ReconadError, match="defect names"):
+        by_defect_type(labels, scores, masks, maps, defects[:-1])

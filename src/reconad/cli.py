@@ -157,9 +157,10 @@ def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtract
     return None if no_cache else FeatureCache(extractor.key(), cache_dir)
 
 
-def metrics_table(doc: dict[str, Any], title: str) -> Table:
+def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> Table:
+    """The five metrics per row of ``doc["categories"]``, and ``doc["mean"]`` when there is one."""
     table = Table(title=title)
-    table.add_column("category")
+    table.add_column(first)
     for key in METRIC_KEYS:
         table.add_column(key.replace("_", " "), justify="right")
     table.add_column("n", justify="right")
@@ -169,7 +170,7 @@ def metrics_table(doc: dict[str, Any], title: str) -> Table:
 
     for name, m in doc["categories"].items():
         table.add_row(escape(name), *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
-    if len(doc["categories"]) > 1:
+    if len(doc["categories"]) > 1 and "mean" in doc:
         table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
     return table
 
@@ -329,6 +330,7 @@ def do_test(
     cache_dir: Path | None = None,
     no_cache: bool = True,
     device: str = "cpu",
+    by_defect: bool = False,
 ) -> tuple[Run, dict[str, pipeline.CategoryResult], dict[str, Any]]:
     run = load_run(run_dir)
     specs = data or sorted({c["source"] for c in run.categories.values()})
@@ -338,7 +340,7 @@ def do_test(
         results = pipeline.evaluate(
             run, sources, extractor, cache=make_cache(no_cache, cache_dir, extractor), progress=progress
         )
-    return run, results, pipeline.results_json(run, results)
+    return run, results, pipeline.results_json(run, results, by_defect)
 
 
 @app.command()
@@ -351,6 +353,9 @@ def test(
     category: CategoryOpt = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
     report: Annotated[Path | None, typer.Option(help="write an HTML report into this folder")] = None,
+    by_defect: Annotated[
+        bool, typer.Option("--by-defect", help="also the metrics per defect type (good images + that type)")
+    ] = False,
     device: str = "cpu",
 ) -> None:
     """Score the test split of each category and print image/pixel AUROC, AUPRO, F1-max and AP."""
@@ -358,8 +363,11 @@ def test(
         check_output(json_file, folder=False)
     if report:
         check_output(report, folder=True)
-    run, results, doc = do_test(run_dir, data, category, device=device)
+    run, results, doc = do_test(run_dir, data, category, device=device, by_defect=by_defect)
     out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
+    for name, m in doc["categories"].items() if by_defect else ():
+        by_type = {"categories": m["defect_types"]}
+        out.print(metrics_table(by_type, f"{escape(name)} · each defect type with the good images", "defect"))
     for name, m in doc["categories"].items():
         for note in m.get("notes", []):
             out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)

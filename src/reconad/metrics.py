@@ -14,7 +14,7 @@ A metric that is undefined on the data given (one class only, no defect pixels) 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,6 +295,33 @@ def evaluate(
     if notes:
         result["notes"] = list(dict.fromkeys(notes))
     return result
+
+
+def by_defect_type(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None,
+    maps: np.ndarray | None,
+    defects: Sequence[str],
+    fpr_limit: float = DEFAULT_FPR_LIMIT,
+) -> dict[str, dict]:
+    """:func:`evaluate` once per defect type, on the good images plus that type's images (``defects``: one
+    name per image, as the dataset names its defect folders; good images are those labelled 0)."""
+    kinds = np.asarray(defects)
+    good = np.asarray(labels) == 0
+    if kinds.shape != good.shape:
+        raise ReconadError(f"{good.size} labels but {kinds.size} defect names")
+    out = {}
+    for kind in sorted(set(kinds[~good].tolist())):
+        keep = good | (kinds == kind)
+        out[kind] = evaluate(
+            labels[keep],
+            scores[keep],
+            None if masks is None else masks[keep],
+            None if maps is None else maps[keep],
+            fpr_limit,
+        )
+    return out
 
 
 def mean_metrics(per_category: dict[str, dict]) -> dict:

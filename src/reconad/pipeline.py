@@ -24,8 +24,8 @@ from reconad.data.imageio import read_image
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
-from reconad.metrics import mean_metrics
 from reconad.models.base import Model, check_params, create_model
 from reconad.runs import UNIFIED, Run
 from reconad.runtime import less_kept_memory
@@ -301,9 +301,20 @@ def evaluate(
     return results
 
 
-def results_json(run: Run, results: dict[str, CategoryResult]) -> dict[str, Any]:
-    """The ``reconad test --json`` document."""
+def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool = False) -> dict[str, Any]:
+    """The ``reconad test --json`` document; ``by_defect`` adds each category's metrics per defect type
+    (:func:`reconad.metrics.by_defect_type`) under ``"defect_types"``."""
     per_category = {name: r.metrics for name, r in results.items()}
+    if by_defect:
+        per_category = {
+            name: {
+                **r.metrics,
+                "defect_types": by_defect_type(
+                    r.labels, r.scores, r.masks, r.maps, [s.defect for s in r.samples]
+                ),
+            }
+            for name, r in results.items()
+        }
     n_images = sum(r.metrics["n_test"] for r in results.values())
     seconds = sum(r.seconds for r in results.values())
     return {
