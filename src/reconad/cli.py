@@ -367,7 +367,9 @@ def test(
     out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
     for name, m in doc["categories"].items() if by_defect else ():
         by_type = {"categories": m["defect_types"]}
-        out.print(metrics_table(by_type, f"{escape(name)} · each defect type with the good images", "defect"))
+        if by_type["categories"]:  # a category without defective test images has no types to show
+            title = f"{escape(name)} · each defect type with the good images"
+            out.print(metrics_table(by_type, title, "defect"))
     for name, m in doc["categories"].items():
         for note in m.get("notes", []):
             out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)

@@ -307,8 +307,8 @@ def by_defect_type(
 ) -> dict[str, dict]:
     """:func:`evaluate` once per defect type, on the good images plus that type's images (``defects``: one
     name per image, as the dataset names its defect folders; good images are those labelled 0)."""
-    kinds = np.asarray(defects)
-    good = np.asarray(labels) == 0
+    labels, scores, kinds = np.asarray(labels), np.asarray(scores), np.asarray(defects)
+    good = labels == 0
     if kinds.shape != good.shape:
         raise ReconadError(f"{good.size} labels but {kinds.size} defect names")
     out = {}
