@@ -68,6 +68,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # (K = 1 with no penalty is the distance to the nearest atom's line, close to PatchCore's score).
     "abscos K8 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 8},
     "abscos K4 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 4},
+    # The elastic-net objective as the score (session 8): the energy of the best code, not its residual
+    # alone, so an anomaly that the span mimics only with large coefficients (scaled or differenced atoms)
+    # still scores high (self-representation outlier scores use the same idea). Replaces the default only
+    # if it beats it by at least 0.1 pt, the spread of near-equal configurations on this set.
+    "abscos K16 10% objective": {"metric": "abscos", "sampling_ratio": 0.1, "score": "objective"},
+    "abscos K16 2% objective": {"metric": "abscos", "sampling_ratio": 0.02, "score": "objective"},
 }
 
 

@@ -196,3 +196,19 @@ def test_affine_codes_do_not_mimic_a_scaled_normal_feature() -> None:
     assert rel_residual(linear, half).median() < 0.05  # 3 atoms span the whole 3-dim subspace
     assert rel_residual(affine, half).median() > 0.5  # their affine hull is a plane away from the origin
     assert rel_residual(affine, train[:50]).median() < 0.05  # normal features are still rebuilt
+
+
+def test_objective_score_adds_the_code_penalty() -> None:
+    bases = subspaces(2)
+    train, _ = draw(bases, [200, 200], seed=1)
+    test, _ = draw(bases, [20, 20], seed=2)
+    feats = as_features(test)
+    model = SGFR(sampling_ratio=0.25, lam=0.05, nprobe=0).fit(as_features(train))
+    _, c, res = model.reconstruct(feats)
+    penalty = 0.05 * (2 * 0.5 * c.abs().sum(-1) + 0.5 * c.pow(2).sum(-1))
+    objective = SGFR.from_state({**model.get_config(), "score": "objective"}, model.state_dict())
+    expected = ((res + penalty).sqrt() * model.scale_).reshape(feats.shape[0], 1, -1)
+    torch.testing.assert_close(objective.predict(feats), expected)
+    assert (objective.predict(feats) > model.predict(feats)).all()  # every code is non-zero here
+    with pytest.raises(ReconadError, match="score"):
+        SGFR(score="energy")

@@ -21,6 +21,7 @@ from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.self_expressive import code, coverage_select
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
+SCORES = ("residual", "objective")
 
 
 def _patches(features: Tensor) -> Tensor:
@@ -40,7 +41,9 @@ class SGFR:
     (greedy farthest point, for comparison). ``pool_size``: training patches self-expressed to choose atoms.
     ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``nonneg``: non-negative codes (a
     patch rebuilt inside the cone of its atoms). ``affine``: codes that sum to one (a patch rebuilt inside the
-    affine hull of its atoms). ``seed``: all randomness.
+    affine hull of its atoms). ``score``: ``"residual"`` (``‖y − Xc‖``) or ``"objective"`` (the elastic-net
+    objective at the code, as a norm: a feature rebuilt only with large coefficients scores higher).
+    ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -60,12 +63,15 @@ class SGFR:
         nprobe: int = 8,
         nonneg: bool = False,
         affine: bool = False,
+        score: str = "residual",
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
             raise ReconadError(f"sampling_ratio must be in (0, 1], got {sampling_ratio}")
         if sampling not in SAMPLINGS:
             raise ReconadError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+        if score not in SCORES:
+            raise ReconadError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         if metric not in METRICS:
             raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
@@ -82,6 +88,7 @@ class SGFR:
         self.nprobe = nprobe
         self.nonneg = nonneg
         self.affine = affine
+        self.score = score
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -153,9 +160,13 @@ class SGFR:
         return self._code(self._index, y / self.scale_)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
-        """Patch scores ``[N, h, w]``: the residual norm ``‖y − Xc‖`` in feature units."""
+        """Patch scores ``[N, h, w]`` in feature units: the residual norm ``‖y − Xc‖``, or with
+        ``score="objective"`` ``sqrt(‖y − Xc‖² + λ(2α‖c‖₁ + (1−α)‖c‖²))`` (twice the elastic-net
+        objective)."""
         n, _, h, w = features.shape
-        _, _, res = self.reconstruct(features)
+        _, c, res = self.reconstruct(features)
+        if self.score == "objective":
+            res = res + self.lam * (2 * self.alpha * c.abs().sum(-1) + (1 - self.alpha) * c.pow(2).sum(-1))
         return (res.sqrt() * self.scale_).reshape(n, h, w)
 
     # ---------------------------------------------------------------- state
