@@ -38,7 +38,7 @@ def tested(fitted_run: Path, parts: Path, extractor) -> dict[str, Any]:
     """``reconad test`` of the shared tiny PatchCore run: (config, results, doc)."""
     run = load_run(fitted_run)
     results = pipeline.evaluate(run, load_sources([f"mvtec:{parts}"]), extractor)
-    return {"config": run.config, "results": results, "doc": pipeline.results_json(run, results)}
+    return {"run": run, "config": run.config, "results": results, "doc": pipeline.results_json(run, results)}
 
 
 def _write(tested: dict[str, Any], folder: Path) -> Path:
@@ -64,6 +64,15 @@ def test_report_has_the_tables_and_every_image_it_shows_exists(
     assert len(gallery) == GALLERY_DEFECTIVE + GALLERY_GOOD  # 6 defective + 4 good test images: capped
     strip = Image.open(page.parent / gallery[0])
     assert strip.width > 3 * strip.height  # four panels side by side
+
+
+def test_report_shows_defect_types_only_when_asked(tested: dict[str, Any], tmp_path: Path) -> None:
+    assert "each defect type" not in _write(tested, tmp_path / "plain").read_text()
+    doc = pipeline.results_json(tested["run"], tested["results"], by_defect=True)
+    text = write_report(tmp_path / "typed", tested["config"], tested["results"], doc).read_text()
+    assert "each defect type with the good images" in text
+    for kind, m in doc["categories"]["synthetic_part"]["defect_types"].items():
+        assert f"<td>{kind}</td>" in text and f"{m['pixel_auroc']:.4f}" in text
 
 
 def test_rewriting_replaces_the_figures_and_keeps_other_files(tested: dict[str, Any], tmp_path: Path) -> None:

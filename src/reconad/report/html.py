@@ -212,6 +212,7 @@ class _Page:
         parts = [f'<section id="cat-{_esc(safe)}"><h2>{_esc(name)}</h2>']
         parts += [f'<p class="note">{_esc(n)}</p>' for n in dict.fromkeys(notes)]
         parts.append(f'<div class="figures">{"".join(figures)}</div>')
+        parts += [_defect_types(r, name) for r in have if r.doc["categories"][name].get("defect_types")]
         parts += [self._gallery(name, r) for r in have]
         parts.append("</section>")
         return "\n".join(parts)
@@ -294,6 +295,17 @@ def _metrics_single(report: ModelReport) -> str:
         cells = "".join(_cell(report.doc["mean"].get(k), True) for k in METRIC_KEYS)
         rows.append(f"<tr class=mean><td>mean</td>{cells}<td></td></tr>")
     return f'<table class="metrics">{"".join(rows)}</table>'
+
+
+def _defect_types(report: ModelReport, category: str) -> str:
+    """``reconad test --by-defect``'s metrics per defect type of one category (good images + that type)."""
+    head = "".join(f"<th>{_esc(METRIC_NAMES[k])}</th>" for k in METRIC_KEYS)
+    rows = [f"<tr><th>defect type</th>{head}<th>n</th></tr>"]
+    for kind, m in report.doc["categories"][category]["defect_types"].items():
+        cells = "".join(_cell(m.get(k), False) for k in METRIC_KEYS)
+        rows.append(f"<tr><td>{_esc(kind)}</td>{cells}<td>{m.get('n_test', '')}</td></tr>")
+    title = f"{report.label}: each defect type with the good images"
+    return f'<h3>{_esc(title)}</h3><table class="metrics">{"".join(rows)}</table>'
 
 
 def _metrics_compare(reports: list[ModelReport]) -> list[str]:
