@@ -160,7 +160,8 @@ def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtract
 def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> Table:
     """The five metrics per row of ``doc["categories"]``, and ``doc["mean"]`` when there is one."""
     table = Table(title=title)
-    table.add_column(first)
+    names = [first, *doc["categories"]]
+    table.add_column(first, min_width=max(map(len, names)), no_wrap=True)  # names before numbers squeeze
     for key in METRIC_KEYS:
         table.add_column(key.replace("_", " "), justify="right")
     table.add_column("n", justify="right")
