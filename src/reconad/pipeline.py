@@ -306,15 +306,9 @@ def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool =
     (:func:`reconad.metrics.by_defect_type`) under ``"defect_types"``."""
     per_category = {name: r.metrics for name, r in results.items()}
     if by_defect:
-        per_category = {
-            name: {
-                **r.metrics,
-                "defect_types": by_defect_type(
-                    r.labels, r.scores, r.masks, r.maps, [s.defect for s in r.samples]
-                ),
-            }
-            for name, r in results.items()
-        }
+        for name, r in results.items():
+            types = by_defect_type(r.labels, r.scores, r.masks, r.maps, [s.defect for s in r.samples])
+            per_category[name] = {**r.metrics, "defect_types": types}
     n_images = sum(r.metrics["n_test"] for r in results.values())
     seconds = sum(r.seconds for r in results.values())
     return {
