@@ -285,27 +285,29 @@ def _cell(value: float | None, bold: bool) -> str:
     return f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>"
 
 
-def _metrics_single(report: ModelReport) -> str:
+def _metrics_table(first: str, per_row: dict[str, dict], mean: dict | None = None) -> str:
+    """The five metrics and ``n_test`` per row, and a bold ``mean`` row when given."""
     head = "".join(f"<th>{_esc(METRIC_NAMES[k])}</th>" for k in METRIC_KEYS)
-    rows = [f"<tr><th>category</th>{head}<th>n</th></tr>"]
-    for name, m in report.doc["categories"].items():
+    rows = [f"<tr><th>{_esc(first)}</th>{head}<th>n</th></tr>"]
+    for name, m in per_row.items():
         cells = "".join(_cell(m.get(k), False) for k in METRIC_KEYS)
         rows.append(f"<tr><td>{_esc(name)}</td>{cells}<td>{m.get('n_test', '')}</td></tr>")
-    if len(report.doc["categories"]) > 1:
-        cells = "".join(_cell(report.doc["mean"].get(k), True) for k in METRIC_KEYS)
+    if mean is not None:
+        cells = "".join(_cell(mean.get(k), True) for k in METRIC_KEYS)
         rows.append(f"<tr class=mean><td>mean</td>{cells}<td></td></tr>")
     return f'<table class="metrics">{"".join(rows)}</table>'
 
 
+def _metrics_single(report: ModelReport) -> str:
+    categories = report.doc["categories"]
+    return _metrics_table("category", categories, report.doc["mean"] if len(categories) > 1 else None)
+
+
 def _defect_types(report: ModelReport, category: str) -> str:
     """``reconad test --by-defect``'s metrics per defect type of one category (good images + that type)."""
-    head = "".join(f"<th>{_esc(METRIC_NAMES[k])}</th>" for k in METRIC_KEYS)
-    rows = [f"<tr><th>defect type</th>{head}<th>n</th></tr>"]
-    for kind, m in report.doc["categories"][category]["defect_types"].items():
-        cells = "".join(_cell(m.get(k), False) for k in METRIC_KEYS)
-        rows.append(f"<tr><td>{_esc(kind)}</td>{cells}<td>{m.get('n_test', '')}</td></tr>")
     title = f"{report.label}: each defect type with the good images"
-    return f'<h3>{_esc(title)}</h3><table class="metrics">{"".join(rows)}</table>'
+    table = _metrics_table("defect type", report.doc["categories"][category]["defect_types"])
+    return f"<h3>{_esc(title)}</h3>{table}"
 
 
 def _metrics_compare(reports: list[ModelReport]) -> list[str]:
