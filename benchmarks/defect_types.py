@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from shortcut_index import Extractors, run_extractor
 
+from reconad import pipeline
 from reconad.data.sources import load_sources
-from reconad.metrics import by_defect_type, pixel_auroc
-from reconad.pipeline import extract, score_features
+from reconad.metrics import pixel_auroc
 from reconad.runs import load_run
 from reconad.runtime import keep_freed_memory
 
@@ -30,26 +30,21 @@ def breakdown(path: Path, extractors: Extractors, only: str | None) -> dict[str,
     (the pooled category figure under the key ``"all"``)."""
     run = load_run(path)
     extractor, cache = run_extractor(run, extractors)
+    names = [only] if only else list(run.categories)
+    sources = sorted({run.categories[n]["source"] for n in names})
+    results = pipeline.evaluate(run, load_sources(sources, names), extractor, cache=cache)
+    doc = pipeline.results_json(run, results, by_defect=True)
     out: dict[str, dict[str, dict]] = {}
-    for name, info in run.categories.items():
-        if only and name != only:
-            continue
-        cat = next(c for c in load_sources([info["source"]]) if c.name == name)
-        test = extract(cat.test, extractor, cache=cache, with_masks=True)
-        assert test.masks is not None
-        model, scoring = run.model_for(name), run.config["scoring"]
-        maps, scores = score_features(model, test.features, extractor.image_size, scoring)
-        maps_np, masks = maps.numpy(), test.masks
-        labels = np.array([s.label for s in cat.test])
-        defects = np.array([s.defect for s in cat.test])
-        alone = by_defect_type(labels, scores.numpy(), masks, maps_np, defects)
-        rows = {"all": {"share": 1.0, "alone": pixel_auroc(masks, maps_np), "without": None}}
-        for d, metrics in alone.items():
+    for name, r in results.items():
+        metrics = doc["categories"][name]
+        defects = np.array([s.defect for s in r.samples])
+        rows = {"all": {"share": 1.0, "alone": metrics["pixel_auroc"], "without": None}}
+        for d, typed in metrics["defect_types"].items():
             this = defects == d
             rows[d] = {
-                "share": float(masks[this].sum() / masks.sum()),
-                "alone": metrics["pixel_auroc"],
-                "without": pixel_auroc(masks[~this], maps_np[~this]),
+                "share": float(r.masks[this].sum() / r.masks.sum()),
+                "alone": typed["pixel_auroc"],
+                "without": pixel_auroc(r.masks[~this], r.maps[~this]),
             }
         out[name] = rows
     return out
