@@ -35,7 +35,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def tested(fitted_run: Path, parts: Path, extractor) -> dict[str, Any]:
-    """``reconad test`` of the shared tiny PatchCore run: (config, results, doc)."""
+    """``reconad test`` of the shared tiny PatchCore run: (run, its config, results, doc)."""
     run = load_run(fitted_run)
     results = pipeline.evaluate(run, load_sources([f"mvtec:{parts}"]), extractor)
     return {"run": run, "config": run.config, "results": results, "doc": pipeline.results_json(run, results)}
