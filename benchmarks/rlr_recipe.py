@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sgfr_defaults import DATA, validation_set
+from sgfr_defaults import DATA, foreign_images, validation_set
 
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
@@ -41,12 +41,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
-def unified_validation(seed: int) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
-    """Per category the validation set of ``sgfr_defaults.validation_set``, and the training features of
-    every category joined (what one unified model is trained on)."""
+def unified_validation(seed: int, foreign: bool = False) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
+    """Per category the validation set of ``sgfr_defaults.validation_set`` (``foreign``: with its third,
+    foreign-texture corruption), and the training features of every category joined (what one unified model
+    is trained on; the same with or without ``foreign``)."""
     extractor = FeatureExtractor()
     cache = FeatureCache(extractor.key())
-    sets = {cat.name: validation_set(cat, extractor, cache, seed) for cat in load_sources(DATA)}
+    sources = load_sources(DATA)
+    textures = foreign_images(sources, extractor.image_size, 8, seed) if foreign else {}
+    sets = {c.name: validation_set(c, extractor, cache, seed, textures.get(c.name)) for c in sources}
     return sets, torch.cat([d["train"] for d in sets.values()])
 
 

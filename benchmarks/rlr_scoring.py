@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/rlr_scoring.py --checkpoint runs/s8-rlr-val/checkpoints/lr_1e-3_cosine \
         --out runs/s8-rlr-scoring
 
-Uses the training-only synthetic validation set of ``sgfr_defaults.py`` and the unified model that
+Uses the training-only synthetic validation set of ``sgfr_defaults.py`` (``--foreign``: with its third,
+foreign-texture corruption) and the unified model that
 ``rlr_recipe.py`` trains on the other 90 % of the training images (``--checkpoint``: its checkpoint
 directory; the model is trained there first when the directory is empty). The model is fixed; only the
 score computed from (features, reconstruction) changes:
@@ -30,16 +31,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from rlr_recipe import CANDIDATES, unified_validation
+from sgfr_defaults import KEYS, validation_metrics
 from torch import Tensor
 
-from reconad.metrics import evaluate
 from reconad.models.base import create_model
 from reconad.models.reconstruction import ReconstructionModel
 from reconad.pipeline import DEFAULT_SCORING
 from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps, image_scores
 
-KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 Level = tuple[Tensor, Tensor, Tensor]  # standardised x, reconstruction, per-channel std; each [B, N, C]
 
 
@@ -92,9 +92,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="rlr")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--foreign", action="store_true", help="add the foreign-texture corruption")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    sets, train = unified_validation(args.seed)
+    sets, train = unified_validation(args.seed, args.foreign)
     model = create_model(
         args.model, level_channels=(40, 112), level_grids=(32, 16), **CANDIDATES["lr 1e-3 cosine"]
     )
@@ -117,9 +118,7 @@ def main() -> None:
                     for i in range(0, len(d["val"]), 32)
                 ]
             )
-            scores = image_scores(maps, DEFAULT_SCORING["reduce"])
-            m = evaluate(d["labels"], scores.numpy(), d["masks"], maps.numpy())
-            row[cat] = {k: m[k] for k in KEYS}
+            row[cat] = validation_metrics(d, image_scores(maps, DEFAULT_SCORING["reduce"]), maps)
         row["criterion"] = sum(row[c]["pixel_auroc"] + row[c]["pixel_aupro"] for c in sets) / (2 * len(sets))
         results[variant] = row
         print(

@@ -41,6 +41,7 @@ DATA = [
     "mvtec3d:../shared/data/mvtec_3d",
     "mtd:../shared/data/magnetic_tile",
 ]
+KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 CONVEX: dict[str, Any] = {"nonneg": True, "affine": True, "iters": 30}
 #: The candidate configurations (SGFR keyword arguments), each a reasoned alternative to the first.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -190,20 +191,21 @@ def score(model: Any, d: dict[str, Any]) -> dict[str, float]:
     fit_s = time.perf_counter() - start
     patch = torch.cat([model.predict(d["val"][i : i + 32]) for i in range(0, len(d["val"]), 32)])
     maps = anomaly_maps(patch.float(), d["masks"].shape[-1], sigma=4.0)
-    labels, images, masks, maps = d["labels"], image_scores(maps).numpy(), d["masks"], maps.numpy()
-    keys = ("image_auroc", "pixel_auroc", "pixel_aupro")
-    m = evaluate(labels, images, masks, maps)
-    by_kind = {}  # each corruption alone, against the clean images (a diagnostic; the criterion pools them)
+    atoms = int(model.bank_.shape[0])
+    return {**validation_metrics(d, image_scores(maps), maps), "fit_seconds": fit_s, "atoms": atoms}
+
+
+def validation_metrics(d: dict[str, Any], scores: torch.Tensor, maps: torch.Tensor) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC and AUPRO on the validation set ``d``, and the same per corruption
+    (``by_kind``: the clean images and that corruption's copies — a diagnostic; the criterion pools them)."""
+    labels, images, masks, pixels = d["labels"], scores.numpy(), d["masks"], maps.numpy()
+    m = evaluate(labels, images, masks, pixels)
+    by_kind = {}
     for kind in dict.fromkeys(d["kinds"][labels == 1]):
         keep = (d["kinds"] == "good") | (d["kinds"] == kind)
-        k = evaluate(labels[keep], images[keep], masks[keep], maps[keep])
-        by_kind[str(kind)] = {key: k[key] for key in keys}
-    return {
-        **{k: m[k] for k in keys},
-        "fit_seconds": fit_s,
-        "atoms": int(model.bank_.shape[0]),
-        "by_kind": by_kind,
-    }
+        k = evaluate(labels[keep], images[keep], masks[keep], pixels[keep])
+        by_kind[str(kind)] = {key: k[key] for key in KEYS}
+    return {**{k: m[k] for k in KEYS}, "by_kind": by_kind}
 
 
 def main() -> None:
