@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sgfr_defaults import DATA, foreign_images, validation_set
+from sgfr_defaults import DATA, KEYS, foreign_images, validation_set
 
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
@@ -38,7 +38,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr 3e-4 cosine": {"lr": 3e-4, "lr_schedule": "cosine"},
     "lr 3e-3 cosine": {"lr": 3e-3, "lr_schedule": "cosine"},
 }
-KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
 def unified_validation(seed: int, foreign: bool = False) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
