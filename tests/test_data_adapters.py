@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reconad.data import folder, mtd, mvtec, mvtec3d, visa
+from reconad.data import btad, folder, mtd, mvtec, mvtec3d, visa
 from reconad.errors import ReconadError
 
 
@@ -202,6 +202,52 @@ def test_visa_without_csv(tmp_path):
     assert one.name == "candle"
     with pytest.raises(ReconadError, match="no VisA layout"):
         visa.load(tmp_path / "candle" / "Data" / "Masks")
+
+
+# --- BTAD -------------------------------------------------------------------------------------------------
+
+
+def _btad_category(root: Path, name: str, suffix: str, mask_suffix: str) -> Path:
+    cat = root / name
+    for i in range(4):
+        _img(cat / "train" / "ok" / f"{i:04d}{suffix}")
+    _img(cat / "test" / "ok" / f"0000{suffix}")
+    for i in range(3):
+        _img(cat / "test" / "ko" / f"{i:04d}{suffix}")
+        if i < 2:  # the third one has no mask
+            _img(cat / "ground_truth" / "ko" / f"{i:04d}{mask_suffix}", 255, "L")
+    return cat
+
+
+def test_btad_dataset_root_and_category(tmp_path):
+    _btad_category(tmp_path, "01", ".bmp", ".png")  # BTAD's own mixes: 01 bmp/png, 02 png/png, 03 bmp/bmp
+    _btad_category(tmp_path, "03", ".bmp", ".bmp")
+    cats = btad.load(tmp_path)
+    assert [c.name for c in cats] == ["01", "03"]
+    for c, mask_suffix in zip(cats, (".png", ".bmp"), strict=True):
+        assert len(c.train) == 4 and all(s.label == 0 for s in c.train)
+        assert _by_defect(c.test) == {"good": 1, "ko": 3}
+        bad = [s for s in c.test if s.label == 1]
+        assert [s.mask_path.name if s.mask_path else None for s in bad] == [
+            f"0000{mask_suffix}",
+            f"0001{mask_suffix}",
+            None,
+        ]
+    one = btad.load(tmp_path / "03")
+    assert len(one) == 1 and one[0].name == "03"
+
+
+def test_btad_errors(tmp_path):
+    with pytest.raises(ReconadError, match="no BTAD layout"):
+        btad.load(tmp_path)
+    (tmp_path / "01" / "train" / "ok").mkdir(parents=True)
+    with pytest.raises(ReconadError, match="no images .*ok"):
+        btad.load(tmp_path)
+    _img(tmp_path / "01" / "train" / "ok" / "0000.bmp")
+    (tmp_path / "01" / "test" / "ok").mkdir(parents=True)
+    (tmp_path / "01" / "test" / "ko").mkdir(parents=True)
+    with pytest.raises(ReconadError, match="no test images"):
+        btad.load(tmp_path / "01")
 
 
 # --- plain folder -----------------------------------------------------------------------------------------

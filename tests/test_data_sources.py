@@ -13,7 +13,7 @@ from reconad.errors import ReconadError
 def test_parse_source(tmp_path):
     assert parse_source(f"mvtec:{tmp_path}") == ("mvtec", tmp_path)
     assert parse_source("MTD:~/x")[1].name == "x" and "~" not in str(parse_source("mtd:~/x")[1])
-    assert set(FORMATS) == {"mvtec", "mvtec3d", "mtd", "visa", "folder"}
+    assert set(FORMATS) == {"mvtec", "mvtec3d", "mtd", "visa", "btad", "folder"}
 
 
 @pytest.mark.parametrize(

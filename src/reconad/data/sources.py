@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from reconad.data import folder, mtd, mvtec, mvtec3d, visa
+from reconad.data import btad, folder, mtd, mvtec, mvtec3d, visa
 from reconad.data.sample import CategoryData
 from reconad.errors import ReconadError
 
@@ -14,6 +14,7 @@ FORMATS: dict[str, Callable[[Path, int], list[CategoryData]]] = {
     "mvtec3d": mvtec3d.load,
     "mtd": mtd.load,
     "visa": visa.load,
+    "btad": btad.load,
     "folder": folder.load,
 }
 
