@@ -33,6 +33,7 @@ from rich.table import Table
 from reconad import pipeline
 from reconad.data import load_sources
 from reconad.data.imageio import scan_images, show_path
+from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
@@ -49,7 +50,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DataOpt = Annotated[
     list[str],
-    typer.Option("--data", "-d", help="FORMAT:PATH (mvtec, mvtec3d, mtd, visa, folder); repeatable"),
+    typer.Option("--data", "-d", help=f"FORMAT:PATH ({', '.join(FORMATS)}); repeatable"),
 ]
 CategoryOpt = Annotated[
     list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
