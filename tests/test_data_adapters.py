@@ -29,16 +29,24 @@ def _by_defect(samples) -> dict[str, int]:
 # --- MVTec AD ---------------------------------------------------------------------------------------------
 
 
-def _mvtec_category(root: Path, name: str = "bottle") -> Path:
+def _mvtec_category(
+    root: Path,
+    name: str = "bottle",
+    good: str = "good",
+    defect: str = "crack",
+    suffix: str = ".png",
+    mask_name: str = "{stem}_mask.png",
+) -> Path:
+    """MVTec AD's shape (BTAD's too, with ``good="ok"``): 5 train, 2 good test, 3 defective (2 masked)."""
     cat = root / name
     for i in range(5):
-        _img(cat / "train" / "good" / f"{i:03d}.png")
+        _img(cat / "train" / good / f"{i:03d}{suffix}")
     for i in range(2):
-        _img(cat / "test" / "good" / f"{i:03d}.png")
+        _img(cat / "test" / good / f"{i:03d}{suffix}")
     for i in range(3):
-        _img(cat / "test" / "crack" / f"{i:03d}.png")
+        _img(cat / "test" / defect / f"{i:03d}{suffix}")
         if i < 2:  # the third one has no mask
-            _img(cat / "ground_truth" / "crack" / f"{i:03d}_mask.png", 255, "L")
+            _img(cat / "ground_truth" / defect / mask_name.format(stem=f"{i:03d}"), 255, "L")
     return cat
 
 
@@ -207,32 +215,18 @@ def test_visa_without_csv(tmp_path):
 # --- BTAD -------------------------------------------------------------------------------------------------
 
 
-def _btad_category(root: Path, name: str, suffix: str, mask_suffix: str) -> Path:
-    cat = root / name
-    for i in range(4):
-        _img(cat / "train" / "ok" / f"{i:04d}{suffix}")
-    _img(cat / "test" / "ok" / f"0000{suffix}")
-    for i in range(3):
-        _img(cat / "test" / "ko" / f"{i:04d}{suffix}")
-        if i < 2:  # the third one has no mask
-            _img(cat / "ground_truth" / "ko" / f"{i:04d}{mask_suffix}", 255, "L")
-    return cat
-
-
 def test_btad_dataset_root_and_category(tmp_path):
-    _btad_category(tmp_path, "01", ".bmp", ".png")  # BTAD's own mixes: 01 bmp/png, 02 png/png, 03 bmp/bmp
-    _btad_category(tmp_path, "03", ".bmp", ".bmp")
+    # BTAD's own mixes of image / mask formats: 01 bmp / png, 02 png / png, 03 bmp / bmp
+    _mvtec_category(tmp_path, "01", "ok", "ko", ".bmp", "{stem}.png")
+    _mvtec_category(tmp_path, "03", "ok", "ko", ".bmp", "{stem}.bmp")
     cats = btad.load(tmp_path)
     assert [c.name for c in cats] == ["01", "03"]
     for c, mask_suffix in zip(cats, (".png", ".bmp"), strict=True):
-        assert len(c.train) == 4 and all(s.label == 0 for s in c.train)
-        assert _by_defect(c.test) == {"good": 1, "ko": 3}
+        assert len(c.train) == 5 and all(s.label == 0 for s in c.train)
+        assert _by_defect(c.test) == {"good": 2, "ko": 3}
         bad = [s for s in c.test if s.label == 1]
-        assert [s.mask_path.name if s.mask_path else None for s in bad] == [
-            f"0000{mask_suffix}",
-            f"0001{mask_suffix}",
-            None,
-        ]
+        masks = [s.mask_path.name if s.mask_path else None for s in bad]
+        assert masks == [f"000{mask_suffix}", f"001{mask_suffix}", None]
     one = btad.load(tmp_path / "03")
     assert len(one) == 1 and one[0].name == "03"
 
