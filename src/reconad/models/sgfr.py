@@ -43,7 +43,9 @@ class SGFR:
     patch rebuilt inside the cone of its atoms). ``affine``: codes that sum to one (a patch rebuilt inside the
     affine hull of its atoms). ``score``: ``"residual"`` (``‖y − Xc‖``) or ``"objective"`` (the elastic-net
     objective at the code, as a norm: a feature rebuilt only with large coefficients scores higher).
-    ``seed``: all randomness.
+    ``channel_rms``: divide every channel by its root mean square over the training patches first, so that
+    each channel counts alike in the codes and the residual (without it the backbone's larger channels
+    dominate). ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -64,6 +66,7 @@ class SGFR:
         nonneg: bool = False,
         affine: bool = False,
         score: str = "residual",
+        channel_rms: bool = False,
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
@@ -89,6 +92,7 @@ class SGFR:
         self.nonneg = nonneg
         self.affine = affine
         self.score = score
+        self.channel_rms = channel_rms
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -96,6 +100,9 @@ class SGFR:
         x = _patches(features)
         if len(x) < 2:
             raise ReconadError("SGFR needs at least two training patches")
+        ones = torch.ones(x.shape[1])
+        self.channel_scale_ = x.pow(2).mean(0).sqrt().clamp_min(1e-12) if self.channel_rms else ones
+        x = x / self.channel_scale_
         self.scale_ = x.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
         x = x / self.scale_
         gen = torch.Generator().manual_seed(self.seed)
@@ -157,10 +164,11 @@ class SGFR:
             raise ReconadError(
                 f"features have {y.shape[1]} channels but the model was fitted on {self.bank_.shape[1]}"
             )
-        return self._code(self._index, y / self.scale_)
+        return self._code(self._index, y / self.channel_scale_ / self.scale_)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
-        """Patch scores ``[N, h, w]`` in feature units: the residual norm ``‖y − Xc‖``, or with
+        """Patch scores ``[N, h, w]`` in feature units (per-channel RMS units with ``channel_rms``): the
+        residual norm ``‖y − Xc‖``, or with
         ``score="objective"`` ``sqrt(‖y − Xc‖² + λ(2α‖c‖₁ + (1−α)‖c‖²))`` (twice the elastic-net
         objective)."""
         n, _, h, w = features.shape
@@ -171,7 +179,12 @@ class SGFR:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:
-        return {"bank": self.bank_, "centroids": self.centroids_, "scale": self.scale_.reshape(1)}
+        return {
+            "bank": self.bank_,
+            "centroids": self.centroids_,
+            "scale": self.scale_.reshape(1),
+            "channel_scale": self.channel_scale_,
+        }
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -182,5 +195,7 @@ class SGFR:
         model.bank_ = state["bank"].float().contiguous()
         model.centroids_ = state["centroids"].float().contiguous()
         model.scale_ = state["scale"].float().reshape(())
+        channels = model.bank_.shape[1]  # runs saved before channel_rms existed have no channel_scale
+        model.channel_scale_ = state.get("channel_scale", torch.ones(channels)).float()
         model._build()
         return model
