@@ -212,3 +212,20 @@ def test_objective_score_adds_the_code_penalty() -> None:
     assert (objective.predict(feats) > model.predict(feats)).all()  # every code is non-zero here
     with pytest.raises(ReconadError, match="score"):
         SGFR(score="energy")
+
+
+def test_channel_rms_makes_scores_blind_to_channel_units(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(11)
+    train, test = torch.randn(10, 8, 6, 6, generator=gen), torch.randn(2, 8, 6, 6, generator=gen)
+    units = torch.logspace(-1, 1, 8).view(1, 8, 1, 1)  # channels 100x apart in size
+    kw = {"sampling_ratio": 0.3, "nprobe": 0}
+    plain = SGFR(**kw, channel_rms=True).fit(train)
+    rescaled = SGFR(**kw, channel_rms=True).fit(train * units)
+    torch.testing.assert_close(rescaled.predict(test * units), plain.predict(test), rtol=1e-4, atol=1e-5)
+    raw = SGFR(**kw).fit(train * units)  # without it the large channels decide
+    assert not torch.allclose(raw.predict(test * units), plain.predict(test), rtol=1e-2)
+    save_file(rescaled.state_dict(), str(tmp_path / "sgfr.safetensors"))
+    loaded = SGFR.from_state(rescaled.get_config(), load_file(str(tmp_path / "sgfr.safetensors")))
+    assert torch.equal(loaded.predict(test * units), rescaled.predict(test * units))
+    old = {k: v for k, v in raw.state_dict().items() if k != "channel_scale"}  # a run saved before the option
+    assert torch.equal(SGFR.from_state(raw.get_config(), old).predict(test), raw.predict(test))
