@@ -1,7 +1,8 @@
 """Does a defect change a unified model's errors *away* from it? Training-only validation set, no test labels.
 
     .venv/bin/python benchmarks/leakage.py --checkpoint rlr=runs/s8-rlr-val/checkpoints/lr_1e-3_cosine \
-        --checkpoint uniad=runs/s8-uniad-val/checkpoints/lr_1e-3_cosine
+        --checkpoint uniad=runs/s8-uniad-val/checkpoints/lr_1e-3_cosine \
+        --checkpoint rlr_no_mlka=runs/s9-rlr-nomlka-val/checkpoints/lr_1e-3_cosine_no-mlka
 
 Every corrupted copy in ``sgfr_defaults.py``'s validation set (with ``--foreign``'s third corruption) has
 its clean twin. Per model and category, on the patch grid: the defect's patches (the mask max-pooled to the
@@ -26,6 +27,13 @@ from rlr_recipe import CANDIDATES, unified_validation
 from reconad.models.base import create_model
 from reconad.runtime import keep_freed_memory
 
+#: name → (model, ``rlr_recipe.CANDIDATES`` entry it was trained with)
+VARIANTS = {
+    "rlr": ("rlr", "lr 1e-3 cosine"),
+    "uniad": ("uniad", "lr 1e-3 cosine"),
+    "rlr_no_mlka": ("rlr", "lr 1e-3 cosine no-mlka"),
+}
+
 
 def twins(kinds: np.ndarray) -> np.ndarray:
     """Index of each image's clean twin (the layout of ``sgfr_defaults.validation_set``)."""
@@ -39,7 +47,9 @@ def twins(kinds: np.ndarray) -> np.ndarray:
 def main() -> None:
     keep_freed_memory()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", action="append", required=True, help="MODEL=DIR (repeatable)")
+    ap.add_argument(
+        "--checkpoint", action="append", required=True, help=f"NAME=DIR, NAME one of {', '.join(VARIANTS)}"
+    )
     ap.add_argument("--margin", type=int, default=4, help="patches between the defect and the far patches")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -48,9 +58,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for spec in args.checkpoint:
         name, directory = spec.split("=", 1)
-        model = create_model(
-            name, level_channels=(40, 112), level_grids=(32, 16), **CANDIDATES["lr 1e-3 cosine"]
-        )
+        kind, recipe = VARIANTS[name]
+        model = create_model(kind, level_channels=(40, 112), level_grids=(32, 16), **CANDIDATES[recipe])
         model.fit(train, checkpoint_dir=Path(directory), resume=True)  # loads the trained model
         for cat, d in sets.items():
             err = torch.cat(

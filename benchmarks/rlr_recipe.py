@@ -37,6 +37,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr 1e-3 cosine": {"lr": 1e-3, "lr_schedule": "cosine"},
     "lr 3e-4 cosine": {"lr": 3e-4, "lr_schedule": "cosine"},
     "lr 3e-3 cosine": {"lr": 3e-3, "lr_schedule": "cosine"},
+    # The default recipe without MLKA (session 9): for benchmarks/leakage.py, not a recipe candidate.
+    "lr 1e-3 cosine no-mlka": {"lr": 1e-3, "lr_schedule": "cosine", "use_mlka": False},
 }
 
 
