@@ -100,9 +100,10 @@ class SGFR:
         x = _patches(features)
         if len(x) < 2:
             raise ReconadError("SGFR needs at least two training patches")
-        ones = torch.ones(x.shape[1])
-        self.channel_scale_ = x.pow(2).mean(0).sqrt().clamp_min(1e-12) if self.channel_rms else ones
-        x = x / self.channel_scale_
+        self.channel_scale_ = torch.ones(x.shape[1])
+        if self.channel_rms:  # (dividing by ones would only copy every training patch)
+            self.channel_scale_ = x.pow(2).mean(0).sqrt().clamp_min(1e-12)
+            x = x / self.channel_scale_
         self.scale_ = x.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
         x = x / self.scale_
         gen = torch.Generator().manual_seed(self.seed)
@@ -164,13 +165,12 @@ class SGFR:
             raise ReconadError(
                 f"features have {y.shape[1]} channels but the model was fitted on {self.bank_.shape[1]}"
             )
-        return self._code(self._index, y / self.channel_scale_ / self.scale_)
+        return self._code(self._index, y / (self.channel_scale_ * self.scale_))
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         """Patch scores ``[N, h, w]`` in feature units (per-channel RMS units with ``channel_rms``): the
-        residual norm ``‖y − Xc‖``, or with
-        ``score="objective"`` ``sqrt(‖y − Xc‖² + λ(2α‖c‖₁ + (1−α)‖c‖²))`` (twice the elastic-net
-        objective)."""
+        residual norm ``‖y − Xc‖``, or with ``score="objective"`` ``sqrt(‖y − Xc‖² + λ(2α‖c‖₁ + (1−α)‖c‖²))``
+        (twice the elastic-net objective)."""
         n, _, h, w = features.shape
         _, c, res = self.reconstruct(features)
         if self.score == "objective":
