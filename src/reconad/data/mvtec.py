@@ -11,6 +11,10 @@ from reconad.data.sample import CategoryData, Sample
 from reconad.errors import ReconadError
 
 
+def _is_category(folder: Path, good: str) -> bool:
+    return (folder / "train" / good).is_dir()
+
+
 def _mask_for(gt_dir: Path, stem: str) -> Path | None:
     for name in (f"{stem}_mask.png", *(f"{stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES))):
         if (gt_dir / name).is_file():
@@ -43,9 +47,9 @@ def load(root: Path, seed: int = 0, good: str = "good", layout: str = "MVTec AD"
     """Every category under ``root`` (the dataset root), or ``root`` itself if it is one category folder.
     ``seed`` is unused: the split is fixed."""
     root = Path(root)
-    if (root / "train" / good).is_dir():
+    if _is_category(root, good):
         return [load_category(root, good, layout)]
-    cats = [load_category(f, good, layout) for f in subfolders(root) if (f / "train" / good).is_dir()]
+    cats = [load_category(f, good, layout) for f in subfolders(root) if _is_category(f, good)]
     if not cats:
         raise ReconadError(
             f"no {layout} layout at {show_path(root)}: expected <category>/train/{good} and "
