@@ -179,13 +179,15 @@ def validation_set(
             images.append(out)
             masks.append(mask)
     kinds = ["good"] * len(clean) + ["cutpaste", "blotch"] * len(clean)
+    twins = [*range(len(clean)), *(i for i in range(len(clean)) for _ in range(2))]
     if textures:
         trng = np.random.default_rng([seed, 1])
-        for img in clean:
+        for i, img in enumerate(clean):
             out, mask = foreign_texture(img, textures[trng.integers(len(textures))], trng)
             images.append(out)
             masks.append(mask)
             kinds.append("foreign")
+            twins.append(i)
     stack = torch.from_numpy(np.stack(images))
     feats = torch.cat([extractor(stack[i : i + 16]) for i in range(0, len(stack), 16)])
     labels = np.array([0] * len(clean) + [1] * (len(images) - len(clean)))
@@ -195,6 +197,7 @@ def validation_set(
         "labels": labels,
         "masks": np.stack(masks),
         "kinds": np.array(kinds),
+        "twins": np.array(twins),  # each image's clean original (its own index for the clean ones)
     }
 
 
