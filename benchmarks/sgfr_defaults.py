@@ -32,9 +32,8 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
 from reconad.models.patchcore import PatchCore
 from reconad.models.sgfr import SGFR
-from reconad.pipeline import extract
+from reconad.pipeline import DEFAULT_SCORING, extract, score_features
 from reconad.runtime import keep_freed_memory
-from reconad.scoring import anomaly_maps, image_scores
 
 DATA = [
     "mvtec:../shared/data/mvtec_ad",
@@ -205,10 +204,9 @@ def score(model: Any, d: dict[str, Any]) -> dict[str, float]:
     start = time.perf_counter()
     model.fit(d["train"])
     fit_s = time.perf_counter() - start
-    patch = torch.cat([model.predict(d["val"][i : i + 32]) for i in range(0, len(d["val"]), 32)])
-    maps = anomaly_maps(patch.float(), d["masks"].shape[-1], sigma=4.0)
+    maps, scores = score_features(model, d["val"], d["masks"].shape[-1], DEFAULT_SCORING)
     atoms = int(model.bank_.shape[0])
-    return {**validation_metrics(d, image_scores(maps), maps), "fit_seconds": fit_s, "atoms": atoms}
+    return {**validation_metrics(d, scores, maps), "fit_seconds": fit_s, "atoms": atoms}
 
 
 def validation_metrics(d: dict[str, Any], scores: torch.Tensor, maps: torch.Tensor) -> dict[str, Any]:
