@@ -93,6 +93,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "abscos K16 10% lam0.005": {"metric": "abscos", "sampling_ratio": 0.1, "lam": 0.005},
     "abscos K16 10% lam0.05": {"metric": "abscos", "sampling_ratio": 0.1, "lam": 0.05},
     "abscos K16 10% lam0.1": {"metric": "abscos", "sampling_ratio": 0.1, "lam": 0.1},
+    # Codes from a learned SENet-style query/key network instead of the solver (self_expressive_net.py).
+    "abscos K16 10% network": {"metric": "abscos", "sampling_ratio": 0.1, "coder": "network"},
 }
 
 

@@ -94,6 +94,38 @@ def residual_from_gram(gram: Tensor, b: Tensor, yy: Tensor, c: Tensor) -> Tensor
     return (yy - 2.0 * (b * c).sum(-1) + quad).clamp_min(0.0)
 
 
+def candidates(
+    index: NearestNeighbors, y: Tensor, k: int, exclude_self: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` candidate atoms of each target ``y`` ``[B, C]``: ``(indices [B, k], atoms [B, k, C],
+    b = ⟨atom, y⟩ [B, k])``. ``exclude_self`` ``[B]`` (each target's own atom index) drops the target itself.
+    A slot the search could not fill (IVF probes with too few atoms) has index 0, a zero atom and ``b = 0``,
+    which every coder leaves at code 0."""
+    extra = 1 if exclude_self is not None else 0
+    yy = (y * y).sum(1)
+    d, idx = index.search(y, k + extra)
+    if exclude_self is not None:
+        keep = idx != exclude_self.unsqueeze(1)
+        keep[:, -1] &= ~keep.all(1)  # the query's own atom was not found: drop the last instead
+        d, idx = d[keep].view(-1, k), idx[keep].view(-1, k)
+    missing = idx < 0
+    idx = idx.clamp_min(0)
+    a = index.atoms.index_select(0, idx.view(-1)).view(idx.shape[0], k, -1)
+    if index.metric == "l2":
+        b = 0.5 * (yy[:, None] + index.sq[idx] - d)  # ⟨a, y⟩ read off the squared distances
+    else:
+        b = d * index.norms[idx] * yy.sqrt()[:, None]  # ⟨a, y⟩ = cos · ‖a‖ · ‖y‖ (signed)
+    if bool(missing.any()):
+        a = a.masked_fill(missing.unsqueeze(-1), 0.0)
+        b = b.masked_fill(missing, 0.0)
+    return idx, a, b
+
+
+def n_candidates(index: NearestNeighbors, k: int, exclude_self: bool) -> int:
+    """``k``, capped by the atoms there are (less the target's own)."""
+    return max(1, min(k, index.atoms.shape[0] - int(exclude_self)))
+
+
 def code(
     index: NearestNeighbors,
     queries: Tensor,
@@ -105,42 +137,31 @@ def code(
     batch: int = 4096,
     nonneg: bool = False,
     affine: bool = False,
+    coder: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Code ``queries`` ``[M, C]`` over their ``k`` candidate atoms.
 
     ``exclude_self`` ``[M]`` (the atom index of each query) removes the query itself from its candidates.
-    Returns ``(candidate indices [M, k], codes [M, k], squared residuals [M])``; a slot the search could not
-    fill (IVF probes with too few atoms) has index 0 and code 0.
+    ``coder(y [B, C], atoms [B, k, C]) -> codes [B, k]`` replaces the elastic-net solver (a learned coder).
+    Returns ``(candidate indices [M, k], codes [M, k], squared residuals [M])``.
     """
     m = queries.shape[0]
-    extra = 1 if exclude_self is not None else 0
-    k = max(1, min(k, index.atoms.shape[0] - extra))
+    k = n_candidates(index, k, exclude_self is not None)
     out_i = torch.empty(m, k, dtype=torch.long)
     out_c = torch.empty(m, k)
     out_r = torch.empty(m)
     for s in range(0, m, batch):
         y = queries[s : s + batch].float()
-        yy = (y * y).sum(1)
-        d, idx = index.search(y, k + extra)
-        if exclude_self is not None:
-            keep = idx != exclude_self[s : s + batch].unsqueeze(1)
-            keep[:, -1] &= ~keep.all(1)  # the query's own atom was not found: drop the last instead
-            d, idx = d[keep].view(-1, k), idx[keep].view(-1, k)
-        missing = idx < 0
-        idx = idx.clamp_min(0)
-        a = index.atoms.index_select(0, idx.view(-1)).view(idx.shape[0], k, -1)
-        if index.metric == "l2":
-            b = 0.5 * (yy[:, None] + index.sq[idx] - d)  # ⟨a, y⟩ read off the squared distances
-        else:
-            b = d * index.norms[idx] * yy.sqrt()[:, None]  # ⟨a, y⟩ = cos · ‖a‖ · ‖y‖ (signed)
-        if bool(missing.any()):  # unfilled slots: a zero atom, which the solver leaves at zero
-            a = a.masked_fill(missing.unsqueeze(-1), 0.0)
-            b = b.masked_fill(missing, 0.0)
+        own = None if exclude_self is None else exclude_self[s : s + batch]
+        idx, a, b = candidates(index, y, k, own)
         gram = torch.bmm(a, a.transpose(1, 2))
-        c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine)
+        if coder is None:
+            c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine)
+        else:
+            c = coder(y, a)
         out_i[s : s + batch] = idx
         out_c[s : s + batch] = c
-        out_r[s : s + batch] = residual_from_gram(gram, b, yy, c)
+        out_r[s : s + batch] = residual_from_gram(gram, b, (y * y).sum(1), c)
     return out_i, out_c, out_r
 
 

@@ -19,9 +19,12 @@ from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
 from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.self_expressive import code, coverage_select
+from reconad.models.self_expressive_net import SelfExpressiveNet, train_coder
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
 SCORES = ("residual", "objective")
+CODERS = ("solver", "network")
+CODER_POINTS = 65536  # normal patches the learned coder trains on
 
 
 def _patches(features: Tensor) -> Tensor:
@@ -45,7 +48,9 @@ class SGFR:
     objective at the code, as a norm: a feature rebuilt only with large coefficients scores higher).
     ``channel_rms``: divide every channel by its root mean square over the training patches first, so that
     each channel counts alike in the codes and the residual (without it the backbone's larger channels
-    dominate). ``seed``: all randomness.
+    dominate). ``coder``: ``"solver"`` (the elastic net solved for every patch) or ``"network"`` (a
+    SENet-style query/key network trained for ``coder_steps`` batches on the training patches gives the codes;
+    ``self_expressive_net.py``). ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -67,6 +72,8 @@ class SGFR:
         affine: bool = False,
         score: str = "residual",
         channel_rms: bool = False,
+        coder: str = "solver",
+        coder_steps: int = 200,
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
@@ -75,6 +82,8 @@ class SGFR:
             raise ReconadError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
         if score not in SCORES:
             raise ReconadError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        if coder not in CODERS:
+            raise ReconadError(f"coder must be one of {', '.join(CODERS)}, got {coder!r}")
         if metric not in METRICS:
             raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
@@ -93,6 +102,8 @@ class SGFR:
         self.affine = affine
         self.score = score
         self.channel_rms = channel_rms
+        self.coder = coder
+        self.coder_steps = coder_steps
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -112,7 +123,29 @@ class SGFR:
         self.bank_ = x[self.support_].contiguous()
         self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed, self.metric)
         self._build()
+        if self.coder == "network":
+            self.net_ = self._train_net(x, gen)
         return self
+
+    def _train_net(self, x: Tensor, gen: torch.Generator) -> SelfExpressiveNet:
+        rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
+        own = torch.full((len(x),), -2, dtype=torch.long)  # −2: not an atom (−1 marks an unfilled slot)
+        own[self.support_] = torch.arange(len(self.support_))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = SelfExpressiveNet(x.shape[1])
+        train_coder(
+            net,
+            self._index,
+            x[rows],
+            own[rows],
+            self.n_candidates,
+            self.lam,
+            self.alpha,
+            self.coder_steps,
+            seed=self.seed,
+        )
+        return net
 
     def _sample(self, x: Tensor, budget: int, gen: torch.Generator) -> Tensor:
         n = len(x)
@@ -165,7 +198,11 @@ class SGFR:
             raise ReconadError(
                 f"features have {y.shape[1]} channels but the model was fitted on {self.bank_.shape[1]}"
             )
-        return self._code(self._index, y / (self.channel_scale_ * self.scale_))
+        y = y / (self.channel_scale_ * self.scale_)
+        if self.coder == "solver":
+            return self._code(self._index, y)
+        with torch.no_grad():
+            return code(self._index, y, self.n_candidates, self.lam, self.alpha, self.iters, coder=self.net_)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         """Patch scores ``[N, h, w]`` in feature units (per-channel RMS units with ``channel_rms``): the
@@ -179,12 +216,15 @@ class SGFR:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:
-        return {
+        state = {
             "bank": self.bank_,
             "centroids": self.centroids_,
             "scale": self.scale_.reshape(1),
             "channel_scale": self.channel_scale_,
         }
+        if self.coder == "network":
+            state |= {f"coder.{k}": v.detach() for k, v in self.net_.state_dict().items()}
+        return state
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -197,5 +237,10 @@ class SGFR:
         model.scale_ = state["scale"].float().reshape(())
         channels = model.bank_.shape[1]  # runs saved before channel_rms existed have no channel_scale
         model.channel_scale_ = state.get("channel_scale", torch.ones(channels)).float()
+        if model.coder == "network":
+            net = {k.removeprefix("coder."): v.float() for k, v in state.items() if k.startswith("coder.")}
+            model.net_ = SelfExpressiveNet(channels)
+            model.net_.load_state_dict(net)
+            model.net_.eval()
         model._build()
         return model
