@@ -95,6 +95,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "abscos K16 10% lam0.1": {"metric": "abscos", "sampling_ratio": 0.1, "lam": 0.1},
     # Codes from a learned SENet-style query/key network instead of the solver (self_expressive_net.py).
     "abscos K16 10% network": {"metric": "abscos", "sampling_ratio": 0.1, "coder": "network"},
+    # The residual's channels each divided by their RMS on training patches coded without themselves.
+    "abscos K16 10% whitened": {"metric": "abscos", "sampling_ratio": 0.1, "score": "whitened"},
 }
 
 

@@ -251,3 +251,27 @@ def test_learned_coder_reconstructs_the_subspaces_not_noise() -> None:
     assert torch.equal(model.predict(as_features(test)), loaded.predict(as_features(test)))
     with pytest.raises(ReconadError):
         SGFR(coder="magic")
+
+
+def test_whitened_score_discounts_channels_that_rebuild_poorly_on_normal_data(tmp_path) -> None:
+    """Channels 0–7 carry noise that 8 atoms cannot rebuild: a deviation there is more normal than the same
+    deviation in a clean channel. The whitened score separates the two further than the plain residual."""
+    bases = subspaces(3, seed=13)
+    train, _ = draw(bases, [400, 400, 400], seed=14)
+    train[:, :8] += 0.5 * torch.randn(len(train), 8, generator=torch.Generator().manual_seed(15))
+    test, _ = draw(bases, [10, 10, 10], seed=16)
+    noisy, clean = test.clone(), test.clone()
+    noisy[:, 0] += 1.5
+    clean[:, 20] += 1.5
+    params = {"sampling_ratio": 0.25, "lam": 1e-3, "nprobe": 0, "n_candidates": 8}
+    plain = SGFR(**params).fit(as_features(train))
+    white = SGFR(**params, score="whitened").fit(as_features(train))
+    assert white.residual_scale_[:8].min() > white.residual_scale_[8:].max()
+
+    def ratio(model: SGFR) -> float:
+        return float(model.predict(as_features(clean)).mean() / model.predict(as_features(noisy)).mean())
+
+    assert ratio(white) > 1.5 * ratio(plain)
+    save_file(white.state_dict(), str(tmp_path / "w.safetensors"))
+    loaded = SGFR.from_state(white.get_config(), load_file(str(tmp_path / "w.safetensors")))
+    assert torch.equal(white.predict(as_features(clean)), loaded.predict(as_features(clean)))

@@ -121,6 +121,15 @@ def candidates(
     return idx, a, b
 
 
+def residual_vectors(atoms: Tensor, y: Tensor, idx: Tensor, codes: Tensor, batch: int = 8192) -> Tensor:
+    """``y − Σ_k c_k a_k`` ``[M, C]`` for targets ``y`` ``[M, C]`` coded over ``atoms[idx]``."""
+    out = torch.empty_like(y)
+    for s in range(0, len(y), batch):
+        a = atoms[idx[s : s + batch]]
+        out[s : s + batch] = y[s : s + batch] - torch.bmm(codes[s : s + batch].unsqueeze(1), a).squeeze(1)
+    return out
+
+
 def n_candidates(index: NearestNeighbors, k: int, exclude_self: bool) -> int:
     """``k``, capped by the atoms there are (less the target's own)."""
     return max(1, min(k, index.atoms.shape[0] - int(exclude_self)))

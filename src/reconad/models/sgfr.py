@@ -18,11 +18,11 @@ from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
 from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.self_expressive import code, coverage_select
+from reconad.models.self_expressive import code, coverage_select, residual_vectors
 from reconad.models.self_expressive_net import SelfExpressiveNet, train_coder
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
-SCORES = ("residual", "objective")
+SCORES = ("residual", "objective", "whitened")
 CODERS = ("solver", "network")
 CODER_POINTS = 65536  # normal patches the learned coder trains on
 
@@ -45,7 +45,9 @@ class SGFR:
     ``nprobe``: IVF lists probed in the atom search (0 = exact search). ``nonneg``: non-negative codes (a
     patch rebuilt inside the cone of its atoms). ``affine``: codes that sum to one (a patch rebuilt inside the
     affine hull of its atoms). ``score``: ``"residual"`` (``‖y − Xc‖``) or ``"objective"`` (the elastic-net
-    objective at the code, as a norm: a feature rebuilt only with large coefficients scores higher).
+    objective at the code, as a norm: a feature rebuilt only with large coefficients scores higher) or
+    ``"whitened"`` (each channel of the residual divided by its RMS on training patches coded without
+    themselves: a channel that rebuilds poorly on normal patches counts less).
     ``channel_rms``: divide every channel by its root mean square over the training patches first, so that
     each channel counts alike in the codes and the residual (without it the backbone's larger channels
     dominate). ``coder``: ``"solver"`` (the elastic net solved for every patch) or ``"network"`` (a
@@ -125,12 +127,23 @@ class SGFR:
         self._build()
         if self.coder == "network":
             self.net_ = self._train_net(x, gen)
+        self.residual_scale_ = torch.ones(x.shape[1])
+        if self.score == "whitened":
+            rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
+            idx, c, _ = self._code(self._index, x[rows], self._own(len(x))[rows])
+            r = residual_vectors(self.bank_, x[rows], idx, c)
+            self.residual_scale_ = r.pow(2).mean(0).sqrt().clamp_min(1e-6)
         return self
+
+    def _own(self, n: int) -> Tensor:
+        """Each training patch's atom index, −2 where it is not an atom (−1 marks an unfilled search slot)."""
+        own = torch.full((n,), -2, dtype=torch.long)
+        own[self.support_] = torch.arange(len(self.support_))
+        return own
 
     def _train_net(self, x: Tensor, gen: torch.Generator) -> SelfExpressiveNet:
         rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
-        own = torch.full((len(x),), -2, dtype=torch.long)  # −2: not an atom (−1 marks an unfilled slot)
-        own[self.support_] = torch.arange(len(self.support_))
+        own = self._own(len(x))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = SelfExpressiveNet(x.shape[1])
@@ -191,6 +204,9 @@ class SGFR:
     # ---------------------------------------------------------------- predict
     def reconstruct(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per patch ``(atom indices [P, K], codes [P, K], squared residuals [P])`` in scaled units."""
+        return self._reconstruct(self._scaled_patches(features))
+
+    def _scaled_patches(self, features: Tensor) -> Tensor:
         if not hasattr(self, "bank_"):
             raise ReconadError("SGFR is not fitted: call fit() first")
         y = _patches(features)
@@ -198,7 +214,9 @@ class SGFR:
             raise ReconadError(
                 f"features have {y.shape[1]} channels but the model was fitted on {self.bank_.shape[1]}"
             )
-        y = y / (self.channel_scale_ * self.scale_)
+        return y / (self.channel_scale_ * self.scale_)
+
+    def _reconstruct(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.coder == "solver":
             return self._code(self._index, y)
         with torch.no_grad():
@@ -207,11 +225,16 @@ class SGFR:
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         """Patch scores ``[N, h, w]`` in feature units (per-channel RMS units with ``channel_rms``): the
         residual norm ``‖y − Xc‖``, or with ``score="objective"`` ``sqrt(‖y − Xc‖² + λ(2α‖c‖₁ + (1−α)‖c‖²))``
-        (twice the elastic-net objective)."""
+        (twice the elastic-net objective); with ``score="whitened"`` ``‖(y − Xc) / σ‖`` (unitless; ``σ`` the
+        residual's per-channel RMS on training patches)."""
         n, _, h, w = features.shape
-        _, c, res = self.reconstruct(features)
+        y = self._scaled_patches(features)
+        idx, c, res = self._reconstruct(y)
         if self.score == "objective":
             res = res + self.lam * (2 * self.alpha * c.abs().sum(-1) + (1 - self.alpha) * c.pow(2).sum(-1))
+        if self.score == "whitened":
+            r = residual_vectors(self.bank_, y, idx, c) / self.residual_scale_
+            return r.pow(2).sum(1).sqrt().reshape(n, h, w)
         return (res.sqrt() * self.scale_).reshape(n, h, w)
 
     # ---------------------------------------------------------------- state
@@ -221,6 +244,7 @@ class SGFR:
             "centroids": self.centroids_,
             "scale": self.scale_.reshape(1),
             "channel_scale": self.channel_scale_,
+            "residual_scale": self.residual_scale_,
         }
         if self.coder == "network":
             state |= {f"coder.{k}": v.detach() for k, v in self.net_.state_dict().items()}
@@ -237,6 +261,7 @@ class SGFR:
         model.scale_ = state["scale"].float().reshape(())
         channels = model.bank_.shape[1]  # runs saved before channel_rms existed have no channel_scale
         model.channel_scale_ = state.get("channel_scale", torch.ones(channels)).float()
+        model.residual_scale_ = state.get("residual_scale", torch.ones(channels)).float()
         if model.coder == "network":
             net = {k.removeprefix("coder."): v.float() for k, v in state.items() if k.startswith("coder.")}
             model.net_ = SelfExpressiveNet(channels)
