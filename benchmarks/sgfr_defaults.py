@@ -95,6 +95,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "abscos K16 10% lam0.1": {"metric": "abscos", "sampling_ratio": 0.1, "lam": 0.1},
     # Codes from a learned SENet-style query/key network instead of the solver (self_expressive_net.py).
     "abscos K16 10% network": {"metric": "abscos", "sampling_ratio": 0.1, "coder": "network"},
+    # More candidate atoms: at a small bank the 16 nearest span less of each subspace.
+    "abscos K32 2%": {"metric": "abscos", "sampling_ratio": 0.02, "n_candidates": 32},
+    "abscos K32 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 32},
     # The residual's channels each divided by their RMS on training patches coded without themselves.
     "abscos K16 10% whitened": {"metric": "abscos", "sampling_ratio": 0.1, "score": "whitened"},
 }
