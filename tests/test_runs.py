@@ -246,3 +246,28 @@ def test_damaged_run_gives_one_clear_error(copy_run, damage, words):
         load_run(run)
     assert words in str(info.value)
     assert_clean_error(invoke("test", run), words)
+
+
+def test_python_predict_on_a_loaded_run_matches_the_cli(tmp_path, fitted_run, parts):
+    """README's *Python* recipe for new images: load the run, rebuild its extractor from the run's own
+    config, score — the same scores and verdicts as ``reconad predict``."""
+    import csv
+
+    from reconad.features.extractor import FeatureExtractor
+
+    paths = sorted((parts / "test").rglob("*.png"))[::3][:4]  # good and defective ones
+    run = load_run(fitted_run)
+    extractor = FeatureExtractor.from_config(run.config["features"])
+    assert extractor.config() == run.config["features"]
+    category = next(iter(run.categories))
+    scored = list(pipeline.score_images(run, extractor, paths, category))
+    out = tmp_path / "pred"
+    result = invoke("predict", fitted_run, *paths, "--out", out)
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert len(scored) == len(rows) == 4
+    for s in scored:
+        assert float(rows[s.path]["score"]) == pytest.approx(s.score, rel=1e-5)
+        assert rows[s.path]["is_anomalous"] == str(int(s.is_anomalous))
+        assert s.map.shape == s.image.shape[:2]

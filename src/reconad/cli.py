@@ -143,17 +143,6 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def make_extractor(config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:
-    return FeatureExtractor(
-        backbone=config["backbone"],
-        layers=tuple(config["layers"]),
-        image_size=config["image_size"],
-        smooth=config["smooth"],
-        weights=config.get("weights"),
-        device=device,
-    )
-
-
 def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtractor) -> FeatureCache | None:
     return None if no_cache else FeatureCache(extractor.key(), cache_dir)
 
@@ -337,7 +326,7 @@ def do_test(
     run = load_run(run_dir)
     specs = data or sorted({c["source"] for c in run.categories.values()})
     sources = load_sources(specs, categories or list(run.categories))
-    extractor = make_extractor(run.config["features"], device)
+    extractor = FeatureExtractor.from_config(run.config["features"], device)
     with progress_bars() as progress:
         results = pipeline.evaluate(
             run, sources, extractor, cache=make_cache(no_cache, cache_dir, extractor), progress=progress
@@ -436,7 +425,7 @@ def predict(
         raise ReconadError(f"the run has no category {category!r} (it has {', '.join(run.categories)})")
     check_output(out_dir, folder=True)
     paths = collect_images(inputs)
-    extractor = make_extractor(run.config["features"], device)
+    extractor = FeatureExtractor.from_config(run.config["features"], device)
     cat = run.categories[category]
     out_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []

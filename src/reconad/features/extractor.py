@@ -68,6 +68,18 @@ class FeatureExtractor:
             "weights": self.weights,
         }
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:
+        """The extractor a run was fitted with (``run.config["features"]``, as :meth:`config` wrote it)."""
+        return cls(
+            backbone=config["backbone"],
+            layers=tuple(config["layers"]),
+            image_size=config["image_size"],
+            smooth=config["smooth"],
+            weights=config.get("weights"),
+            device=device,
+        )
+
     def key(self) -> str:
         """A short digest of :meth:`config` plus the weights' identity, for the feature cache."""
         ident = json.dumps(self.config(), sort_keys=True) + PREPROCESSING
