@@ -84,8 +84,8 @@ class SGFR:
             raise ReconadError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
         if score not in SCORES:
             raise ReconadError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        if coder not in CODERS:
-            raise ReconadError(f"coder must be one of {', '.join(CODERS)}, got {coder!r}")
+        if coder not in CODERS or coder_steps < 1:
+            raise ReconadError(f"coder must be one of {', '.join(CODERS)} and coder_steps >= 1")
         if metric not in METRICS:
             raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
@@ -130,7 +130,7 @@ class SGFR:
         self.residual_scale_ = torch.ones(x.shape[1])
         if self.score == "whitened":
             rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
-            idx, c, _ = self._code(self._index, x[rows], self._own(len(x))[rows])
+            idx, c, _ = self._reconstruct(x[rows], self._own(len(x))[rows])
             r = residual_vectors(self.bank_, x[rows], idx, c)
             self.residual_scale_ = r.pow(2).mean(0).sqrt().clamp_min(1e-6)
         return self
@@ -216,11 +216,12 @@ class SGFR:
             )
         return y / (self.channel_scale_ * self.scale_)
 
-    def _reconstruct(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _reconstruct(self, y: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Code scaled patches over the bank with the fitted coder (``own``: exclude each one's own atom)."""
         if self.coder == "solver":
-            return self._code(self._index, y)
+            return self._code(self._index, y, own)
         with torch.no_grad():
-            return code(self._index, y, self.n_candidates, self.lam, self.alpha, self.iters, coder=self.net_)
+            return code(self._index, y, self.n_candidates, 0.0, 0.0, 1, own, coder=self.net_)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         """Patch scores ``[N, h, w]`` in feature units (per-channel RMS units with ``channel_rms``): the
