@@ -98,6 +98,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # More candidate atoms: at a small bank the 16 nearest span less of each subspace.
     "abscos K32 2%": {"metric": "abscos", "sampling_ratio": 0.02, "n_candidates": 32},
     "abscos K32 10%": {"metric": "abscos", "sampling_ratio": 0.1, "n_candidates": 32},
+    # Locality-constrained codes: each atom's penalty grows with its distance to the feature.
+    "abscos K16 10% local3": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 3.0},
+    "abscos K16 10% local10": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 10.0},
+    "abscos K16 10% local30": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 30.0},
     # The residual's channels each divided by their RMS on training patches coded without themselves.
     "abscos K16 10% whitened": {"metric": "abscos", "sampling_ratio": 0.1, "score": "whitened"},
 }

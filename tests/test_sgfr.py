@@ -275,3 +275,41 @@ def test_whitened_score_discounts_channels_that_rebuild_poorly_on_normal_data(tm
     save_file(white.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = SGFR.from_state(white.get_config(), load_file(str(tmp_path / "w.safetensors")))
     assert torch.equal(white.predict(as_features(clean)), loaded.predict(as_features(clean)))
+
+
+def test_weighted_solver_meets_its_optimality_conditions() -> None:
+    """Per-atom penalty weights ω: the ridge case has a closed form, and ℓ₁ codes satisfy the KKT
+    conditions ``|(Gc − b)_k| ≤ λω_k`` (equality with the sign of ``c_k`` where ``c_k ≠ 0``)."""
+    gen = torch.Generator().manual_seed(17)
+    a = torch.randn(8, 6, 10, generator=gen, dtype=torch.float64)
+    y = torch.randn(8, 10, generator=gen, dtype=torch.float64)
+    gram, b = a @ a.transpose(1, 2), (a @ y.unsqueeze(-1)).squeeze(-1)
+    w = 1 + 3 * torch.rand(8, 6, generator=gen, dtype=torch.float64)
+    lam = 0.3
+    ridge = elastic_net_gram(gram, b, lam, 0.0, iters=300, weights=w)
+    closed = torch.linalg.solve(gram + torch.diag_embed(lam * w), b)
+    assert torch.allclose(ridge, closed, atol=1e-6)
+    lasso = elastic_net_gram(gram, b, lam, 1.0, iters=2000, weights=w)
+    grad = (gram @ lasso.unsqueeze(-1)).squeeze(-1) - b
+    on = lasso != 0
+    assert on.any() and (~on).any()
+    assert torch.allclose(grad[on], -lam * w[on] * lasso[on].sign(), atol=1e-5)
+    assert (grad[~on].abs() <= lam * w[~on] + 1e-5).all()
+
+
+def test_locality_does_not_let_far_atoms_mimic_a_far_feature() -> None:
+    """A feature three times as long as any normal one lies in their span: plain codes rebuild it, codes
+    whose penalty grows with the distance to each atom do not, and normal features are still rebuilt."""
+    bases = subspaces(3)
+    train, _ = draw(bases, [400, 400, 400], seed=0)
+    train = train / train.norm(dim=1, keepdim=True)
+    far = train[:50] * 3.0
+    kw = {"sampling_ratio": 0.5, "n_candidates": 8, "lam": 0.02, "nprobe": 0}
+    plain = SGFR(**kw).fit(as_features(train))
+    local = SGFR(**kw, locality=10.0).fit(as_features(train))
+    assert 0 < local.locality_scale_ < 1
+    assert rel_residual(plain, far).median() < 0.05
+    assert rel_residual(local, far).median() > 4 * rel_residual(plain, far).median()
+    assert rel_residual(local, train[:50]).median() < 0.1
+    loaded = SGFR.from_state(local.get_config(), local.state_dict())
+    assert torch.equal(local.predict(as_features(far)), loaded.predict(as_features(far)))

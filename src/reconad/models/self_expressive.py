@@ -20,8 +20,8 @@ from torch import Tensor
 from reconad.models.knn import NearestNeighbors
 
 
-def soft_threshold(x: Tensor, t: float) -> Tensor:
-    """The proximal map of ``t‖·‖₁``."""
+def soft_threshold(x: Tensor, t: float | Tensor) -> Tensor:
+    """The proximal map of ``t‖·‖₁`` (``t`` a number, or one per element)."""
     return x - x.clamp(-t, t)
 
 
@@ -40,6 +40,7 @@ def elastic_net_gram(
     rho: float | None = None,
     nonneg: bool = False,
     affine: bool = False,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Elastic-net codes ``[B, K]`` from ``gram`` ``[B, K, K]`` and ``b`` ``[B, K]`` (ADMM, ``iters`` steps).
 
@@ -50,6 +51,8 @@ def elastic_net_gram(
     rebuilt inside the cone of its atoms, not from differences of them. ``affine``: codes summing to one
     (``1ᵀc = 1``, SSC's constraint for affine subspaces; a Lagrange step in every c-update): a target is
     rebuilt inside the affine hull of its atoms, so a scaled copy of a normal feature is not free.
+    ``weights`` ``[B, K]``: the penalty of each atom multiplied by its weight (``λ Σ_k ω_k(α|c_k| + (1−α)/2
+    c_k²)``; locality-constrained coding gives far atoms a larger one).
     Returns the sparse iterate ``z`` (exact zeros where an atom is not used).
     """
     l1, l2 = lam * alpha, lam * (1.0 - alpha)
@@ -58,14 +61,18 @@ def elastic_net_gram(
     if rho is None:
         rho = max(5.0 * lam, 1e-3 * diag_mean)
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    system = gram + (l2 + rho) * eye
+    if weights is None:
+        system = gram + (l2 + rho) * eye
+        thr: float | Tensor = l1 / rho
+    else:
+        system = gram + torch.diag_embed(l2 * weights + rho)
+        thr = l1 * weights / rho
     chol, info = torch.linalg.cholesky_ex(system)
     if bool(info.any()):  # not positive definite in float32 (e.g. duplicate atoms): add jitter
         chol = torch.linalg.cholesky(system + 1e-3 * diag_mean * eye)
     inv = torch.cholesky_inverse(chol)
     c0 = _bmv(inv, b)  # the ridge part of every c-step, reused
     inv_rho = rho * inv
-    thr = l1 / rho
     h1 = None  # affine: the c-step's minimiser on 1ᵀc = 1 is c_free + (1 − 1ᵀc_free) · H⁻¹1 / (1ᵀH⁻¹1)
     if affine:
         h1 = inv.sum(-1)
@@ -147,11 +154,14 @@ def code(
     nonneg: bool = False,
     affine: bool = False,
     coder: Callable[[Tensor, Tensor], Tensor] | None = None,
+    locality: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Code ``queries`` ``[M, C]`` over their ``k`` candidate atoms.
 
     ``exclude_self`` ``[M]`` (the atom index of each query) removes the query itself from its candidates.
     ``coder(y [B, C], atoms [B, k, C]) -> codes [B, k]`` replaces the elastic-net solver (a learned coder).
+    ``locality`` ``γ > 0``: locality-constrained codes, each atom's penalty weighted by ``1 + γ d_k²``,
+    ``d_k = min(‖y − a_k‖, ‖y + a_k‖)`` (codes are signed: ``−a_k`` is as close to hand as ``a_k``).
     Returns ``(candidate indices [M, k], codes [M, k], squared residuals [M])``.
     """
     m = queries.shape[0]
@@ -164,13 +174,18 @@ def code(
         own = None if exclude_self is None else exclude_self[s : s + batch]
         idx, a, b = candidates(index, y, k, own)
         gram = torch.bmm(a, a.transpose(1, 2))
+        yy = (y * y).sum(1)
+        weights = None
+        if locality > 0:
+            d2 = (yy[:, None] + gram.diagonal(dim1=-2, dim2=-1) - 2.0 * b.abs()).clamp_min(0.0)
+            weights = 1.0 + locality * d2
         if coder is None:
-            c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine)
+            c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine, weights=weights)
         else:
             c = coder(y, a)
         out_i[s : s + batch] = idx
         out_c[s : s + batch] = c
-        out_r[s : s + batch] = residual_from_gram(gram, b, (y * y).sum(1), c)
+        out_r[s : s + batch] = residual_from_gram(gram, b, yy, c)
     return out_i, out_c, out_r
 
 

@@ -18,7 +18,7 @@ from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
 from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.self_expressive import code, coverage_select, residual_vectors
+from reconad.models.self_expressive import candidates, code, coverage_select, residual_vectors
 from reconad.models.self_expressive_net import SelfExpressiveNet, train_coder
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
@@ -52,7 +52,10 @@ class SGFR:
     each channel counts alike in the codes and the residual (without it the backbone's larger channels
     dominate). ``coder``: ``"solver"`` (the elastic net solved for every patch) or ``"network"`` (a
     SENet-style query/key network trained for ``coder_steps`` batches on the training patches gives the codes;
-    ``self_expressive_net.py``). ``seed``: all randomness.
+    ``self_expressive_net.py``). ``locality``: ``γ`` of locality-constrained reconstruction (solver only):
+    each candidate atom's penalty is weighted by ``1 + γ d² / d̄²`` (``d`` the distance from the feature to
+    the atom or its negative, ``d̄²`` the mean of ``d²`` from a training patch to its nearest other atom), so a
+    feature far from every atom cannot be rebuilt cheaply (0: off). ``seed``: all randomness.
     """
 
     name: ClassVar[str] = "sgfr"
@@ -76,6 +79,7 @@ class SGFR:
         channel_rms: bool = False,
         coder: str = "solver",
         coder_steps: int = 200,
+        locality: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not 0.0 < sampling_ratio <= 1.0:
@@ -88,8 +92,8 @@ class SGFR:
             raise ReconadError(f"coder must be one of {', '.join(CODERS)} and coder_steps >= 1")
         if metric not in METRICS:
             raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
-            raise ReconadError("need n_candidates >= 1, iters >= 1, lam >= 0 and 0 <= alpha <= 1")
+        if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0 or locality < 0:
+            raise ReconadError("need n_candidates >= 1, iters >= 1, lam >= 0, 0 <= alpha <= 1, locality >= 0")
         self.sampling_ratio = sampling_ratio
         self.n_candidates = n_candidates
         self.lam = lam
@@ -106,6 +110,7 @@ class SGFR:
         self.channel_rms = channel_rms
         self.coder = coder
         self.coder_steps = coder_steps
+        self.locality = locality
         self.seed = seed
 
     # ---------------------------------------------------------------- fit
@@ -127,6 +132,12 @@ class SGFR:
         self._build()
         if self.coder == "network":
             self.net_ = self._train_net(x, gen)
+        self.locality_scale_ = torch.tensor(1.0)
+        if self.locality > 0:  # d̄²: mean squared distance of a training patch to its nearest other atom
+            rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
+            _, a, b = candidates(self._index, x[rows], 1, self._own(len(x))[rows])
+            d2 = x[rows].pow(2).sum(1) + a[:, 0].pow(2).sum(1) - 2 * b[:, 0].abs()
+            self.locality_scale_ = d2.clamp_min(0).mean().clamp_min(1e-12)
         self.residual_scale_ = torch.ones(x.shape[1])
         if self.score == "whitened":
             rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
@@ -184,7 +195,7 @@ class SGFR:
         return NearestNeighbors(atoms, centroids, self.nprobe, self.metric)
 
     def _code(
-        self, index: NearestNeighbors, y: Tensor, own: Tensor | None = None
+        self, index: NearestNeighbors, y: Tensor, own: Tensor | None = None, locality: float = 0.0
     ) -> tuple[Tensor, Tensor, Tensor]:
         return code(
             index,
@@ -196,6 +207,7 @@ class SGFR:
             own,
             nonneg=self.nonneg,
             affine=self.affine,
+            locality=locality,
         )
 
     def _build(self) -> None:
@@ -219,7 +231,7 @@ class SGFR:
     def _reconstruct(self, y: Tensor, own: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Code scaled patches over the bank with the fitted coder (``own``: exclude each one's own atom)."""
         if self.coder == "solver":
-            return self._code(self._index, y, own)
+            return self._code(self._index, y, own, self.locality / float(self.locality_scale_))
         with torch.no_grad():
             return code(self._index, y, self.n_candidates, 0.0, 0.0, 1, own, coder=self.net_)
 
@@ -246,6 +258,7 @@ class SGFR:
             "scale": self.scale_.reshape(1),
             "channel_scale": self.channel_scale_,
             "residual_scale": self.residual_scale_,
+            "locality_scale": self.locality_scale_.reshape(1),
         }
         if self.coder == "network":
             state |= {f"coder.{k}": v.detach() for k, v in self.net_.state_dict().items()}
@@ -263,6 +276,7 @@ class SGFR:
         channels = model.bank_.shape[1]  # runs saved before channel_rms existed have no channel_scale
         model.channel_scale_ = state.get("channel_scale", torch.ones(channels)).float()
         model.residual_scale_ = state.get("residual_scale", torch.ones(channels)).float()
+        model.locality_scale_ = state.get("locality_scale", torch.ones(1)).float().reshape(())
         if model.coder == "network":
             net = {k.removeprefix("coder."): v.float() for k, v in state.items() if k.startswith("coder.")}
             model.net_ = SelfExpressiveNet(channels)
