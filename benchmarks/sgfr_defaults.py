@@ -250,9 +250,14 @@ def main() -> None:
         action="store_true",
         help="add the third corruption, a foreign texture from another category (needs two categories)",
     )
+    ap.add_argument(
+        "--backbone",
+        default="tf_efficientnet_lite0",
+        help="an embedded backbone (tf_efficientnet_lite0/1/2; the images are the same for every one)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor()
+    extractor = FeatureExtractor(backbone=args.backbone)
     cache = FeatureCache(extractor.key(), None)
     sources = load_sources(args.data)
     if args.foreign and len(sources) < 2:
