@@ -14,7 +14,9 @@ score computed from (features, reconstruction) changes:
 * ``mse std`` / ``1-cos std`` — each half of it alone;
 * ``mse+cos raw`` — the same formula on the extractor's raw (unstandardised) features, as the paper scores;
 * ``l2 raw`` — ‖x̂ − x‖ in the extractor's joined feature space (every level's channels, raw units): the
-  distance PatchCore and SGFR measure, applied to the reconstruction error.
+  distance PatchCore and SGFR measure, applied to the reconstruction error;
+* ``mse+cos std, level 2`` / ``level 3`` — the default score from one level alone instead of the mean of
+  both (``--only`` picks variants).
 
 The rule, fixed before the run: the best mean of pixel AUROC and AUPRO over the categories wins, and it
 replaces the default only if it beats it by at least 0.1 pt (the spread seen between near-equal
@@ -62,6 +64,9 @@ VARIANTS: dict[str, tuple[Callable[[list[Level]], list[Tensor]], str]] = {
     "1-cos std": (_per_level(lambda x, r, s: _one_minus_cos(x, r)), "mean"),
     "mse+cos raw": (_per_level(lambda x, r, s: _mse(x * s, r * s) + _one_minus_cos(x * s, r * s)), "mean"),
     "l2 raw": (_per_level(lambda x, r, s: ((r - x) * s).pow(2).sum(dim=-1)), "sqrt-sum"),
+    # One level alone (session 10): the finest (stage 2, 32×32) or the coarsest (stage 3, 16×16).
+    "mse+cos std, level 2": (_per_level(lambda x, r, s: _mse(x, r) + _one_minus_cos(x, r)), "level 0"),
+    "mse+cos std, level 3": (_per_level(lambda x, r, s: _mse(x, r) + _one_minus_cos(x, r)), "level 1"),
 }
 
 
@@ -80,6 +85,8 @@ def patch_scores(model: ReconstructionModel, features: Tensor, variant: str) -> 
         err = err.view(-1, 1, *lhw)
         maps.append(err if tuple(lhw) == hw else F.interpolate(err, size=hw, mode="bilinear"))
     stacked = torch.cat(maps, dim=1)
+    if combine.startswith("level "):
+        return stacked[:, int(combine.split()[1])]
     return stacked.mean(dim=1) if combine == "mean" else stacked.sum(dim=1).sqrt()
 
 
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("--model", default="rlr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--foreign", action="store_true", help="add the foreign-texture corruption")
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to score (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sets, train = unified_validation(args.seed, args.foreign)
@@ -105,6 +113,8 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for variant in VARIANTS:
+        if args.only and variant not in args.only and variant != "mse+cos std":
+            continue  # the default is always scored: the rule compares against it
         row: dict = {}
         for cat, d in sets.items():
             size = d["masks"].shape[-1]
