@@ -131,38 +131,41 @@ class SGFR:
         self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed, self.metric)
         self._build()
         if self.coder == "network":
-            self.net_ = self._train_net(x, gen)
+            self.net_ = self._train_net(*self._some_patches(x, gen))
         self.locality_scale_ = torch.tensor(1.0)
         if self.locality > 0:  # d̄²: mean squared distance of a training patch to its nearest other atom
-            rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
-            _, a, b = candidates(self._index, x[rows], 1, self._own(len(x))[rows])
-            d2 = x[rows].pow(2).sum(1) + a[:, 0].pow(2).sum(1) - 2 * b[:, 0].abs()
+            y, own = self._some_patches(x, gen)
+            _, a, b = candidates(self._index, y, 1, own)
+            d2 = y.pow(2).sum(1) + a[:, 0].pow(2).sum(1) - 2 * b[:, 0].abs()
             self.locality_scale_ = d2.clamp_min(0).mean().clamp_min(1e-12)
         self.residual_scale_ = torch.ones(x.shape[1])
-        if self.score == "whitened":
-            rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
-            idx, c, _ = self._reconstruct(x[rows], self._own(len(x))[rows])
-            r = residual_vectors(self.bank_, x[rows], idx, c)
-            self.residual_scale_ = r.pow(2).mean(0).sqrt().clamp_min(1e-6)
+        if (
+            self.score == "whitened"
+        ):  # each residual channel's RMS over training patches, coded without themselves
+            y, own = self._some_patches(x, gen)
+            idx, c, _ = self._reconstruct(y, own)
+            self.residual_scale_ = (
+                residual_vectors(self.bank_, y, idx, c).pow(2).mean(0).sqrt().clamp_min(1e-6)
+            )
         return self
 
-    def _own(self, n: int) -> Tensor:
-        """Each training patch's atom index, −2 where it is not an atom (−1 marks an unfilled search slot)."""
-        own = torch.full((n,), -2, dtype=torch.long)
-        own[self.support_] = torch.arange(len(self.support_))
-        return own
-
-    def _train_net(self, x: Tensor, gen: torch.Generator) -> SelfExpressiveNet:
+    def _some_patches(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A seeded sample of ``CODER_POINTS`` training patches and each one's atom index (−2 where it is not
+        an atom; −1 marks an unfilled search slot), so that coding them can leave their own atom out."""
         rows = torch.randperm(len(x), generator=gen)[:CODER_POINTS]
-        own = self._own(len(x))
+        own = torch.full((len(x),), -2, dtype=torch.long)
+        own[self.support_] = torch.arange(len(self.support_))
+        return x[rows], own[rows]
+
+    def _train_net(self, y: Tensor, own: Tensor) -> SelfExpressiveNet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = SelfExpressiveNet(x.shape[1])
+            net = SelfExpressiveNet(y.shape[1])
         train_coder(
             net,
             self._index,
-            x[rows],
-            own[rows],
+            y,
+            own,
             self.n_candidates,
             self.lam,
             self.alpha,
