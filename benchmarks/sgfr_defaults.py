@@ -102,6 +102,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "abscos K16 10% local3": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 3.0},
     "abscos K16 10% local10": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 10.0},
     "abscos K16 10% local30": {"metric": "abscos", "sampling_ratio": 0.1, "locality": 30.0},
+    # Other atom choices for a small bank (farthest-first covers rare patches; random is the plain baseline).
+    "abscos K16 2% coreset": {"metric": "abscos", "sampling_ratio": 0.02, "sampling": "coreset"},
+    "abscos K16 2% random": {"metric": "abscos", "sampling_ratio": 0.02, "sampling": "random"},
     # The default with other model seeds (atom pool, IVF centroids): the spread the 0.1 pt rule should exceed.
     "abscos K16 10% seed1": {"metric": "abscos", "sampling_ratio": 0.1, "seed": 1},
     "abscos K16 10% seed2": {"metric": "abscos", "sampling_ratio": 0.1, "seed": 2},
