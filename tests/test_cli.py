@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import (
     FIT_ARGS,
+    SIZE,
     UNREADABLE,
     assert_clean_error,
     assert_nothing_written,
@@ -361,3 +362,27 @@ def test_test_by_defect_type(tmp_path, parts, fitted_run):
     plain = tmp_path / "plain.json"
     assert invoke("test", fitted_run, "--json", plain).exit_code == 0
     assert "defect_types" not in json.loads(plain.read_text())["categories"]["synthetic_part"]
+
+
+# --- bench -------------------------------------------------------------------------------------------------
+
+
+def test_bench_takes_fits_feature_options(tmp_path, parts):
+    """``reconad bench`` accepts ``fit``'s feature options (backbone, weights, image size, layers,
+    holdout) and records them; a bad one fails before any work, as in ``fit``."""
+    out = tmp_path / "bench"
+    result = invoke(
+        "-q", "bench", "--model", "patchcore", "--data", f"mvtec:{parts}", "--out", out,
+        "--param", "patchcore.coreset_ratio=0.05", "--image-size", SIZE, "--layers", "2,3", "--holdout", 0.2,
+        "--backbone", "tf_efficientnet_lite0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    args = json.loads((out / "results.json").read_text())["meta"]["arguments"]
+    assert (args["image_size"], args["layers"], args["holdout"]) == (SIZE, [2, 3], 0.2)
+    assert args["backbone"] == "tf_efficientnet_lite0" and args["weights"] is None
+    bad = tmp_path / "bad"
+    assert_clean_error(
+        invoke("bench", "--model", "patchcore", "--data", f"mvtec:{parts}", "--out", bad, "--layers", "2,x"),
+        "--layers '2,x'",
+    )
+    assert_nothing_written(bad)

@@ -343,6 +343,7 @@ def run_bench(
     device: str = "cpu",
     progress: Progress | None = None,
     backbone: str = "tf_efficientnet_lite0",
+    weights: Path | None = None,
     layers: tuple[int, ...] = (2, 3),
     image_size: int = 256,
     holdout: float = 0.1,
@@ -363,6 +364,7 @@ def run_bench(
         "seed": seed,
         "device": device,
         "backbone": backbone,
+        "weights": str(weights) if weights else None,
         "layers": list(layers),
         "image_size": image_size,
         "holdout": holdout,
@@ -371,7 +373,7 @@ def run_bench(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     usual_permissions(tmp)
     try:
-        extractor = FeatureExtractor(backbone, tuple(layers), image_size, device=device)
+        extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
         cache = _feature_cache(extractor, cache_dir, tmp / "cache")
         train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
         units = 2 * len(sources)

@@ -55,6 +55,11 @@ DataOpt = Annotated[
 CategoryOpt = Annotated[
     list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
 ]
+BackboneOpt = Annotated[str, typer.Option(help="timm model name")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")]
+ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
+LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
+HoldoutOpt = Annotated[float, typer.Option(help="fraction of good images held back to set the threshold")]
 
 
 @app.callback()
@@ -202,6 +207,13 @@ def check_output(path: Path, *, folder: bool) -> None:
             break
 
 
+def parse_layers(layers: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     """Where unified models keep per-epoch checkpoints until the run is saved."""
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
@@ -230,11 +242,7 @@ def do_fit(
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
     check_output(out_dir, folder=True)
     sources = load_sources(data, categories, seed=seed)
-    try:
-        level_ids = tuple(int(x) for x in layers.split(","))
-    except ValueError:
-        raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
-    extractor = FeatureExtractor(backbone, level_ids, image_size, weights=weights, device=device)
+    extractor = FeatureExtractor(backbone, parse_layers(layers), image_size, weights=weights, device=device)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
@@ -267,19 +275,15 @@ def fit(
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")],
     category: CategoryOpt = None,
-    backbone: Annotated[str, typer.Option(help="timm model name")] = "tf_efficientnet_lite0",
-    weights: Annotated[
-        Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")
-    ] = None,
-    image_size: Annotated[int, typer.Option(help="images are resized to this square size")] = 256,
-    layers: Annotated[str, typer.Option(help="backbone feature levels")] = "2,3",
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = 256,
+    layers: LayersOpt = "2,3",
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="model hyper-parameter key=value")
     ] = None,
     seed: int = 0,
-    holdout: Annotated[
-        float, typer.Option(help="fraction of good images held back to set the threshold")
-    ] = 0.1,
+    holdout: HoldoutOpt = 0.1,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
     no_cache: Annotated[bool, typer.Option(help="do not read or write the feature cache")] = False,
     resume: Annotated[
@@ -560,6 +564,11 @@ def bench(
     seed: int = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
     device: str = "cpu",
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = 256,
+    layers: LayersOpt = "2,3",
+    holdout: HoldoutOpt = 0.1,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
     from reconad.bench import run_bench
@@ -581,6 +590,11 @@ def bench(
             cache_dir=cache_dir,
             device=device,
             progress=progress,
+            backbone=backbone,
+            weights=weights,
+            layers=parse_layers(layers),
+            image_size=image_size,
+            holdout=holdout,
         )
     print(md)
     out.print(f"results → {out_dir}")
