@@ -128,6 +128,12 @@ def candidates(
     return idx, a, b
 
 
+def sq_distance_either_sign(yy: Tensor, aa: Tensor, b: Tensor) -> Tensor:
+    """``min(‖y − a‖², ‖y + a‖²)`` from ``yy = ‖y‖²`` (broadcast against the others), ``aa = ‖a‖²`` and
+    ``b = ⟨a, y⟩``: codes are signed, so ``−a`` is as close to hand as ``a``."""
+    return (yy + aa - 2.0 * b.abs()).clamp_min(0.0)
+
+
 def residual_vectors(atoms: Tensor, y: Tensor, idx: Tensor, codes: Tensor, batch: int = 8192) -> Tensor:
     """``y − Σ_k c_k a_k`` ``[M, C]`` for targets ``y`` ``[M, C]`` coded over ``atoms[idx]``."""
     out = torch.empty_like(y)
@@ -177,8 +183,9 @@ def code(
         yy = (y * y).sum(1)
         weights = None
         if locality > 0:
-            d2 = (yy[:, None] + gram.diagonal(dim1=-2, dim2=-1) - 2.0 * b.abs()).clamp_min(0.0)
-            weights = 1.0 + locality * d2
+            weights = 1.0 + locality * sq_distance_either_sign(
+                yy[:, None], gram.diagonal(dim1=-2, dim2=-1), b
+            )
         if coder is None:
             c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine, weights=weights)
         else:

@@ -18,7 +18,13 @@ from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
 from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.self_expressive import candidates, code, coverage_select, residual_vectors
+from reconad.models.self_expressive import (
+    candidates,
+    code,
+    coverage_select,
+    residual_vectors,
+    sq_distance_either_sign,
+)
 from reconad.models.self_expressive_net import SelfExpressiveNet, train_coder
 
 SAMPLINGS = ("coverage", "usage", "random", "coreset")
@@ -136,8 +142,8 @@ class SGFR:
         if self.locality > 0:  # d̄²: mean squared distance of a training patch to its nearest other atom
             y, own = self._some_patches(x, gen)
             _, a, b = candidates(self._index, y, 1, own)
-            d2 = y.pow(2).sum(1) + a[:, 0].pow(2).sum(1) - 2 * b[:, 0].abs()
-            self.locality_scale_ = d2.clamp_min(0).mean().clamp_min(1e-12)
+            d2 = sq_distance_either_sign(y.pow(2).sum(1), a[:, 0].pow(2).sum(1), b[:, 0])
+            self.locality_scale_ = d2.mean().clamp_min(1e-12)
         self.residual_scale_ = torch.ones(x.shape[1])
         if (
             self.score == "whitened"
