@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from reconad.errors import ReconadError
 from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import feature_jitter, sincos_position_2d
+from reconad.models.reconstruction import sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.trainer import feature_jitter, learning_rate
 from reconad.models.uniad import UniAD
 
 HW = (6, 8)
@@ -155,17 +156,13 @@ def _train(
 
 
 def test_learning_rate_schedules() -> None:
-    constant, cosine = (
-        RLR(**TINY, lr=1e-3, lr_schedule="constant"),
-        RLR(**TINY, lr=1e-3, lr_schedule="cosine"),
-    )
-    assert [constant.learning_rate(s, 100) for s in (0, 50, 99)] == [1e-3] * 3
-    assert cosine.learning_rate(0, 100) == pytest.approx(1e-3)
-    assert cosine.learning_rate(50, 100) == pytest.approx(5e-4)
-    assert 0 < cosine.learning_rate(99, 100) < 1e-6
-    rates = [cosine.learning_rate(s, 100) for s in range(100)]
+    assert [learning_rate(1e-3, "constant", s, 100) for s in (0, 50, 99)] == [1e-3] * 3
+    assert learning_rate(1e-3, "cosine", 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(1e-3, "cosine", 50, 100) == pytest.approx(5e-4)
+    assert 0 < learning_rate(1e-3, "cosine", 99, 100) < 1e-6
+    rates = [learning_rate(1e-3, "cosine", s, 100) for s in range(100)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
-    assert cosine.get_config()["lr_schedule"] == "cosine"
+    assert RLR(**TINY).get_config()["lr_schedule"] == "cosine"
     with pytest.raises(ReconadError, match="lr_schedule"):
         RLR(**TINY, lr_schedule="step")
 
