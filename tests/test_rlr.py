@@ -110,6 +110,19 @@ def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: 
         model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
 
 
+def test_runs_and_checkpoints_share_one_state_dict(tmp_path: Path) -> None:
+    """A checkpoint holds the run's very ``net.*`` weights; a run loads from it (extra keys ignored)."""
+    feats = _features()
+    model = RLR(**TINY, epochs=1).fit(feats, checkpoint_dir=tmp_path)
+    run, ckpt = model.state_dict(), load_file(tmp_path / "rlr-epoch0001.safetensors")
+    nets = {k: v for k, v in run.items() if k.startswith("net.")}
+    assert set(run) - set(nets) == {"level_hw", "loss_history"}
+    assert {k for k in ckpt if k.startswith("net.")} == set(nets)
+    assert all(torch.equal(ckpt[k], v) for k, v in nets.items())
+    loaded = RLR.from_state(model.get_config(), {**ckpt, "level_hw": run["level_hw"]})
+    assert torch.equal(loaded.predict(feats), model.predict(feats))
+
+
 def test_features_are_standardised_per_channel() -> None:
     """Scaling channels by powers of two (exact in floating point) changes neither training nor scores."""
     feats = _features()
@@ -204,6 +217,7 @@ def test_registry_and_contract_errors() -> None:
     assert MODELS["rlr"] is RLR and MODELS["uniad"] is UniAD
     model = create_model("rlr", level_channels=(6, 10), level_grids=(8, 4), k=5, use_mlka=False)
     assert model.get_config()["use_mlka"] is False and RLR.unified and UniAD.unified
+    assert list(RLR().get_config()) == [*UniAD().get_config(), "use_lca", "use_mlka"]  # by name, in order
     with pytest.raises(ReconadError):
         RLR(use_lca=False, use_mlka=False)
     with pytest.raises(ReconadError, match="not fitted"):

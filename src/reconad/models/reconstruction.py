@@ -13,6 +13,7 @@ reconstruction, bilinearly upsampled to the finest grid and averaged over levels
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,9 +80,11 @@ def reconstruction_error(x: Tensor, rec: Tensor) -> Tensor:
     return (rec - x).pow(2).mean(dim=-1) + 1 - F.cosine_similarity(rec, x, dim=-1, eps=1e-6)
 
 
+@dataclass(eq=False, kw_only=True)
 class ReconstructionModel:
-    """Base of the unified feature-reconstruction models. Subclasses set ``name`` and implement
-    :meth:`make_level`; the constructor arguments below are shared hyper-parameters.
+    """Base of the unified feature-reconstruction models. Subclasses set ``name``, implement
+    :meth:`make_level` and are dataclasses too, declaring only their own hyper-parameters as fields: the
+    fields below are the shared ones (``__init__`` arguments by keyword, the run's ``params``).
 
     ``widths``, ``windows``: one per level (``None``: the defaults); ``epochs`` is fixed (no early stopping on
     any split); ``device="auto"`` trains and predicts on CUDA when available.
@@ -90,29 +93,30 @@ class ReconstructionModel:
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        level_channels: Sequence[int] = (40, 112),
-        level_grids: Sequence[int] = (32, 16),
-        widths: Sequence[int] | None = None,
-        layers: int = 2,
-        heads: int = 4,
-        ff_mult: int = 2,
-        windows: Sequence[int] | None = None,
-        jitter_scale: float = 4.0,
-        jitter_prob: float = 1.0,
-        epochs: int = 30,
-        batch_size: int = 4,
-        lr: float = 1e-3,
-        seed: int = 0,
-        device: str = "auto",
-        lr_schedule: str = "cosine",
-    ) -> None:
-        if lr_schedule not in LR_SCHEDULES:
-            raise ReconadError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-        self.lr_schedule = lr_schedule
-        self.level_channels = [int(c) for c in level_channels]
-        self.level_grids = [int(g) for g in level_grids]
+    level_channels: Sequence[int] = (40, 112)
+    level_grids: Sequence[int] = (32, 16)
+    widths: Sequence[int] | None = None
+    layers: int = 2
+    heads: int = 4
+    ff_mult: int = 2
+    windows: Sequence[int] | None = None
+    jitter_scale: float = 4.0
+    jitter_prob: float = 1.0
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        """Check the hyper-parameters and store them as plain lists and numbers; no learned state yet."""
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ReconadError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        self.level_channels = [int(c) for c in self.level_channels]
+        self.level_grids = [int(g) for g in self.level_grids]
         n = len(self.level_channels)
         if len(self.level_grids) != n or n == 0:
             raise ReconadError(
@@ -120,15 +124,15 @@ class ReconstructionModel:
             )
         if any(self.level_grids[0] % g for g in self.level_grids):
             raise ReconadError(f"every level grid must divide the finest one, got {self.level_grids}")
-        self.widths = [int(w) for w in widths] if widths is not None else None
-        self.windows = [int(w) for w in windows] if windows is not None else None
+        self.widths = [int(w) for w in self.widths] if self.widths is not None else None
+        self.windows = [int(w) for w in self.windows] if self.windows is not None else None
         for what, val in (("widths", self.widths), ("windows", self.windows)):
             if val is not None and len(val) != n:
                 raise ReconadError(f"{what} must give one value per level ({n}), got {val}")
-        self.layers, self.heads, self.ff_mult = int(layers), int(heads), int(ff_mult)
-        self.jitter_scale, self.jitter_prob = float(jitter_scale), float(jitter_prob)
-        self.epochs, self.batch_size, self.lr, self.seed = int(epochs), int(batch_size), float(lr), int(seed)
-        self.device = device
+        self.layers, self.heads, self.ff_mult = int(self.layers), int(self.heads), int(self.ff_mult)
+        self.jitter_scale, self.jitter_prob = float(self.jitter_scale), float(self.jitter_prob)
+        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
+        self.lr, self.seed = float(self.lr), int(self.seed)
         self.nets_: nn.ModuleList | None = None
         self.level_hw_: list[tuple[int, int]] | None = None
         self.loss_history_: list[float] = []
