@@ -122,5 +122,13 @@ class RLR(ReconstructionModel):
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
         return RLRLevel(
-            channels, width, hw, window, self.layers, self.heads, self.ff_mult, self.use_lca, self.use_mlka
+            channels,
+            width,
+            hw,
+            window,
+            layers=self.layers,
+            heads=self.heads,
+            ff_mult=self.ff_mult,
+            lca=self.use_lca,
+            mlka=self.use_mlka,
         )

@@ -67,4 +67,6 @@ class UniAD(ReconstructionModel):
     name = "uniad"
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return UniADLevel(channels, width, hw, window, self.layers, self.heads, self.ff_mult)
+        return UniADLevel(
+            channels, width, hw, window, layers=self.layers, heads=self.heads, ff_mult=self.ff_mult
+        )
