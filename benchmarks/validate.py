@@ -92,13 +92,14 @@ def main() -> None:
     saved = args.out / "results.json"
     doc = json.loads(saved.read_text()) if saved.exists() else {"settings": settings, "rows": {}}
     if doc["settings"] != settings:
+        differ = ", ".join(k for k in settings if doc["settings"].get(k) != settings[k])
         raise ReconadError(
-            f"{saved} holds rows measured with other settings ({doc['settings']}): choose another --out"
+            f"{saved} holds rows measured with other settings ({differ} differ): choose another --out"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     data = load_sources(args.data, args.category)
     sets = validation_sets(data, extractor, FeatureCache(extractor.key()), args.seed, args.foreign)
     print(", ".join(f"{c}: {len(s.train)} fit, {len(s.features)} validation images" for c, s in sets.items()))
+    args.out.mkdir(parents=True, exist_ok=True)
     fit_kwargs: dict[str, Any] = {}
     if unified:
         fit_kwargs = {
