@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def main() -> None:
     fit_kwargs: dict[str, Any] = {}
     if unified:
         fit_kwargs = {
-            "checkpoint_dir": args.out / "checkpoints" / label.replace(" ", "_"),
+            "checkpoint_dir": args.out / "checkpoints" / re.sub(r"[^\w.=-]+", "_", label),
             "resume": args.resume,
             "progress": lambda e, n, loss: print(f"  epoch {e}/{n} loss {loss:.4f}", flush=True),
         }
@@ -112,7 +113,7 @@ def main() -> None:
     saved.write_text(json.dumps(doc, indent=1))
     (args.out / "results.md").write_text(markdown(doc["rows"]))
     print(f"{label}: criterion {row['criterion']:.4f}")
-    print(markdown(doc["rows"]))
+    print(markdown(doc["rows"]), end="")
 
 
 if __name__ == "__main__":
