@@ -414,9 +414,7 @@ def predict(
     device: str = "cpu",
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from PIL import Image
-
-    from reconad.report.overlay import heatmap_overlay
+    from reconad.report.overlay import overlay_png
 
     run = load_run(run_dir)
     if category is None:
@@ -436,10 +434,7 @@ def predict(
     rows, taken, batch, batch_size = [], set(), [], 16
 
     def render(scored: pipeline.Scored) -> bytes:
-        overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
-        png = io.BytesIO()
-        Image.fromarray(overlay).save(png, format="PNG", compress_level=1)  # 4× faster than level 6
-        return png.getvalue()
+        return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
 
     def write_batch() -> None:  # overlays encode on every core, between backbone forwards
         for scored, png in zip(batch, pipeline.map_on_cores(render, batch)):
