@@ -482,6 +482,32 @@ def predict(
 
 @app.command()
 @clean_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 20,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the key /v1/* requires (Bearer)")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
+    from reconad.serve.server import serve as serve_run
+
+    serve_run(
+        run_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        api_key_env=api_key_env,
+        warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
+    )
+
+
+@app.command()
+@clean_errors
 def demo(
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="run on real data instead")] = None,
     category: CategoryOpt = None,
