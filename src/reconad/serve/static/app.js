@@ -163,6 +163,12 @@ function setUp() {
   $("file").addEventListener("change", (event) => {
     if (event.target.files.length) checkAll(event.target.files).finally(() => (event.target.value = ""));
   });
+  $("file").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {  // browsers open a file picker on Space; Enter should too
+      event.preventDefault();
+      event.target.click();
+    }
+  });
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (event) => {
       event.preventDefault();
