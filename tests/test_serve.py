@@ -8,12 +8,13 @@ import base64
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bomb_png, invoke, noise
+from conftest import assert_clean_error, bomb_png, invoke, noise
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -257,3 +258,87 @@ def test_same_scores_and_overlays_as_reconad_predict(client: TestClient, fitted_
         assert int(served["is_anomalous"]) == int(row["is_anomalous"])
         assert base64.b64decode(served["overlay_png"]) == (tmp_path / "out" / row["overlay"]).read_bytes()
     assert sorted((p.relative_to(fitted_run), p.stat().st_mtime_ns) for p in fitted_run.rglob("*")) == before
+
+
+# --- the command and the app factory ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """``uvicorn.run`` replaced by a recorder (nothing listens); the settings it saw in the environment."""
+    import uvicorn
+
+    from reconad.serve import app as serve_app
+
+    calls: list[tuple] = []
+    names = [serve_app.ENV_RUN, serve_app.ENV_MAX_UPLOAD, serve_app.ENV_KEY_VAR, serve_app.ENV_THREADS]
+    for name in names:  # serve() sets them: monkeypatch puts back what was there before the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(
+        uvicorn,
+        "run",
+        lambda *args, **kwargs: calls.append((args, kwargs, {n: os.environ.get(n) for n in names})),
+    )
+    return calls
+
+
+def test_serve_command_starts_uvicorn_on_the_factory(fitted_run: Path, uvicorn_calls, monkeypatch) -> None:
+    monkeypatch.setenv("MY_KEY", KEY)
+    result = invoke(
+        "serve", fitted_run, "--port", 9999, "--workers", 2, "--max-upload-mb", 3, "--api-key-env", "MY_KEY"
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+    (args, kwargs, env) = uvicorn_calls[0]
+    assert args == ("reconad.serve.app:app_from_env",)
+    assert kwargs == {**kwargs, "factory": True, "host": "127.0.0.1", "port": 9999, "workers": 2}
+    assert env["RECONAD_SERVE_RUN"] == str(fitted_run.resolve())
+    assert env["RECONAD_SERVE_MAX_UPLOAD_BYTES"] == str(3 * 2**20)
+    assert env["RECONAD_SERVE_API_KEY_ENV"] == "MY_KEY"
+    assert int(env["RECONAD_SERVE_TORCH_THREADS"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "host, warned", [("0.0.0.0", True), ("192.0.2.1", True), ("127.0.0.2", False), ("::1", False)]
+)
+def test_serve_warns_beyond_loopback_without_a_key(
+    fitted_run: Path, uvicorn_calls, host: str, warned: bool
+) -> None:
+    result = invoke("serve", fitted_run, "--host", host)
+    assert result.exit_code == 0, result.output
+    assert ("warning" in result.stderr and "without --api-key-env" in result.stderr) == warned
+    assert uvicorn_calls[0][1]["host"] == host
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--workers", "0"], ["--workers"]),
+        (["--max-upload-mb", "0"], ["--max-upload-mb"]),
+        (["--api-key-env", "RECONAD_TEST_UNSET_KEY"], ["RECONAD_TEST_UNSET_KEY", "unset or empty"]),
+    ],
+)
+def test_serve_refuses_bad_settings(fitted_run: Path, uvicorn_calls, args, words) -> None:
+    assert_clean_error(invoke("serve", fitted_run, *args), *words)
+    assert not uvicorn_calls
+
+
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path, uvicorn_calls) -> None:
+    assert_clean_error(invoke("serve", tmp_path), "not a reconad run")
+    assert not uvicorn_calls
+
+
+def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: bytes, monkeypatch) -> None:
+    from reconad.serve.app import app_from_env
+
+    monkeypatch.setenv("RECONAD_SERVE_RUN", str(fitted_run))
+    monkeypatch.setenv("RECONAD_SERVE_MAX_UPLOAD_BYTES", str(len(good_png) + 1000))
+    monkeypatch.setenv("RECONAD_SERVE_API_KEY_ENV", "MY_KEY")
+    monkeypatch.setenv("MY_KEY", KEY)
+    monkeypatch.delenv("RECONAD_SERVE_TORCH_THREADS", raising=False)
+    client = TestClient(app_from_env(), raise_server_exceptions=False)
+    assert_error(post(client, ("ok.png", good_png)), 401, "missing API key")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert_serves(client, good_png, headers=auth)
+    assert_error(post(client, ("big.png", good_png + b"\0" * 2000), headers=auth), 413, "upload too large")
