@@ -108,7 +108,7 @@ function show(entry) {
     const ratio = entry.score / entry.threshold;
     $("score-text").textContent =
       `Score ${entry.score.toPrecision(4)} against threshold ${entry.threshold.toPrecision(4)} ` +
-      `(${ratio.toFixed(2)}× the threshold; above it is anomalous) · category ${entry.category}`;
+      `(${ratio.toFixed(3)}× the threshold; above it is anomalous) · category ${entry.category}`;
     $("overlay").src = `data:image/png;base64,${entry.overlay_png}`;
     $("overlay").alt = `Heat map of ${entry.name}`;
     $("meter-fill").style.width = `${Math.max(0, Math.min(ratio / 2, 1)) * 100}%`;
