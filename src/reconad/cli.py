@@ -414,9 +414,7 @@ def predict(
     device: str = "cpu",
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from PIL import Image
-
-    from reconad.report.overlay import heatmap_overlay
+    from reconad.report.overlay import overlay_png
 
     run = load_run(run_dir)
     if category is None:
@@ -436,10 +434,7 @@ def predict(
     rows, taken, batch, batch_size = [], set(), [], 16
 
     def render(scored: pipeline.Scored) -> bytes:
-        overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
-        png = io.BytesIO()
-        Image.fromarray(overlay).save(png, format="PNG", compress_level=1)  # 4× faster than level 6
-        return png.getvalue()
+        return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
 
     def write_batch() -> None:  # overlays encode on every core, between backbone forwards
         for scored, png in zip(batch, pipeline.map_on_cores(render, batch)):
@@ -483,6 +478,32 @@ def predict(
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 20,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the key /v1/* requires (Bearer)")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
+    from reconad.serve.server import serve as serve_run
+
+    serve_run(
+        run_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        api_key_env=api_key_env,
+        warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
+    )
 
 
 @app.command()

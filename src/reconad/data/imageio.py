@@ -7,10 +7,12 @@ scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from PIL import Image, ImageOps
 
 from reconad.data.fastpng import decode_plain_png
 from reconad.data.sample import Sample
-from reconad.errors import ReconadError
+from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
@@ -38,7 +40,7 @@ def show_path(path: os.PathLike | str) -> str:
 
 
 def _open(path: Path, what: str) -> Image.Image:
-    """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
+    """Open, size-check and fully decode the file ``path`` (:func:`_decode`)."""
     where = f"cannot read {what} {show_path(path)}"
     try:
         if not path.exists():
@@ -47,27 +49,34 @@ def _open(path: Path, what: str) -> Image.Image:
             raise ReconadError(f"{where}: it is a directory, not an image file")
         if path.stat().st_size == 0:
             raise ReconadError(f"{where}: empty file (0 bytes)")
+        with open(path, "rb") as fp:
+            return _decode(fp, where)
+    except PermissionError:
+        raise ReconadError(f"{where}: permission denied") from None
+
+
+def _decode(fp: IO[bytes], where: str) -> Image.Image:
+    """Size-check and fully decode the image in ``fp`` (first frame), EXIF orientation applied; any failure
+    is a :class:`ReconadError` starting with ``where``."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd-but-readable files
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as fp:
-                img = Image.open(fp)
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ReconadError(
-                        f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
-                        f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
-                    )
-                img.load()  # force the full decode now (first frame): truncated files fail here
-                _apply_exif_orientation(img)
-    except ReconadError:
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageTooLarge(
+                    f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
+                    f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
+                )
+            img.load()  # force the full decode now (first frame): truncated files fail here
+            _apply_exif_orientation(img)
+    except (ReconadError, PermissionError):
         raise
-    except PermissionError:
-        raise ReconadError(f"{where}: permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ReconadError(f"{where}: too many pixels, possible decompression bomb ({e})") from None
+        raise ImageTooLarge(f"{where}: too many pixels, possible decompression bomb ({e})") from None
     except Image.UnidentifiedImageError:
-        raise ReconadError(f"{where}: not a recognised image format (corrupt or not an image)") from None
+        raise NotAnImage(f"{where}: not a recognised image format (corrupt or not an image)") from None
     except Exception as e:  # noqa: BLE001  decoders of untrusted bytes raise anything; report it in one line
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ReconadError(f"{where}: corrupt or truncated image ({reason})") from None
@@ -104,6 +113,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
+def _image_pixels(img: Image.Image, name: str) -> np.ndarray:
+    try:
+        return _to_rgb(img)
+    except Exception as e:  # noqa: BLE001
+        raise ReconadError(f"cannot read image {name}: unsupported mode {img.mode} ({e})") from None
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode ``path`` to an H×W×3 uint8 RGB array; a :class:`ReconadError` naming the file otherwise."""
     path = Path(path)
@@ -114,13 +130,18 @@ def read_image(path: Path) -> np.ndarray:
             pixels = None  # Pillow's path below names the problem
         if pixels is not None:
             return pixels
-    img = _open(path, "image")
-    try:
-        return _to_rgb(img)
-    except Exception as e:  # noqa: BLE001
-        raise ReconadError(
-            f"cannot read image {show_path(path)}: unsupported mode {img.mode} ({e})"
-        ) from None
+    return _image_pixels(_open(path, "image"), show_path(path))
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
+    name ``name``: :class:`ImageTooLarge` for bombs, :class:`NotAnImage` for bytes no decoder knows."""
+    if not data:
+        raise ReconadError(f"cannot read image {name}: empty file (0 bytes)")
+    pixels = decode_plain_png(data, MAX_PIXELS)
+    if pixels is not None:
+        return pixels
+    return _image_pixels(_decode(io.BytesIO(data), f"cannot read image {name}"), name)
 
 
 def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from matplotlib import colormaps
 
@@ -24,6 +26,17 @@ def heatmap_overlay(
     level = np.minimum((normalise(amap, threshold, normal_level) * 256).astype(np.intp), 255)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * JET[level]
     return np.clip(blended, 0, 255).round().astype(np.uint8)
+
+
+def overlay_png(image: np.ndarray, amap: np.ndarray, threshold: float, normal_level: float) -> bytes:
+    """:func:`heatmap_overlay` as PNG bytes (zlib level 1: 4× faster to encode than level 6)."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(heatmap_overlay(image, amap, threshold, normal_level)).save(
+        png, format="PNG", compress_level=1
+    )
+    return png.getvalue()
 
 
 def mask_outline(
