@@ -37,6 +37,7 @@ from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
+from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import model_class
 from reconad.runs import Run, load_run, save_run
@@ -391,15 +392,6 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     if not paths:
         raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
     return paths
-
-
-def overlay_name(path: Path, taken: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
-    name, i = f"{stem}_overlay.png", 1
-    while name in taken:
-        name, i = f"{stem}_{i}_overlay.png", i + 1
-    taken.add(name)
-    return name
 
 
 @app.command()
