@@ -32,7 +32,7 @@ from rich.table import Table
 
 from reconad import pipeline
 from reconad.data import load_sources
-from reconad.data.imageio import scan_images, show_path
+from reconad.data.imageio import collect_images, show_path
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
@@ -380,20 +380,6 @@ def test(
         out.print(f"report → {escape(str(page))}", soft_wrap=True)
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths += scan_images(item)
-        elif item.exists() or item.is_symlink():
-            paths.append(item)
-        else:
-            raise ReconadError(f"no such file or folder: {show_path(item)}")
-    if not paths:
-        raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
-    return paths
-
-
 @app.command()
 @clean_errors
 def predict(
@@ -475,6 +461,27 @@ def predict(
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="export folder to write")],
+    category: CategoryOpt = None,
+) -> None:
+    """Export a run as ONNX graphs + manifest + predict.py: a folder that scores images without PyTorch."""
+    from reconad.export.writer import export_run
+
+    with progress_bars() as progress:
+        doc = export_run(run_dir, out_dir, category, progress)
+    size = sum(g["bytes"] for g in doc["graphs"].values()) / 1e6
+    out.print(
+        f"exported [bold]{doc['model']}[/bold] ({escape(', '.join(doc['categories']))}) → "
+        f"{escape(str(out_dir))}: {len(doc['graphs'])} graph(s), {size:.1f} MB, ONNX opset {doc['opset']}; "
+        f"run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR",
+        soft_wrap=True,
+    )
 
 
 @app.command()

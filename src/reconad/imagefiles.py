@@ -153,6 +153,23 @@ def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = 
     return sorted(found, key=lambda p: os.fsencode(p))
 
 
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """The images ``inputs`` name: files as they are (readable or not), folders scanned (:func:`scan_images`);
+    an :class:`ImageFileError` for an input that does not exist or when there is no image at all."""
+    inputs = list(inputs)
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += scan_images(item)
+        elif item.exists() or item.is_symlink():
+            paths.append(item)
+        else:
+            raise ImageFileError(f"no such file or folder: {show_path(item)}")
+    if not paths:
+        raise ImageFileError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
+    return paths
+
+
 # --- resizing -----------------------------------------------------------------------------------------------
 
 _BLOCK = 32  # outputs per block of the banded resize matrix

@@ -146,6 +146,13 @@ def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = 
         return imagefiles.scan_images(folder, recursive, suffixes)
 
 
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """The images ``inputs`` name (files as given, folders scanned); a :class:`ReconadError` for an input
+    that does not exist or when there is no image at all."""
+    with _reconad_errors():
+        return imagefiles.collect_images(inputs)
+
+
 def list_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Like :func:`scan_images`, but a folder without any image is a :class:`ReconadError` naming it."""
     suffixes = tuple(suffixes)

@@ -1,0 +1,205 @@
+"""``reconad export``: the exported graphs give the library's maps, scores and verdicts; the folder's
+``predict.py`` writes what ``reconad predict`` writes; bad input is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import UNREADABLE, assert_clean_error, assert_nothing_written, invoke, write_bad
+
+from reconad import pipeline
+from reconad.data import read_image, resize_images
+from reconad.data.imageio import scan_images
+from reconad.export.graphs import OPSET
+from reconad.features.extractor import FeatureExtractor
+from reconad.runs import load_run
+
+MAP_TOL = 1e-4  # of the map's range
+SCORE_TOL = 1e-4  # relative
+
+
+@pytest.fixture(scope="module")
+def exported(fitted_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fitted PatchCore run (exact search: its bank is too small for an IVF index), exported."""
+    out = tmp_path_factory.mktemp("export") / "patchcore"
+    result = invoke("export", fitted_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def session(graph: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
+def library_outputs(run_dir: Path, category: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The library's (maps, scores, threshold) for resized uint8 images of ``category``."""
+    run = load_run(run_dir)
+    extractor = FeatureExtractor.from_config(run.config["features"])
+    features = extractor(torch.from_numpy(images))
+    maps, scores = pipeline.score_features(
+        run.model_for(category),
+        features,
+        extractor.image_size,
+        run.config["scoring"],
+        [category] * len(images),
+    )
+    return maps.numpy(), scores.numpy(), run.categories[category]["threshold"]
+
+
+def assert_parity(run_dir: Path, export_dir: Path, images: np.ndarray) -> None:
+    """Every category's graph gives the library's maps (1e-4 of their range), scores (1e-4 relative) and
+    verdicts on ``images``."""
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    for category, entry in manifest["categories"].items():
+        maps, scores = session(export_dir / entry["graph"]).run(None, {"images": images})
+        lib_maps, lib_scores, threshold = library_outputs(run_dir, category, images)
+        assert maps.shape == lib_maps.shape and maps.dtype == np.float32 and scores.shape == (len(images),)
+        span = float(lib_maps.max() - lib_maps.min())
+        assert np.abs(maps - lib_maps).max() <= MAP_TOL * span
+        np.testing.assert_allclose(scores, lib_scores, rtol=SCORE_TOL)
+        assert ((scores > threshold) == (lib_scores > threshold)).all()
+        assert entry["threshold"] == threshold
+
+
+def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
+    return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
+
+
+def test_patchcore_graph_gives_the_librarys_maps(fitted_run, exported, parts):
+    assert_parity(fitted_run, exported, resized_test_images(parts))
+
+
+def test_manifest_and_graphs(fitted_run, exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    run = load_run(fitted_run)
+    assert manifest["format_version"] == 1 and manifest["opset"] == OPSET
+    assert manifest["model"] == "patchcore" and manifest["image_size"] == 64
+    assert list(manifest["categories"]) == list(run.categories)
+    for category, entry in manifest["categories"].items():
+        assert entry["normal_level"] == run.categories[category]["normal_level"]
+    for name, entry in manifest["graphs"].items():
+        model = onnx.load(str(exported / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {OPSET}
+        assert [i.name for i in model.graph.input] == ["images"]
+        assert [o.name for o in model.graph.output] == ["maps", "scores"]
+        assert hashlib.sha256((exported / name).read_bytes()).hexdigest() == entry["sha256"]
+    assert sorted(p.name for p in exported.iterdir()) == sorted(
+        ["manifest.json", "predict.py", "imagefiles.py", *manifest["graphs"]]
+    )
+
+
+def run_script(export_dir: Path, *args: object, python: str = sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, str(export_dir / "predict.py"), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run, exported, parts):
+    folder = parts / "test"
+    result = invoke("predict", fitted_run, folder, "--out", tmp_path / "library")
+    assert result.exit_code == 0, result.output
+    done = run_script(exported, folder, "--out", tmp_path / "export")
+    assert done.returncode == 0, done.stderr
+    library, ours = (
+        read_scores(tmp_path / "library" / "scores.csv"),
+        read_scores(tmp_path / "export" / "scores.csv"),
+    )
+    assert list(ours[0]) == ["path", "score", "is_anomalous", "overlay"]
+    assert [(r["path"], r["is_anomalous"], r["overlay"]) for r in ours] == [
+        (r["path"], r["is_anomalous"], r["overlay"]) for r in library
+    ]
+    np.testing.assert_allclose(
+        [float(r["score"]) for r in ours], [float(r["score"]) for r in library], rtol=SCORE_TOL
+    )
+    for row in ours:
+        assert (tmp_path / "export" / row["overlay"]).is_file()
+
+
+def test_predict_script_skips_unreadable_images(tmp_path, exported, parts):
+    folder = tmp_path / "in"
+    shutil.copytree(parts / "test" / "good", folder)
+    for kind in UNREADABLE:
+        write_bad(kind, folder)
+    done = run_script(exported, folder, "--out", tmp_path / "out")
+    assert done.returncode == 1
+    skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == len(UNREADABLE)
+    assert len(read_scores(tmp_path / "out" / "scores.csv")) == len(list((parts / "test" / "good").iterdir()))
+
+
+def test_predict_script_refuses_a_modified_graph(tmp_path, exported, parts):
+    copy = Path(shutil.copytree(exported, tmp_path / "copy"))
+    graph = next(copy.glob("*.onnx"))
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
+    done = run_script(copy, parts / "test", "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "SHA-256" in done.stderr and graph.name in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--category", "nope"], ["no category 'nope'"]), (["--out", "{file}"], ["is not a folder"])],
+)
+def test_predict_script_usage_errors(tmp_path, exported, parts, args, words):
+    (tmp_path / "file").write_text("x")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    if "--out" not in args:
+        args += ["--out", tmp_path / "out"]
+    done = run_script(exported, parts / "test", *args)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    for word in words:
+        assert word in done.stderr
+
+
+# --- reconad export: bad input ------------------------------------------------------------------------------
+
+
+def test_export_run_that_does_not_load(tmp_path):
+    (tmp_path / "notarun").mkdir()
+    out = tmp_path / "out"
+    assert_clean_error(invoke("export", tmp_path / "notarun", "--out", out), "not a reconad run")
+    assert_nothing_written(out)
+
+
+def test_export_unknown_category(tmp_path, fitted_run):
+    out = tmp_path / "out"
+    assert_clean_error(invoke("export", fitted_run, "--out", out, "--category", "nope"), "no category 'nope'")
+    assert_nothing_written(out)
+
+
+def test_export_refuses_an_out_that_is_not_an_export(tmp_path, fitted_run):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert_clean_error(invoke("export", fitted_run, "--out", out), "not a reconad export")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".precious")]
+
+
+def test_export_replaces_an_earlier_export(tmp_path, fitted_run, exported):
+    out = Path(shutil.copytree(exported, tmp_path / "again"))
+    (out / "stale.onnx").write_bytes(b"old")
+    result = invoke("export", fitted_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert not (out / "stale.onnx").exists() and (out / "manifest.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
