@@ -29,13 +29,41 @@ MAP_TOL = 1e-4  # of the map's range
 SCORE_TOL = 1e-4  # relative
 
 
+#: The parameters of each model's small test run (patchcore is conftest's ``fitted_run``). On this data every
+#: bank is too small for an IVF index: the library searches exactly, as the graphs do.
+PARAMS = {"sgfr": {}, "rlr": {"epochs": 1}, "uniad": {"epochs": 1}}
+
+
 @pytest.fixture(scope="module")
-def exported(fitted_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fitted PatchCore run (exact search: its bank is too small for an IVF index), exported."""
-    out = tmp_path_factory.mktemp("export") / "patchcore"
-    result = invoke("export", fitted_run, "--out", out)
-    assert result.exit_code == 0, result.output
+def runs(
+    fitted_run: Path, parts: Path, extractor, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A saved run of every model on :func:`parts`."""
+    from reconad.data import load_sources
+    from reconad.runs import save_run
+
+    data = load_sources([f"mvtec:{parts}"])
+    folder = tmp_path_factory.mktemp("runs")
+    out = {"patchcore": fitted_run}
+    for name, params in PARAMS.items():
+        save_run(pipeline.fit(name, data, extractor, params=params, holdout=0.2), folder / name)
+        out[name] = folder / name
     return out
+
+
+@pytest.fixture(scope="module")
+def exports(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each run exported with ``reconad export``."""
+    folder = tmp_path_factory.mktemp("exports")
+    for name, run in runs.items():
+        result = invoke("export", run, "--out", folder / name)
+        assert result.exit_code == 0, result.output
+    return {name: folder / name for name in runs}
+
+
+@pytest.fixture(scope="module")
+def exported(exports: dict[str, Path]) -> Path:
+    return exports["patchcore"]
 
 
 def session(graph: Path) -> ort.InferenceSession:
@@ -78,22 +106,26 @@ def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
     return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
 
 
-def test_patchcore_graph_gives_the_librarys_maps(fitted_run, exported, parts):
-    assert_parity(fitted_run, exported, resized_test_images(parts))
+@pytest.mark.parametrize("model", ["patchcore", "sgfr", "rlr", "uniad"])
+def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts, model):
+    assert_parity(runs[model], exports[model], resized_test_images(parts))
 
 
-def test_manifest_and_graphs(fitted_run, exported):
+@pytest.mark.parametrize("model", ["patchcore", "rlr"])
+def test_manifest_and_graphs(runs, exports, model):
+    exported = exports[model]
     manifest = json.loads((exported / "manifest.json").read_text())
-    run = load_run(fitted_run)
+    run = load_run(runs[model])
     assert manifest["format_version"] == 1 and manifest["opset"] == OPSET
-    assert manifest["model"] == "patchcore" and manifest["image_size"] == 64
+    assert manifest["model"] == model and manifest["image_size"] == 64
+    assert manifest["unified"] == (model == "rlr")
     assert list(manifest["categories"]) == list(run.categories)
     for category, entry in manifest["categories"].items():
         assert entry["normal_level"] == run.categories[category]["normal_level"]
     for name, entry in manifest["graphs"].items():
         model = onnx.load(str(exported / name))
         onnx.checker.check_model(model, full_check=True)
-        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {OPSET}
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
         assert [i.name for i in model.graph.input] == ["images"]
         assert [o.name for o in model.graph.output] == ["maps", "scores"]
         assert hashlib.sha256((exported / name).read_bytes()).hexdigest() == entry["sha256"]

@@ -82,6 +82,9 @@ def model_graph(
     features = compose.add_prefix(feature_graph(extractor), "features/")
     merged = compose.merge_models(features, scored, io_map=[(f"features/{_FEATURES}", _FEATURES)])
     _renamed(merged, f"features/{INPUT}", INPUT)
+    opsets = {o.domain: o.version for o in merged.opset_import}  # the merge lists each model's imports
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
     merged.producer_name = "reconad"
     for key, value in (metadata or {}).items():
         merged.metadata_props.add(key=key, value=str(value))
