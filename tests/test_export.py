@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,31 +36,51 @@ SCORE_TOL = 1e-4  # relative
 PARAMS = {"sgfr": {}, "rlr": {"epochs": 1}, "uniad": {"epochs": 1}}
 
 
+class Lazy(dict):
+    """A dict that makes a missing value with ``make(key)`` on first use."""
+
+    def __init__(self, make: Callable[[str], Path]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: str) -> Path:
+        self[key] = self.make(key)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def runs(
     fitted_run: Path, parts: Path, extractor, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """A saved run of every model on :func:`parts`."""
+    """A saved run of every model on :func:`parts` (fitted on first use)."""
     from reconad.data import load_sources
     from reconad.runs import save_run
 
-    data = load_sources([f"mvtec:{parts}"])
     folder = tmp_path_factory.mktemp("runs")
-    out = {"patchcore": fitted_run}
-    for name, params in PARAMS.items():
-        save_run(pipeline.fit(name, data, extractor, params=params, holdout=0.2), folder / name)
-        out[name] = folder / name
-    return out
+
+    def fit(name: str) -> Path:
+        if name == "patchcore":
+            return fitted_run
+        run = pipeline.fit(
+            name, load_sources([f"mvtec:{parts}"]), extractor, params=PARAMS[name], holdout=0.2
+        )
+        save_run(run, folder / name)
+        return folder / name
+
+    return Lazy(fit)
 
 
 @pytest.fixture(scope="module")
 def exports(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each run exported with ``reconad export``."""
+    """Each run exported with ``reconad export`` (on first use)."""
     folder = tmp_path_factory.mktemp("exports")
-    for name, run in runs.items():
-        result = invoke("export", run, "--out", folder / name)
+
+    def export(name: str) -> Path:
+        result = invoke("export", runs[name], "--out", folder / name)
         assert result.exit_code == 0, result.output
-    return {name: folder / name for name in runs}
+        return folder / name
+
+    return Lazy(export)
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +257,55 @@ def test_export_replaces_an_earlier_export(tmp_path, fitted_run, exported):
     assert result.exit_code == 0, result.output
     assert not (out / "stale.onnx").exists() and (out / "manifest.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
+
+
+# --- the folder without PyTorch -----------------------------------------------------------------------------
+
+FORBIDDEN = ("torch", "timm", "faiss", "scipy", "sklearn", "reconad")
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh virtual environment with only onnxruntime, numpy and Pillow (skips when pip cannot install
+    them, e.g. offline without a pip cache)."""
+    env = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, capture_output=True, timeout=300)
+    python = str(env / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    done = subprocess.run(
+        [*pip, "onnxruntime", "numpy", "pillow"], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"pip could not install onnxruntime, numpy and pillow: {last}")
+    return python
+
+
+def test_predict_script_runs_without_torch(tmp_path, exported, parts, bare_python):
+    library = run_script(exported, parts / "test", "--out", tmp_path / "here")
+    assert library.returncode == 0, library.stderr
+    shipped = Path(shutil.copytree(exported, tmp_path / "copied"))  # what a user copies to the line
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this checkout
+    done = subprocess.run(
+        [
+            bare_python,
+            "-X",
+            "importtime",
+            str(shipped / "predict.py"),
+            str(parts / "test"),
+            "--out",
+            str(tmp_path / "there"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert "onnxruntime" in imported and "PIL" in imported
+    assert not imported & set(FORBIDDEN), imported & set(FORBIDDEN)
+    ours, bare = read_scores(tmp_path / "here" / "scores.csv"), read_scores(tmp_path / "there" / "scores.csv")
+    assert [(r["path"], r["score"], r["is_anomalous"]) for r in bare] == [
+        (r["path"], r["score"], r["is_anomalous"]) for r in ours
+    ]
