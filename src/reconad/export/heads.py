@@ -76,14 +76,8 @@ class SGFRHead(nn.Module):
     graph's batch (the library takes it per 4,096 patches).
     """
 
-    #: Options of earlier SGFR versions and the value that leaves each off: only that path is exported.
-    OFF = {"nonneg": False, "affine": False, "score": "residual", "channel_rms": False, "coder": "solver"}
-
     def __init__(self, model: Any) -> None:
         super().__init__()
-        for option, off in {**self.OFF, "locality": 0}.items():
-            if getattr(model, option, off) != off:
-                raise ReconadError(f"SGFR with {option}={getattr(model, option)!r} cannot be exported")
         bank = model.bank_.detach().float()
         self.metric, self.k = model.metric, max(1, min(model.n_candidates, len(bank)))
         self.lam, self.alpha, self.iters = float(model.lam), float(model.alpha), int(model.iters)
