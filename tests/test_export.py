@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from conftest import UNREADABLE, assert_clean_error, assert_nothing_written, invoke, write_bad
@@ -24,6 +23,7 @@ from reconad import pipeline
 from reconad.data import read_image, resize_images
 from reconad.data.imageio import scan_images
 from reconad.export.graphs import OPSET
+from reconad.export.verify import run_graph
 from reconad.features.extractor import FeatureExtractor
 from reconad.runs import load_run
 
@@ -88,12 +88,6 @@ def exported(exports: dict[str, Path]) -> Path:
     return exports["patchcore"]
 
 
-def session(graph: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-
-
 def library_outputs(run_dir: Path, category: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The library's (maps, scores, threshold) for resized uint8 images of ``category``."""
     run = load_run(run_dir)
@@ -114,7 +108,7 @@ def assert_parity(run_dir: Path, export_dir: Path, images: np.ndarray) -> None:
     verdicts on ``images``."""
     manifest = json.loads((export_dir / "manifest.json").read_text())
     for category, entry in manifest["categories"].items():
-        maps, scores = session(export_dir / entry["graph"]).run(None, {"images": images})
+        maps, scores = run_graph(export_dir / entry["graph"], images)
         lib_maps, lib_scores, threshold = library_outputs(run_dir, category, images)
         assert maps.shape == lib_maps.shape and maps.dtype == np.float32 and scores.shape == (len(images),)
         span = float(lib_maps.max() - lib_maps.min())
@@ -309,3 +303,18 @@ def test_predict_script_runs_without_torch(tmp_path, exported, parts, bare_pytho
     assert [(r["path"], r["score"], r["is_anomalous"]) for r in bare] == [
         (r["path"], r["score"], r["is_anomalous"]) for r in ours
     ]
+
+
+def test_openvino_compiles_an_exported_graph(runs, exports, parts):
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (an optional runtime)")
+    images = resized_test_images(parts)
+    manifest = json.loads((exports["patchcore"] / "manifest.json").read_text())
+    (category, entry), *_ = manifest["categories"].items()
+    compiled = ov.Core().compile_model(
+        str(exports["patchcore"] / entry["graph"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    result = compiled([images])
+    maps, scores = result[compiled.output("maps")], result[compiled.output("scores")]
+    lib_maps, lib_scores, _ = library_outputs(runs["patchcore"], category, images)
+    assert np.abs(maps - lib_maps).max() <= MAP_TOL * float(lib_maps.max() - lib_maps.min())
+    np.testing.assert_allclose(scores, lib_scores, rtol=SCORE_TOL)
