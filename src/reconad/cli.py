@@ -32,11 +32,12 @@ from rich.table import Table
 
 from reconad import pipeline
 from reconad.data import load_sources
-from reconad.data.imageio import scan_images, show_path
+from reconad.data.imageio import collect_images, show_path
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
+from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import model_class
 from reconad.runs import Run, load_run, save_run
@@ -379,29 +380,6 @@ def test(
         out.print(f"report → {escape(str(page))}", soft_wrap=True)
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths += scan_images(item)
-        elif item.exists() or item.is_symlink():
-            paths.append(item)
-        else:
-            raise ReconadError(f"no such file or folder: {show_path(item)}")
-    if not paths:
-        raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
-    return paths
-
-
-def overlay_name(path: Path, taken: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
-    name, i = f"{stem}_overlay.png", 1
-    while name in taken:
-        name, i = f"{stem}_{i}_overlay.png", i + 1
-    taken.add(name)
-    return name
-
-
 @app.command()
 @clean_errors
 def predict(
@@ -503,6 +481,27 @@ def serve(
         max_upload_mb=max_upload_mb,
         api_key_env=api_key_env,
         warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
+    )
+
+
+@app.command()
+@clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="export folder to write")],
+    category: CategoryOpt = None,
+) -> None:
+    """Export a run as ONNX graphs + manifest + predict.py: a folder that scores images without PyTorch."""
+    from reconad.export.writer import export_run
+
+    with progress_bars() as progress:
+        doc = export_run(run_dir, out_dir, category, progress)
+    size = sum(g["bytes"] for g in doc["graphs"].values()) / 1e6
+    out.print(
+        f"exported [bold]{doc['model']}[/bold] ({escape(', '.join(doc['categories']))}) → "
+        f"{escape(str(out_dir))}: {len(doc['graphs'])} graph(s), {size:.1f} MB, ONNX opset {doc['opset']}; "
+        f"run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR",
+        soft_wrap=True,
     )
 
 
