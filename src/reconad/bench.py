@@ -21,7 +21,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +31,14 @@ from typing import Any
 import torch
 
 from reconad import __version__, pipeline
+from reconad.atomic import atomic_folder
 from reconad.data import CategoryData, Sample, load_sources
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import model_class
-from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, usual_permissions, write_reports
+from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, write_reports
 from reconad.runs import Run, save_run
 
 BENCH_MARKER = "reconad_bench"  # key of results.json that marks a bench folder; its value is the schema
@@ -369,10 +369,7 @@ def run_bench(
         "image_size": image_size,
         "holdout": holdout,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    usual_permissions(tmp)
-    try:
+    with atomic_folder(out) as tmp:
         extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
         cache = _feature_cache(extractor, cache_dir, tmp / "cache")
         train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
@@ -430,20 +427,5 @@ def run_bench(
             title="reconad bench: " + ", ".join(models),
             meta={"data": ", ".join(data), "peak RSS": meta["peak_rss_method"]},
         )
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _check_out(out)  # again, just before a previous bench there is replaced
     return text
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished bench into place, replacing a previous bench (checked again just before)."""
-    _check_out(out)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

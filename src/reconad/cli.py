@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import io
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from reconad import pipeline
+from reconad.atomic import atomic_file
 from reconad.data import load_sources
 from reconad.data.imageio import scan_images, show_path
 from reconad.data.sources import FORMATS
@@ -169,25 +167,6 @@ def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> T
     if len(doc["categories"]) > 1 and "mean" in doc:
         table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
     return table
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """A file whose content appears at ``path`` only once the block ends without error (temp + rename):
-    an interrupted command never leaves a truncated file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600: the permissions a new file gets
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
