@@ -103,9 +103,10 @@ def _check_out(out: Path) -> None:
         raise ReconadError(f"{out} exists and is not a reconad bench folder: choose another --out")
 
 
-def _check_inputs(
-    models: list[str], params: dict[str, dict], sources: list[CategoryData], holdout: float, seed: int
-) -> dict[str, type]:
+def _check_models(
+    models: list[str], params: dict[str, dict], holdout: float, seed: int
+) -> tuple[dict[str, type], dict[str, dict[str, Any]]]:
+    """The model classes and each model's checked hyper-parameters (:func:`pipeline.check_fit_options`)."""
     if not models:
         raise ReconadError("no model given: pass at least one --model")
     if len(set(models)) != len(models):
@@ -116,11 +117,14 @@ def _check_inputs(
         raise ReconadError(
             f"--param for {', '.join(extra)}, which is not benched (models: {', '.join(models)})"
         )
+    return classes, {m: pipeline.check_fit_options(m, params.get(m, {}), holdout, seed) for m in models}
+
+
+def _check_sources(sources: list[CategoryData], holdout: float, seed: int) -> None:
     for c in sources:
         pipeline.split_holdout(c.train, holdout, seed)  # raises for too few good images
         if not c.test:
             raise ReconadError(f"category {c.name}: no test images")
-    return classes
 
 
 # ---------------------------------------------------------------- features
@@ -354,8 +358,12 @@ def run_bench(
     params = params or {}
     out = Path(out)
     _check_out(out)
+    classes, checked = _check_models(models, params, holdout, seed)
     sources = load_sources(data, categories, seed=seed)
-    classes = _check_inputs(models, params, sources, holdout, seed)
+    _check_sources(sources, holdout, seed)
+    extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
+    if any(cls.unified for cls in classes.values()):
+        extractor.check_whole_grids()
     arguments = {
         "models": models,
         "data": data,
@@ -370,7 +378,6 @@ def run_bench(
         "holdout": holdout,
     }
     with atomic_folder(out) as tmp:
-        extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
         cache = _feature_cache(extractor, cache_dir, tmp / "cache")
         train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
         units = 2 * len(sources)
@@ -390,7 +397,7 @@ def run_bench(
                 tests,
                 extractor,
                 cache,
-                params=params.get(name, {}),
+                params=checked[name],
                 holdout=holdout,
                 seed=seed,
                 runs_dir=tmp / "runs",

@@ -108,7 +108,7 @@ def load_run(path: Path) -> Run:
             raise ReconadError(f"cannot load weights {file}: not a valid safetensors file ({err})") from err
         try:
             models[key] = cls.from_state(config["params"], state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError, ReconadError) as err:
             raise ReconadError(
                 f"{path / RUN_FILE}: weights {rel} do not fit a {config['model']} model "
                 f"({type(err).__name__}: {err})"
