@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from reconad.errors import ReconadError
@@ -51,6 +53,7 @@ def check(**values: object) -> dict[str, object]:
         ({"widths": "16,32"}, {"widths": (16, 32)}),
         ({"widths": [16]}, {"widths": (16,)}),
         ({"widths": "null"}, {"widths": None}),
+        ({"steps": np.int64(5), "ratio": np.float32(0.5)}, {"steps": 5, "ratio": 0.5}),
     ],
 )
 def test_values_are_converted_to_the_declared_type(values, expected):
@@ -69,6 +72,8 @@ def test_values_are_converted_to_the_declared_type(values, expected):
         ({"steps": "-1"}, "steps must be an integer >= 1, got '-1'"),
         ({"steps": 2.5}, "steps must be an integer >= 1"),
         ({"steps": True}, "steps must be an integer >= 1"),
+        ({"steps": np.bool_(True)}, "steps must be an integer >= 1"),
+        ({"steps": Fraction(3, 2)}, "steps must be an integer >= 1"),
         ({"probe": "x"}, "probe must be 'auto' or an integer from 0 to 64, got 'x'"),
         ({"probe": 65}, "probe must be 'auto' or an integer from 0 to 64"),
         ({"mode": "slow"}, "mode must be one of 'fast', 'exact', got 'slow'"),

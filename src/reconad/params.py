@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -197,8 +198,9 @@ def _number(value: Any, kind: type) -> int | float:
                 value = float(value)
             except ValueError:
                 raise _Invalid from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real too
         raise _Invalid
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise _Invalid
     if kind is int:
