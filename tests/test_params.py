@@ -162,6 +162,27 @@ def test_patchcore_refuses_bad_values_from_python(values, words):
     assert str(info.value).startswith(f"model patchcore: {words}, got ")
 
 
+def test_sgfr_config_is_what_it_was():
+    from reconad.models.sgfr import SGFR
+
+    expected = {
+        "sampling_ratio": 0.1,
+        "n_candidates": 16,
+        "lam": 0.02,
+        "alpha": 0.5,
+        "iters": 15,
+        "rounds": 4,
+        "pool_size": 131072,
+        "metric": "abscos",
+        "nprobe": 8,
+        "seed": 0,
+    }
+    config = SGFR().get_config()
+    assert config == expected and list(config) == list(expected)
+    with pytest.raises(ReconadError, match="model sgfr: metric must be one of 'abscos', 'cosine', 'l2'"):
+        SGFR(metric="manhattan")
+
+
 def test_patchcore_k_larger_than_its_bank_is_a_clear_error():
     import torch
 
@@ -173,7 +194,7 @@ def test_patchcore_k_larger_than_its_bank_is_a_clear_error():
 
 #: Models whose hyper-parameters are not declared yet (their rewrites are being merged); the test below
 #: fails (strict xfail) as soon as one is converted: then remove it here.
-NOT_DECLARED_YET = {"sgfr", "rlr", "uniad"}
+NOT_DECLARED_YET = {"rlr", "uniad"}
 
 
 @pytest.mark.parametrize(

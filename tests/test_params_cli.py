@@ -188,7 +188,8 @@ def test_mostly_valid_values_are_accepted_or_refused_in_one_line(case):
 
 
 @given(case=model_values(junk=False))
-@example(case=("patchcore", {"coreset_ratio": "0.5", "nprobe": "0", "k": "2"}))  # one that is surely valid
+@example(case=("patchcore", {"coreset_ratio": "0.5", "nprobe": "0", "k": "2"}))  # surely valid ones
+@example(case=("sgfr", {"sampling_ratio": "0.3", "metric": "l2", "rounds": "2"}))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, tmp_path_factory):
     name, raw = case

@@ -11,10 +11,8 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import NearestNeighbors, calibrate_nprobe, ivf_centroids
+from reconad.models.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.params import MAX_SEED, param, validate
-
-MAX_NPROBE = 1 << 16  # more than the IVF lists of any bank (2√M lists for M atoms); more = exact search
 
 
 @register
