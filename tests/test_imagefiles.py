@@ -58,5 +58,16 @@ def test_imports_only_numpy_and_pillow():
     tree = ast.parse(Path(imagefiles.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    stdlib = {"__future__", "contextlib", "math", "os", "warnings", "collections", "functools", "pathlib", "io", "typing"}
+    stdlib = {
+        "__future__",
+        "contextlib",
+        "math",
+        "os",
+        "warnings",
+        "collections",
+        "functools",
+        "pathlib",
+        "io",
+        "typing",
+    }
     assert imported - stdlib == {"numpy", "PIL"}

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import io
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,15 +28,17 @@ from rich.progress import (
 from rich.table import Table
 
 from reconad import pipeline
+from reconad.atomic import atomic_file
 from reconad.data import load_sources
 from reconad.data.imageio import collect_images, show_path
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
-from reconad.features.extractor import FeatureExtractor
+from reconad.features.extractor import FeatureExtractor, check_image_size, check_layers
 from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
-from reconad.models.base import model_class
+from reconad.models.base import check_params, describe_params, model_class, model_names
+from reconad.params import is_declared
 from reconad.runs import Run, load_run, save_run
 from reconad.runtime import keep_freed_memory
 
@@ -135,18 +134,30 @@ def progress_bars() -> Iterator[pipeline.Progress]:
         yield update
 
 
-def parse_params(values: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans, lists)."""
-    params: dict[str, Any] = {}
+def parse_params(values: list[str] | None) -> dict[str, str]:
+    """``key=value`` pairs of ``--param``, values as typed."""
+    params: dict[str, str] = {}
     for item in values or []:
         if "=" not in item:
             raise ReconadError(f"--param {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
+        params[key.strip()] = raw
     return params
+
+
+def model_params(name: str, raw: dict[str, str]) -> dict[str, Any]:
+    """The ``--param`` values of model ``name``, checked and converted before any work: by the model's
+    declarations (:mod:`reconad.params`), or, for a model without them, read as JSON where they parse."""
+    cls = model_class(name)
+    values: dict[str, Any] = dict(raw) if is_declared(cls) else {k: _json_or_text(v) for k, v in raw.items()}
+    return check_params(name, values)
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtractor) -> FeatureCache | None:
@@ -172,25 +183,6 @@ def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> T
     return table
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """A file whose content appears at ``path`` only once the block ends without error (temp + rename):
-    an interrupted command never leaves a truncated file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600: the permissions a new file gets
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename)."""
     with atomic_file(path) as f:
@@ -210,9 +202,16 @@ def check_output(path: Path, *, folder: bool) -> None:
 
 def parse_layers(layers: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in layers.split(","))
+        values = tuple(int(x) for x in layers.split(","))
     except ValueError:
         raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
+    return check_layers(values, "--layers")
+
+
+def check_feature_options(image_size: int, layers: str) -> tuple[int, ...]:
+    """``--image-size`` and ``--layers`` checked before any work; returns the layers."""
+    check_image_size(image_size, "--image-size")
+    return parse_layers(layers)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -238,12 +237,16 @@ def do_fit(
     resume: bool,
     device: str,
 ) -> Run:
-    cls = model_class(model)  # unknown model: error before any work
+    cls = model_class(model)  # unknown model, bad parameter or option: error before any work
+    params = pipeline.check_fit_options(model, params, holdout, seed, prefix="--")
+    levels = check_feature_options(image_size, layers)
     if out_dir.exists() and not (out_dir / "run.json").is_file():
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
     check_output(out_dir, folder=True)
+    extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
+    if cls.unified:
+        extractor.check_whole_grids()
     sources = load_sources(data, categories, seed=seed)
-    extractor = FeatureExtractor(backbone, parse_layers(layers), image_size, weights=weights, device=device)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
@@ -281,7 +284,10 @@ def fit(
     image_size: ImageSizeOpt = 256,
     layers: LayersOpt = "2,3",
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="model hyper-parameter key=value")
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"
+        ),
     ] = None,
     seed: int = 0,
     holdout: HoldoutOpt = 0.1,
@@ -302,7 +308,7 @@ def fit(
         weights=weights,
         image_size=image_size,
         layers=layers,
-        params=parse_params(param),
+        params=model_params(model, parse_params(param)),
         seed=seed,
         holdout=holdout,
         cache_dir=cache_dir,
@@ -316,6 +322,21 @@ def fit(
         f"({run.config['model_bytes'] / 1e6:.2f} MB of weights)",
         soft_wrap=True,
     )
+
+
+@app.command("params")
+@clean_errors
+def list_params(
+    model: Annotated[str | None, typer.Argument(help="a model name; every model if left out")] = None,
+) -> None:
+    """List a model's hyper-parameters (for --param key=value): the values each takes, default, use."""
+    for name in [model] if model else model_names():
+        table = Table(title=f"{name}: --param key=value", title_justify="left")
+        for column in ("parameter", "values", "default", "what it does"):
+            table.add_column(column, overflow="fold")
+        for row in describe_params(name):
+            table.add_row(*map(escape, row))
+        out.print(table)
 
 
 def do_test(
@@ -579,7 +600,8 @@ def bench(
     ],
     category: CategoryOpt = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="MODEL.key=value; repeatable")
+        list[str] | None,
+        typer.Option("--param", "-p", help="MODEL.key=value; repeatable; `reconad params MODEL` lists them"),
     ] = None,
     seed: int = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
@@ -593,12 +615,16 @@ def bench(
     """Fit and test every model on every category on shared features; write a results table and report."""
     from reconad.bench import run_bench
 
-    params: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, str]] = {}
     for key, value in parse_params(param).items():
         name, _, field = key.partition(".")
         if not field:
             raise ReconadError(f"--param {key}: expected MODEL.key=value")
-        params.setdefault(name, {})[field] = value
+        raw.setdefault(name, {})[field] = value
+    params = {name: model_params(name, values) for name, values in raw.items()}
+    for name in model:
+        pipeline.check_fit_options(name, params.get(name, {}), holdout, seed, prefix="--")
+    levels = check_feature_options(image_size, layers)
     with progress_bars() as progress:
         md = run_bench(
             model,
@@ -612,7 +638,7 @@ def bench(
             progress=progress,
             backbone=backbone,
             weights=weights,
-            layers=parse_layers(layers),
+            layers=levels,
             image_size=image_size,
             holdout=holdout,
         )

@@ -26,7 +26,8 @@ from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
-from reconad.models.base import Model, check_params, create_model
+from reconad.models.base import Model, check_params, create_model, model_class
+from reconad.params import MAX_SEED, check_value
 from reconad.runs import UNIFIED, Run
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
@@ -116,13 +117,24 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i : i + size]
 
 
+def check_fit_options(
+    model_name: str, params: dict[str, Any], holdout: float, seed: int, prefix: str = ""
+) -> dict[str, Any]:
+    """What can be checked of a fit before any work: the model's hyper-parameters (returned converted to
+    their declared types), the holdout fraction and the seed (errors name them with ``prefix``: ``--``)."""
+    check_holdout(holdout, f"{prefix}holdout")
+    check_value(f"{prefix}seed", seed, int, low=0, high=MAX_SEED)
+    return check_params(model_name, params)
+
+
+def check_holdout(fraction: float, what: str = "holdout") -> float:
+    """The fraction of good training images held back to set the threshold: in (0, 1)."""
+    return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
+
+
 def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded ``fraction`` of good training images held back from the model to calibrate the threshold."""
-    if not 0 < fraction < 1:
-        raise ReconadError(
-            f"holdout must be between 0 and 1 (exclusive), got {fraction}: the threshold is set from "
-            "held-back good images"
-        )
+    check_holdout(fraction)
     if len(train) < 2:
         raise ReconadError(
             f"category {train[0].category if train else '?'}: need at least 2 good training images"
@@ -170,7 +182,9 @@ def fit(
     ``features``: per category, the already extracted (model part, held-back part) of
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
     """
-    check_params(model_name, params or {})
+    params = check_fit_options(model_name, params or {}, holdout, seed)
+    if model_class(model_name).unified:
+        extractor.check_whole_grids()
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
@@ -198,7 +212,7 @@ def fit(
     feature_seconds = time.perf_counter() - start
     model_start = time.perf_counter()
     models: dict[str, Model] = {}
-    probe = create_model(model_name, **{**context, **(params or {})})
+    probe = create_model(model_name, **{**context, **params})
     with less_kept_memory():
         if probe.unified:
             names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
@@ -207,7 +221,7 @@ def fit(
         else:
             for i, c in enumerate(data):
                 progress("fitting", i, len(data))
-                model = probe if i == 0 else create_model(model_name, **{**context, **(params or {})})
+                model = probe if i == 0 else create_model(model_name, **{**context, **params})
                 models[c.name] = model.fit(feats[c.name][0].features)
             progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start

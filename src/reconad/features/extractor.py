@@ -13,10 +13,28 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
+from reconad.params import check_value
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
 #: so a change to it never mixes old and new features.
 PREPROCESSING = "rgb8|torch-bilinear-antialias"
+#: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
+#: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
+IMAGE_SIZES = (32, 2048)
+
+
+def check_image_size(size: int, what: str = "image_size") -> int:
+    """``size`` if it is an integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
+    return check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+
+
+def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ...]:
+    """``layers`` if they are backbone levels >= 0 in increasing order (the first is the finest grid, the one
+    the others are upsampled to); a one-line error naming ``what`` otherwise."""
+    layers = tuple(check_value(what, list(layers), tuple[int, ...], low=0))
+    if list(layers) != sorted(set(layers)):
+        raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
+    return layers
 
 
 class PatchFeatures(nn.Module):
@@ -68,8 +86,8 @@ class FeatureExtractor:
         device: str = "cpu",
     ) -> None:
         self.backbone = backbone
-        self.layers = tuple(layers)
-        self.image_size = image_size
+        self.layers = check_layers(tuple(layers))
+        self.image_size = check_image_size(image_size)
         self.smooth = smooth
         self.weights = str(weights) if weights else None
         try:
@@ -92,6 +110,19 @@ class FeatureExtractor:
         self.level_channels: tuple[int, ...] = tuple(info.channels())
         self.level_grids: tuple[int, ...] = tuple(image_size // r for r in info.reduction())
         self.grid = self.level_grids[0]
+
+    def check_whole_grids(self) -> None:
+        """Fail unless ``image_size`` is a multiple of every level's stride. Otherwise :attr:`level_grids`
+        (size // stride) is not the grid the backbone gives (its padding rounds up), which the models that
+        work per level (``level_grids``: RLR, UniAD-style) need; per-patch models take any size."""
+        stride, level = max(zip(self.model.feature_info.reduction(), self.layers))
+        size = self.image_size
+        if size % stride:
+            lower = max(stride, size // stride * stride)
+            raise ReconadError(
+                f"image size {size} is not a multiple of {stride}, the stride of {self.backbone}'s level "
+                f"{level}, which models working per level need (e.g. {lower} or {lower + stride})"
+            )
 
     def config(self) -> dict[str, Any]:
         """What defines these features (stored in runs; keys the cache)."""

@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 METRICS = ("abscos", "cosine", "l2")
+#: The most IVF lists a search may be asked to probe: more than any bank has (2√M lists for M atoms);
+#: probing all of them or more is exact search.
+MAX_NPROBE = 1 << 16
 
 
 def ivf_lists(n_atoms: int, metric: str = "l2") -> int:
