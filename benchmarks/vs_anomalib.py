@@ -234,10 +234,12 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def launch(job: dict[str, Any], runs: Path) -> dict[str, Any]:
-    """Run ``job`` in a child process; its result plus the child's own peak RSS (``wait4``)."""
+    """Run ``job`` in a child process; its result plus the child's own peak RSS (``wait4``) and the
+    machine's 5-minute load average before and after."""
     work = runs / job["name"]
     work.mkdir(parents=True, exist_ok=True)
     job = {**job, "work": str(work)}
+    load_before = os.getloadavg()[1]
     with open(work / "log.txt", "w") as log:
         child = subprocess.Popen(
             [sys.executable, __file__, "--worker", json.dumps(job)], stdout=log, stderr=subprocess.STDOUT
@@ -253,7 +255,11 @@ def launch(job: dict[str, Any], runs: Path) -> dict[str, Any]:
     if code != 0:
         raise SystemExit(f"{job['name']} failed (exit {code}); see {work / 'log.txt'}")
     result = json.loads((work / "result.json").read_text())
-    return {**result, "peak_rss_process_bytes": usage.ru_maxrss * 1024}
+    return {
+        **result,
+        "peak_rss_process_bytes": usage.ru_maxrss * 1024,
+        "load_average_5min": [load_before, os.getloadavg()[1]],  # before and after: the machine is shared
+    }
 
 
 def machine() -> dict[str, Any]:
