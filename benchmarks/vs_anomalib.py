@@ -326,8 +326,8 @@ def markdown(doc: dict[str, Any]) -> str:
     mb = 1 / 2**20
     lines = [
         "| run | bank | fit s | test img/s | peak RSS fit MB | peak RSS test MB | image AUROC "
-        "| pixel AUROC | AUPRO@0.3 | image F1-max | pixel AP | check |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pixel AUROC | AUPRO@0.3 | image F1-max | pixel AP | check | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in doc["runs"].items():
         m = r["metrics"]
@@ -336,7 +336,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['test_images_per_second']:.1f} "
             f"| {r['peak_rss_fit_bytes'] * mb:.0f} | {r['peak_rss_test_bytes'] * mb:.0f} "
             + " ".join(f"| {m[k]:.4f}" for k in m)
-            + f" | {r['check']:.1e} |"
+            + f" | {r['check']:.1e} | {r['load_average_5min'][0]:.1f}–{r['load_average_5min'][1]:.1f} |"
         )
     lines += [
         "",
