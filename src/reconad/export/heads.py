@@ -34,13 +34,14 @@ class BankSearch(nn.Module):
         self.k = min(k, len(bank))
         self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
         for i, block in enumerate(bank.split(SEARCH_BLOCK)):
-            self.register_buffer(f"atoms_t{i}", block.T.contiguous())  # [C, m]: no transpose at run time
+            # [C, m], times −2 (exact): ‖a‖² − 2⟨q, a⟩ is one matrix product and a broadcast add
+            self.register_buffer(f"atoms_t{i}", -2 * block.T.contiguous())
             self.register_buffer(f"sq{i}", block.pow(2).sum(1))
 
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
         dists, found = [], []
         for i in range(self.blocks):
-            d = getattr(self, f"sq{i}") - 2 * (q @ getattr(self, f"atoms_t{i}"))
+            d = q @ getattr(self, f"atoms_t{i}") + getattr(self, f"sq{i}")
             k = min(self.k, d.shape[1])
             best = d.topk(k, dim=1, largest=False) if k > 1 else d.min(dim=1, keepdim=True)
             dists.append(best[0])
@@ -84,15 +85,12 @@ class SGFRHead(nn.Module):
         self.scale = float(model.scale_)
         norms = bank.norm(dim=1)
         self.rho = 5.0 * self.lam if 1e-3 * float(norms.max()) ** 2 <= 5.0 * self.lam else None
-        self.register_buffer("bank", bank)
         self.register_buffer("norms", norms)
         if self.metric == "l2":
             self.search = BankSearch(bank, self.k)
-        else:
-            unit = bank / norms.clamp_min(1e-12)[:, None]
-            self.blocks = [f"unit_t{i}" for i in range((len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK)]
-            for name, block in zip(self.blocks, unit.split(SEARCH_BLOCK)):
-                self.register_buffer(name, block.T.contiguous())
+            self.register_buffer("bank", bank)
+        else:  # one copy of the bank on disk: unit atoms, rescaled by their norms where gathered
+            self.register_buffer("unit", bank / norms.clamp_min(1e-12)[:, None])
 
     def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
         """The ``k`` nearest atoms' indices ``[P, k]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search
@@ -102,15 +100,15 @@ class SGFRHead(nn.Module):
             return idx, 0.5 * (yy[:, None] + self.norms[idx].pow(2) - d)
         unit = y / yy.sqrt().clamp_min(1e-12)[:, None]
         cos, found = [], []
-        for i, name in enumerate(self.blocks):
-            c = unit @ getattr(self, name)
+        for i, start in enumerate(range(0, len(self.unit), SEARCH_BLOCK)):
+            c = unit @ self.unit[start : start + SEARCH_BLOCK].T  # a constant: folded when a runtime loads it
             key = c.abs() if self.metric == "abscos" else c
             k = min(self.k, c.shape[1])
             idx = key.topk(k, dim=1).indices
             cos.append(c.gather(1, idx))
             found.append(idx + i * SEARCH_BLOCK)
         c, idx = torch.cat(cos, dim=1), torch.cat(found, dim=1)
-        if len(self.blocks) > 1:
+        if len(cos) > 1:
             pick = (c.abs() if self.metric == "abscos" else c).topk(self.k, dim=1).indices
             c, idx = c.gather(1, pick), idx.gather(1, pick)
         return idx, c * self.norms[idx] * yy.sqrt()[:, None]
@@ -120,7 +118,7 @@ class SGFRHead(nn.Module):
         y = features.permute(0, 2, 3, 1).reshape(-1, ch) / self.scale
         yy = y.pow(2).sum(1)
         idx, b = self.candidates(y, yy)
-        atoms = self.bank[idx]  # [P, k, C]
+        atoms = self.bank[idx] if self.metric == "l2" else self.unit[idx] * self.norms[idx][:, :, None]
         gram = atoms @ atoms.transpose(1, 2)
         l1, l2 = self.lam * self.alpha, self.lam * (1.0 - self.alpha)
         rho = self.rho
