@@ -125,23 +125,28 @@ def test_an_undeclarable_type_is_a_programming_error():
         check_values(Odd, {"when": 2j}, "odd")
 
 
-# --- PatchCore ---------------------------------------------------------------------------------------------
+# --- the declared models ------------------------------------------------------------------------------------
+
+#: Each declared model's config as it was before the declarations (the same keys, order and values).
+CONFIGS_BEFORE = {
+    "patchcore": {
+        "coreset_ratio": 0.1, "k": 1, "projection_dim": 128, "nprobe": "auto", "min_recall": 0.99, "seed": 0,
+    },
+    "sgfr": {
+        "sampling_ratio": 0.1, "n_candidates": 16, "lam": 0.02, "alpha": 0.5, "iters": 15, "rounds": 4,
+        "pool_size": 131072, "metric": "abscos", "nprobe": 8, "seed": 0,
+    },
+}  # fmt: skip
 
 
-def test_patchcore_config_is_what_it_was():
-    """Same keys, order and values as before the declarations (runs and benches compare equal)."""
-    expected = {
-        "coreset_ratio": 0.1,
-        "k": 1,
-        "projection_dim": 128,
-        "nprobe": "auto",
-        "min_recall": 0.99,
-        "seed": 0,
-    }
-    config = PatchCore().get_config()
+@pytest.mark.parametrize("name", sorted(CONFIGS_BEFORE))
+def test_config_is_what_it_was(name):
+    """Runs and benches compare equal before and after the declarations."""
+    cls, expected = MODELS[name], CONFIGS_BEFORE[name]
+    config = cls().get_config()
     assert config == expected and list(config) == list(expected)
-    assert PatchCore(coreset_ratio=0.05, nprobe=4, seed=3).get_config()["nprobe"] == 4
-    assert dataclasses.is_dataclass(PatchCore) and PatchCore(**expected).get_config() == expected
+    assert dataclasses.is_dataclass(cls) and cls(**expected).get_config() == expected
+    assert all(type(config[k]) is type(v) for k, v in expected.items())
 
 
 @pytest.mark.parametrize(
@@ -162,25 +167,9 @@ def test_patchcore_refuses_bad_values_from_python(values, words):
     assert str(info.value).startswith(f"model patchcore: {words}, got ")
 
 
-def test_sgfr_config_is_what_it_was():
-    from reconad.models.sgfr import SGFR
-
-    expected = {
-        "sampling_ratio": 0.1,
-        "n_candidates": 16,
-        "lam": 0.02,
-        "alpha": 0.5,
-        "iters": 15,
-        "rounds": 4,
-        "pool_size": 131072,
-        "metric": "abscos",
-        "nprobe": 8,
-        "seed": 0,
-    }
-    config = SGFR().get_config()
-    assert config == expected and list(config) == list(expected)
+def test_sgfr_refuses_an_unknown_metric():
     with pytest.raises(ReconadError, match="model sgfr: metric must be one of 'abscos', 'cosine', 'l2'"):
-        SGFR(metric="manhattan")
+        MODELS["sgfr"](metric="manhattan")
 
 
 def test_patchcore_k_larger_than_its_bank_is_a_clear_error():
