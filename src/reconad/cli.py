@@ -30,11 +30,12 @@ from rich.table import Table
 from reconad import pipeline
 from reconad.atomic import atomic_file
 from reconad.data import load_sources
-from reconad.data.imageio import scan_images, show_path
+from reconad.data.imageio import collect_images, show_path
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor, check_image_size, check_layers
+from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import check_params, describe_params, model_class, model_names
 from reconad.params import is_declared
@@ -400,29 +401,6 @@ def test(
         out.print(f"report → {escape(str(page))}", soft_wrap=True)
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths += scan_images(item)
-        elif item.exists() or item.is_symlink():
-            paths.append(item)
-        else:
-            raise ReconadError(f"no such file or folder: {show_path(item)}")
-    if not paths:
-        raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
-    return paths
-
-
-def overlay_name(path: Path, taken: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
-    name, i = f"{stem}_overlay.png", 1
-    while name in taken:
-        name, i = f"{stem}_{i}_overlay.png", i + 1
-    taken.add(name)
-    return name
-
-
 @app.command()
 @clean_errors
 def predict(
@@ -435,9 +413,7 @@ def predict(
     device: str = "cpu",
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from PIL import Image
-
-    from reconad.report.overlay import heatmap_overlay
+    from reconad.report.overlay import overlay_png
 
     run = load_run(run_dir)
     if category is None:
@@ -457,10 +433,7 @@ def predict(
     rows, taken, batch, batch_size = [], set(), [], 16
 
     def render(scored: pipeline.Scored) -> bytes:
-        overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
-        png = io.BytesIO()
-        Image.fromarray(overlay).save(png, format="PNG", compress_level=1)  # 4× faster than level 6
-        return png.getvalue()
+        return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
 
     def write_batch() -> None:  # overlays encode on every core, between backbone forwards
         for scored, png in zip(batch, pipeline.map_on_cores(render, batch)):
@@ -504,6 +477,53 @@ def predict(
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 20,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the key /v1/* requires (Bearer)")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
+    from reconad.serve.server import serve as serve_run
+
+    serve_run(
+        run_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        api_key_env=api_key_env,
+        warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
+    )
+
+
+@app.command()
+@clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="export folder to write")],
+    category: CategoryOpt = None,
+) -> None:
+    """Export a run as ONNX graphs + manifest + predict.py: a folder that scores images without PyTorch."""
+    from reconad.export.writer import export_run
+
+    with progress_bars() as progress:
+        doc = export_run(run_dir, out_dir, category, progress)
+    size = sum(g["bytes"] for g in doc["graphs"].values()) / 1e6
+    out.print(
+        f"exported [bold]{doc['model']}[/bold] ({escape(', '.join(doc['categories']))}) → "
+        f"{escape(str(out_dir))}: {len(doc['graphs'])} graph(s), {size:.1f} MB, ONNX opset {doc['opset']}; "
+        f"run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -348,6 +348,25 @@ class Scored:
     is_anomalous: bool
 
 
+def score_decoded(
+    run: Run, extractor: FeatureExtractor, images: Sequence[tuple[str, np.ndarray]], category: str
+) -> list[Scored]:
+    """Score decoded ``(name, H×W×3 uint8 image)`` pairs in one backbone batch, maps at each image's size:
+    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads)."""
+    if not images:
+        return []
+    size, threshold = extractor.image_size, run.categories[category]["threshold"]
+    feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
+    maps, scores = score_features(
+        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
+    )
+    scored = []
+    for (name, image), m, s in zip(images, maps, scores):
+        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != (size, size) else m
+        scored.append(Scored(name, image, full.numpy(), float(s), bool(s > threshold)))
+    return scored
+
+
 def score_images(
     run: Run,
     extractor: FeatureExtractor,
@@ -359,8 +378,6 @@ def score_images(
     progress: Progress = _quiet,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
-    model, size = run.model_for(category), extractor.image_size
-    threshold = run.categories[category]["threshold"]
 
     def load(path: Any) -> np.ndarray | str:
         try:
@@ -372,19 +389,11 @@ def score_images(
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         loaded = map_on_cores(load, chunk)
-        good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
         for p, x in zip(chunk, loaded):
             if isinstance(x, str) and on_error:
                 on_error(str(p), x)
-        if good:
-            feats = extractor(torch.from_numpy(resize_images([x for _, x in good], size)))
-            maps, scores = score_features(model, feats, size, run.config["scoring"], [category] * len(good))
-            for (p, image), m, s in zip(good, maps, scores):
-                full = (
-                    anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
-                    if image.shape[:2] != (size, size)
-                    else m.numpy()
-                )
-                yield Scored(str(p), image, full, float(s), bool(s > threshold))
+        yield from score_decoded(
+            run, extractor, [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)], category
+        )
         done += len(chunk)
         progress("predict", done, len(paths))

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
@@ -35,6 +35,37 @@ def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ..
     if list(layers) != sorted(set(layers)):
         raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
     return layers
+
+
+class PatchFeatures(nn.Module):
+    """The pixels-to-features path as one module: uint8 ``[N, H, W, 3]`` → float ``[N, C, h, w]``.
+
+    Normalise with the backbone's ``mean``/``std`` (given on the 0–255 scale, ``[1, 3, 1, 1]``), run the
+    backbone's levels, smooth each with a ``smooth``×``smooth`` local average, upsample every level to the
+    first one's grid (bilinear) and concatenate. :class:`FeatureExtractor` runs it; ``reconad export``
+    traces it into the exported graph.
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Tensor, std: Tensor, smooth: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.smooth = smooth
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        levels = self.backbone(x)
+        out = []
+        for level in levels:
+            if self.smooth > 1:
+                level = F.avg_pool2d(
+                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
+                )
+            if level.shape[-2:] != levels[0].shape[-2:]:
+                level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
+            out.append(level)
+        return torch.cat(out, dim=1)
 
 
 class FeatureExtractor:
@@ -69,8 +100,12 @@ class FeatureExtractor:
             backbone, self.layers, Path(weights) if weights else None
         )
         self.model.to(self.device)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.net = PatchFeatures(
+            self.model,
+            torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255,
+            torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255,
+            smooth,
+        ).eval()
         info = self.model.feature_info
         self.level_channels: tuple[int, ...] = tuple(info.channels())
         self.level_grids: tuple[int, ...] = tuple(image_size // r for r in info.reduction())
@@ -126,16 +161,4 @@ class FeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
         """uint8 ``[N, H, W, 3]`` → float32 ``[N, C, h, w]`` on the CPU."""
-        x = images.to(self.device).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        levels = self.model(x)
-        out = []
-        for level in levels:
-            if self.smooth > 1:
-                level = F.avg_pool2d(
-                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
-                )
-            if level.shape[-1] != levels[0].shape[-1] or level.shape[-2] != levels[0].shape[-2]:
-                level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
-            out.append(level)
-        return torch.cat(out, dim=1).float().cpu()
+        return self.net(images.to(self.device)).float().cpu()
