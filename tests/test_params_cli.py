@@ -116,9 +116,7 @@ def test_unified_models_need_an_image_size_that_their_levels_divide(tmp_path, pa
         (["level_grids=[8,3]"], "every level grid must divide the finest one"),
     ],
 )
-def test_parameters_that_clash_fail_before_the_data(
-    tmp_path, parts, monkeypatch, params, words
-):
+def test_parameters_that_clash_fail_before_the_data(tmp_path, parts, monkeypatch, params, words):
     def work(*args: object, **kwargs: object) -> None:
         raise AssertionError("data read before the parameters were checked together")
 
