@@ -125,23 +125,34 @@ def test_an_undeclarable_type_is_a_programming_error():
         check_values(Odd, {"when": 2j}, "odd")
 
 
-# --- PatchCore ---------------------------------------------------------------------------------------------
+# --- the declared models ------------------------------------------------------------------------------------
+
+#: Each declared model's config as it was before the declarations (the same keys, order and values).
+CONFIGS_BEFORE = {
+    "patchcore": {
+        "coreset_ratio": 0.1, "k": 1, "projection_dim": 128, "nprobe": "auto", "min_recall": 0.99, "seed": 0,
+    },
+    "sgfr": {
+        "sampling_ratio": 0.1, "n_candidates": 16, "lam": 0.02, "alpha": 0.5, "iters": 15, "rounds": 4,
+        "pool_size": 131072, "metric": "abscos", "nprobe": 8, "seed": 0,
+    },
+    "uniad": {
+        "level_channels": [40, 112], "level_grids": [32, 16], "widths": None, "layers": 2, "heads": 4,
+        "ff_mult": 2, "windows": None, "jitter_scale": 4.0, "jitter_prob": 1.0, "epochs": 30, "batch_size": 4,
+        "lr": 0.001, "seed": 0, "device": "auto", "lr_schedule": "cosine",
+    },
+}  # fmt: skip
+CONFIGS_BEFORE["rlr"] = {**CONFIGS_BEFORE["uniad"], "use_lca": True, "use_mlka": True}
 
 
-def test_patchcore_config_is_what_it_was():
-    """Same keys, order and values as before the declarations (runs and benches compare equal)."""
-    expected = {
-        "coreset_ratio": 0.1,
-        "k": 1,
-        "projection_dim": 128,
-        "nprobe": "auto",
-        "min_recall": 0.99,
-        "seed": 0,
-    }
-    config = PatchCore().get_config()
+@pytest.mark.parametrize("name", sorted(CONFIGS_BEFORE))
+def test_config_is_what_it_was(name):
+    """Runs and benches compare equal before and after the declarations."""
+    cls, expected = MODELS[name], CONFIGS_BEFORE[name]
+    config = cls().get_config()
     assert config == expected and list(config) == list(expected)
-    assert PatchCore(coreset_ratio=0.05, nprobe=4, seed=3).get_config()["nprobe"] == 4
-    assert dataclasses.is_dataclass(PatchCore) and PatchCore(**expected).get_config() == expected
+    assert dataclasses.is_dataclass(cls) and cls(**expected).get_config() == expected
+    assert all(type(config[k]) is type(v) for k, v in expected.items())
 
 
 @pytest.mark.parametrize(
@@ -162,25 +173,37 @@ def test_patchcore_refuses_bad_values_from_python(values, words):
     assert str(info.value).startswith(f"model patchcore: {words}, got ")
 
 
-def test_sgfr_config_is_what_it_was():
-    from reconad.models.sgfr import SGFR
+@pytest.mark.parametrize(
+    ("name", "values", "words"),
+    [
+        ("rlr", {"epochs": -1}, "model rlr: epochs must be an integer from 1 to 10000, got -1"),
+        ("rlr", {"use_lca": False, "use_mlka": "false"}, "rlr needs at least one of use_lca and use_mlka"),
+        ("uniad", {"device": "gpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        ("uniad", {"widths": [64, 64], "heads": 3}, "token widths must be multiples of 4 and of heads=3"),
+        ("uniad", {"heads": 3}, "token widths must be multiples of 4 and of heads=3, got 64"),
+        ("uniad", {"windows": [4, 3]}, "windows must be odd"),
+        ("uniad", {"windows": [3]}, "windows must give one value per level (2)"),
+        ("uniad", {"level_grids": [32, 12]}, "every level grid must divide the finest one"),
+        ("uniad", {"lr_schedule": "step"}, "lr_schedule must be one of 'constant', 'cosine'"),
+    ],
+)
+def test_unified_models_refuse_bad_values_and_combinations(name, values, words):
+    with pytest.raises(ReconadError) as info:
+        MODELS[name](**values)
+    assert words in str(info.value) and "\n" not in str(info.value)
 
-    expected = {
-        "sampling_ratio": 0.1,
-        "n_candidates": 16,
-        "lam": 0.02,
-        "alpha": 0.5,
-        "iters": 15,
-        "rounds": 4,
-        "pool_size": 131072,
-        "metric": "abscos",
-        "nprobe": 8,
-        "seed": 0,
-    }
-    config = SGFR().get_config()
-    assert config == expected and list(config) == list(expected)
+
+def test_a_window_larger_than_its_level_grid_is_a_clear_error():
+    import torch
+
+    model = MODELS["uniad"](level_channels=(4, 4), level_grids=(4, 2), widths=(8, 8), layers=1, epochs=1)
+    with pytest.raises(ReconadError, match="a 3×3 attention window does not fit a 2×2 level grid"):
+        model.fit(torch.randn(2, 8, 4, 4))
+
+
+def test_sgfr_refuses_an_unknown_metric():
     with pytest.raises(ReconadError, match="model sgfr: metric must be one of 'abscos', 'cosine', 'l2'"):
-        SGFR(metric="manhattan")
+        MODELS["sgfr"](metric="manhattan")
 
 
 def test_patchcore_k_larger_than_its_bank_is_a_clear_error():
@@ -192,23 +215,11 @@ def test_patchcore_k_larger_than_its_bank_is_a_clear_error():
 
 # --- every model -------------------------------------------------------------------------------------------
 
-#: Models whose hyper-parameters are not declared yet (their rewrites are being merged); the test below
-#: fails (strict xfail) as soon as one is converted: then remove it here.
-NOT_DECLARED_YET = {"rlr", "uniad"}
 
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="not converted yet"))
-        if n in NOT_DECLARED_YET
-        else n
-        for n in model_names()
-    ],
-)
+@pytest.mark.parametrize("name", model_names())
 def test_every_init_parameter_is_declared(name):
     cls = MODELS[name]
     assert set(parameter_names(cls)) == set(declarations(cls))
     defaults = {k: d.default for k, d in declarations(cls).items()}
-    assert init_config(cls()) == {k: defaults[k] for k in parameter_names(cls)}
+    assert init_config(cls()) == check_values(cls, defaults, name)  # the defaults are valid values
     assert check_params(name, {}) == {}

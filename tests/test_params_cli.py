@@ -15,15 +15,24 @@ from hypothesis import strategies as st
 
 import reconad.bench
 import reconad.cli
+from reconad import pipeline
 from reconad.cli import model_params
 from reconad.errors import ReconadError
-from reconad.models.base import init_config, model_class, model_names
+from reconad.models.base import Model, init_config, model_class, model_names
 from reconad.params import Declared, declarations, is_declared
 from reconad.runs import load_run
 
 DECLARED = [name for name in model_names() if is_declared(model_class(name))]
 #: Settings that keep a real fit of a unified model to a second; the fuzzing leaves them alone.
-CHEAP = {"rlr": {"epochs": "1", "layers": "1", "widths": "[8,8]"}, "uniad": {"epochs": "1", "layers": "1"}}
+UNIFIED_CHEAP = {
+    "epochs": "1",
+    "layers": "1",
+    "widths": "[8,8]",
+    "heads": "2",
+    "ff_mult": "1",
+    "batch_size": "8",
+}
+CHEAP = {"rlr": UNIFIED_CHEAP, "uniad": UNIFIED_CHEAP}
 
 
 @pytest.fixture
@@ -59,11 +68,10 @@ def test_a_huge_image_size_fails_before_any_work(tmp_path, parts, no_work):
     assert_nothing_written(out)
 
 
-@pytest.mark.xfail("rlr" not in DECLARED, strict=True, reason="rlr does not declare its parameters yet")
 def test_a_negative_epoch_count_fails_before_any_work(tmp_path, parts, no_work):
     out = tmp_path / "run"
     result = fit(parts, out, "rlr", "--param", "epochs=-1")
-    assert_clean_error(result, "model rlr: epochs must be an integer", "got '-1'")
+    assert_clean_error(result, "model rlr: epochs must be an integer from 1 to 10000, got '-1'")
     assert_nothing_written(out)
 
 
@@ -97,6 +105,25 @@ def test_unified_models_need_an_image_size_that_their_levels_divide(tmp_path, pa
     out = tmp_path / "run"
     result = fit(parts, out, "uniad", "--image-size", 100)
     assert_clean_error(result, "image size 100 is not a multiple of 16", "e.g. 96 or 112")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        (["heads=3"], "token widths must be multiples of 4 and of heads=3"),
+        (["windows=[3]"], "windows must give one value per level (2)"),
+        (["level_grids=[8,3]"], "every level grid must divide the finest one"),
+    ],
+)
+def test_parameters_that_clash_fail_before_the_data(tmp_path, parts, monkeypatch, params, words):
+    def work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data read before the parameters were checked together")
+
+    monkeypatch.setattr(reconad.cli, "load_sources", work)
+    out = tmp_path / "run"
+    result = fit(parts, out, "uniad", *[f"--param={p}" for p in params])
+    assert_clean_error(result, words)
     assert_nothing_written(out)
 
 
@@ -164,32 +191,36 @@ def model_values(draw: st.DrawFn, junk: bool) -> tuple[str, dict[str, str]]:
     return name, values
 
 
-@given(model_values(junk=True))
-@settings(max_examples=150, deadline=None)
-def test_random_values_are_refused_in_one_line_or_build_the_model(case):
-    name, raw = case
+def check_like_fit(name: str, raw: dict[str, str], extractor: object) -> Model | None:
+    """What ``reconad fit`` checks before any work: each value, then the model they make with the features'
+    context. The model, or None after asserting a one-line :class:`ReconadError`."""
     try:
-        checked = model_params(name, raw)
+        return pipeline.new_model(name, model_params(name, raw), extractor, seed=0)
     except ReconadError as err:
         assert str(err) and "\n" not in str(err)
-        return
-    model = model_class(name)(**checked)  # an accepted value never fails later in the constructor
-    assert {k: init_config(model)[k] for k in checked} == checked
+        return None
+
+
+@given(model_values(junk=True))
+@settings(max_examples=150, deadline=None)
+def test_random_values_are_refused_in_one_line_or_build_the_model(extractor, case):
+    name, raw = case
+    model = check_like_fit(name, raw, extractor)
+    if model is not None:  # the values given are what the model holds
+        checked = model_params(name, raw)
+        assert {k: init_config(model)[k] for k in checked} == checked
 
 
 @given(model_values(junk=False))
 @settings(max_examples=40, deadline=None)
-def test_mostly_valid_values_are_accepted_or_refused_in_one_line(case):
-    name, raw = case
-    try:
-        model_params(name, raw)
-    except ReconadError as err:
-        assert "\n" not in str(err)
+def test_mostly_valid_values_are_accepted_or_refused_in_one_line(extractor, case):
+    check_like_fit(*case, extractor)
 
 
 @given(case=model_values(junk=False))
 @example(case=("patchcore", {"coreset_ratio": "0.5", "nprobe": "0", "k": "2"}))  # surely valid ones
 @example(case=("sgfr", {"sampling_ratio": "0.3", "metric": "l2", "rounds": "2"}))
+@example(case=("uniad", {"jitter_prob": "0.5", "lr_schedule": "constant"}))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, tmp_path_factory):
     name, raw = case

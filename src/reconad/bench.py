@@ -362,8 +362,8 @@ def run_bench(
     sources = load_sources(data, categories, seed=seed)
     _check_sources(sources, holdout, seed)
     extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
-    if any(cls.unified for cls in classes.values()):
-        extractor.check_whole_grids()
+    for name in models:  # each model's parameters together and with the features, before any work
+        pipeline.new_model(name, checked[name], extractor, seed)
     arguments = {
         "models": models,
         "data": data,

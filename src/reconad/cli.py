@@ -244,8 +244,7 @@ def do_fit(
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
     check_output(out_dir, folder=True)
     extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
-    if cls.unified:
-        extractor.check_whole_grids()
+    pipeline.new_model(model, params, extractor, seed)  # the parameters together and with the features
     sources = load_sources(data, categories, seed=seed)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)

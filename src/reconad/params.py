@@ -4,12 +4,14 @@ A model is a dataclass whose hyper-parameters are fields made by :func:`param`::
 
     coreset_ratio: float = param(0.1, low=0, high=1, low_inclusive=False, help="fraction of patches kept")
 
-The type is the field's annotation (``int``, ``float``, ``bool``, ``str``, a ``tuple[...]``/``list[...]``
-of those, unions such as ``int | str`` or ``X | None``); ``low``/``high`` bound numbers (and each item of
-a sequence), ``choices`` the strings. That one declaration checks the values a user gives (strings from
-``--param key=value`` or Python values, :func:`check_values`), the model's own attributes
-(:func:`validate`, called from ``__post_init__``), words the error, and lists the parameters for
-``reconad params`` (:func:`describe`). Like scikit-learn's ``_parameter_constraints``, one line per parameter.
+The type is the field's annotation: ``int``, ``float``, ``bool``, ``str``, a ``tuple[...]``, ``list[...]``
+or ``Sequence[...]`` (kept as a list) of those, or a union such as ``int | str`` or ``X | None``.
+``low``/``high`` bound numbers (and each item of a sequence), ``choices`` or ``pattern`` the strings. That
+one declaration checks the values a user gives (strings from ``--param key=value`` or Python values,
+:func:`check_values`) and the model's own attributes (:func:`validate`, called from ``__post_init__``),
+words the error, and lists the parameters for ``reconad params`` (:func:`describe`), like scikit-learn's
+``_parameter_constraints``. Rules that tie several parameters together stay in ``__post_init__``, after
+:func:`validate`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 import json
 import math
 import numbers
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -42,6 +45,8 @@ class Param:
     low_inclusive: bool = True
     high_inclusive: bool = True
     choices: tuple[str, ...] | None = None
+    pattern: str | None = None  # a string must match this regular expression in full
+    shown: str | None = None  # how the pattern is shown to users, e.g. "'cpu' or 'cuda:N'"
 
 
 def param(
@@ -53,9 +58,13 @@ def param(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
     choices: Sequence[str] | None = None,
+    pattern: str | None = None,
+    shown: str | None = None,
 ) -> Any:
-    """A dataclass field with ``default`` that carries its :class:`Param` declaration."""
-    spec = Param(help, low, high, low_inclusive, high_inclusive, tuple(choices) if choices else None)
+    """A dataclass field with ``default`` that carries its :class:`Param` declaration (``pattern``: a regular
+    expression strings must match in full, ``shown``: its wording for users)."""
+    choice_tuple = tuple(choices) if choices else None
+    spec = Param(help, low, high, low_inclusive, high_inclusive, choice_tuple, pattern, shown)
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
@@ -171,6 +180,8 @@ def _coerce(value: Any, kind: Any, spec: Param) -> Any:
     if kind is str:
         if not isinstance(value, str) or (spec.choices is not None and value not in spec.choices):
             raise _Invalid
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise _Invalid
         return value
     if kind in (int, float):
         return _in_range(_number(value, kind), spec)
@@ -229,7 +240,7 @@ def _sequence(value: Any, origin: Any, args: tuple[Any, ...], spec: Param) -> tu
         raise _Invalid
     item = args[0] if args else Any
     items = [_coerce(v, item, spec) for v in value]
-    return items if origin is list else tuple(items)
+    return tuple(items) if origin is tuple else items
 
 
 def _describe(kind: Any, spec: Param) -> str:
@@ -247,6 +258,8 @@ def _describe(kind: Any, spec: Param) -> str:
     if kind is bool:
         return "true or false"
     if kind is str:
+        if spec.pattern is not None:
+            return spec.shown or f"a string matching {spec.pattern}"
         if spec.choices is None:
             return "a string"
         if len(spec.choices) == 1:

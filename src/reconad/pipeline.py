@@ -127,6 +127,16 @@ def check_fit_options(
     return check_params(model_name, params)
 
 
+def new_model(model_name: str, params: dict[str, Any], extractor: FeatureExtractor, seed: int) -> Model:
+    """An unfitted model with ``params`` and what the features tell it (levels and grids, the run's seed
+    unless ``params`` has one). Cheap, so callers make one before any work to check the parameters together
+    and against the features (a unified model also needs grids that divide the image size)."""
+    if model_class(model_name).unified:
+        extractor.check_whole_grids()
+    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
+    return create_model(model_name, **{**context, **params})
+
+
 def check_holdout(fraction: float, what: str = "holdout") -> float:
     """The fraction of good training images held back to set the threshold: in (0, 1)."""
     return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
@@ -183,11 +193,9 @@ def fit(
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
     """
     params = check_fit_options(model_name, params or {}, holdout, seed)
-    if model_class(model_name).unified:
-        extractor.check_whole_grids()
+    probe = new_model(model_name, params, extractor, seed)  # parameters checked together, before any work
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
-    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
@@ -212,7 +220,6 @@ def fit(
     feature_seconds = time.perf_counter() - start
     model_start = time.perf_counter()
     models: dict[str, Model] = {}
-    probe = create_model(model_name, **{**context, **params})
     with less_kept_memory():
         if probe.unified:
             names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
@@ -221,7 +228,7 @@ def fit(
         else:
             for i, c in enumerate(data):
                 progress("fitting", i, len(data))
-                model = probe if i == 0 else create_model(model_name, **{**context, **params})
+                model = probe if i == 0 else new_model(model_name, params, extractor, seed)
                 models[c.name] = model.fit(feats[c.name][0].features)
             progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start
