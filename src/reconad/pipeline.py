@@ -199,21 +199,9 @@ def fit(
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
-        c.name: (
-            extract(
-                splits[c.name][0],
-                extractor,
-                cache=cache,
-                progress=progress,
-                description=f"{c.name}: features",
-            ),
-            extract(
-                splits[c.name][1],
-                extractor,
-                cache=cache,
-                progress=progress,
-                description=f"{c.name}: held back",
-            ),
+        c.name: tuple(
+            extract(part, extractor, cache=cache, progress=progress, description=f"{c.name}: {what}")
+            for part, what in zip(splits[c.name], ("features", "held back"), strict=True)
         )
         for c in data
     }
