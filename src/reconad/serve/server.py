@@ -64,10 +64,9 @@ def serve(
 
     for warning in check_settings(host, port, workers, max_upload_mb, api_key_env):
         warn(warning)
-    predictor = Predictor(run_dir)  # the run and its backbone
+    predictor = Predictor(run_dir)  # the run and its backbone: the check before any worker starts
     max_upload_bytes = int(max_upload_mb * 2**20)
-    if workers > 1:
-        del predictor  # each worker loads its own
+    if workers > 1:  # exec: this process and its memory become the supervisor; each worker loads its own
         os.environ[ENV_RUN] = str(Path(run_dir).resolve())
         os.environ[ENV_MAX_UPLOAD] = str(max_upload_bytes)
         os.environ.pop(ENV_KEY_VAR, None)
