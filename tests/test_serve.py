@@ -10,6 +10,8 @@ import io
 import json
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")  # python-multipart: FastAPI's form parser
+from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from reconad.serve.app import create_app  # noqa: E402
@@ -265,34 +268,52 @@ def test_same_scores_and_overlays_as_reconad_predict(client: TestClient, fitted_
 
 @pytest.fixture
 def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """``uvicorn.run`` replaced by a recorder (nothing listens); the settings it saw in the environment."""
+    """``uvicorn.run`` and ``os.execv`` (several workers) replaced by a recorder (nothing listens, this
+    process goes on); the settings each saw in the environment."""
     import uvicorn
 
-    from reconad.serve import app as serve_app
+    from reconad.serve import workers
 
     calls: list[tuple] = []
-    names = [serve_app.ENV_RUN, serve_app.ENV_MAX_UPLOAD, serve_app.ENV_KEY_VAR, serve_app.ENV_THREADS]
+    names = [workers.ENV_RUN, workers.ENV_MAX_UPLOAD, workers.ENV_KEY_VAR, workers.ENV_THREADS]
     for name in names:  # serve() sets them: monkeypatch puts back what was there before the test
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(
-        uvicorn,
-        "run",
-        lambda *args, **kwargs: calls.append((args, kwargs, {n: os.environ.get(n) for n in names})),
-    )
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs, {n: os.environ.get(n) for n in names}))
+
+    def execv(*args):
+        record(*args)
+        raise SystemExit(0)  # as if this process had been replaced
+
+    monkeypatch.setattr(uvicorn, "run", record)
+    monkeypatch.setattr(os, "execv", execv)
     return calls
 
 
-def test_serve_command_starts_uvicorn_on_the_factory(fitted_run: Path, uvicorn_calls, monkeypatch) -> None:
+def test_serve_command_serves_one_worker_in_process(fitted_run: Path, uvicorn_calls) -> None:
+    result = invoke("serve", fitted_run, "--port", 9999)
+    assert result.exit_code == 0, result.output
+    ((args, kwargs, env),) = uvicorn_calls
+    assert isinstance(args[0], FastAPI)
+    assert kwargs == {**kwargs, "host": "127.0.0.1", "port": 9999}
+    assert env["RECONAD_SERVE_RUN"] is None
+
+
+def test_serve_command_hands_several_workers_to_the_supervisor(
+    fitted_run: Path, uvicorn_calls, monkeypatch
+) -> None:
+    from reconad.serve.workers import SUPERVISOR
+
     monkeypatch.setenv("MY_KEY", KEY)
     result = invoke(
         "serve", fitted_run, "--port", 9999, "--workers", 2, "--max-upload-mb", 3, "--api-key-env", "MY_KEY"
     )
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr
-    (args, kwargs, env) = uvicorn_calls[0]
-    assert args == ("reconad.serve.app:app_from_env",)
-    assert kwargs == {**kwargs, "factory": True, "host": "127.0.0.1", "port": 9999, "workers": 2}
+    ((args, _, env),) = uvicorn_calls
+    assert args == (sys.executable, [sys.executable, "-c", SUPERVISOR, "127.0.0.1", "9999", "2"])
     assert env["RECONAD_SERVE_RUN"] == str(fitted_run.resolve())
     assert env["RECONAD_SERVE_MAX_UPLOAD_BYTES"] == str(3 * 2**20)
     assert env["RECONAD_SERVE_API_KEY_ENV"] == "MY_KEY"
@@ -324,9 +345,19 @@ def test_serve_refuses_bad_settings(fitted_run: Path, uvicorn_calls, args, words
     assert not uvicorn_calls
 
 
-def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path, uvicorn_calls) -> None:
-    assert_clean_error(invoke("serve", tmp_path), "not a reconad run")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path, uvicorn_calls, workers: int) -> None:
+    assert_clean_error(invoke("serve", tmp_path, "--workers", workers), "not a reconad run")
     assert not uvicorn_calls
+
+
+def test_serve_refuses_a_port_in_use(fitted_run: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = invoke("serve", fitted_run, "--port", taken.getsockname()[1])
+    assert result.exit_code == 2, result.output
+    assert "error: the server could not start" in result.stderr and "Traceback" not in result.output
 
 
 def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: bytes, monkeypatch) -> None:
@@ -342,3 +373,22 @@ def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: 
     auth = {"Authorization": f"Bearer {KEY}"}
     assert_serves(client, good_png, headers=auth)
     assert_error(post(client, ("big.png", good_png + b"\0" * 2000), headers=auth), 413, "upload too large")
+
+
+def test_app_factory_that_cannot_start_exits_with_uvicorns_startup_failure_code(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """One line and the code that makes uvicorn's supervisor stop instead of restarting the worker forever."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from reconad.serve.app import app_from_env
+
+    monkeypatch.setenv("RECONAD_SERVE_RUN", str(tmp_path))
+    monkeypatch.setenv("RECONAD_SERVE_MAX_UPLOAD_BYTES", "1000")
+    monkeypatch.delenv("RECONAD_SERVE_API_KEY_ENV", raising=False)
+    monkeypatch.delenv("RECONAD_SERVE_TORCH_THREADS", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        app_from_env()
+    assert stop.value.code == STARTUP_FAILURE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: worker ") and "not a reconad run" in lines[0]

@@ -2,5 +2,6 @@
 inspection page (``/``), built on FastAPI and run by uvicorn.
 
 :mod:`.predictor` loads a run and scores uploaded bytes on ``reconad predict``'s path; :mod:`.app` is the
-web app (auth, upload limits, JSON errors, the page); :mod:`.server` starts uvicorn for the CLI.
+web app (auth, upload limits, JSON errors, the page); :mod:`.server` starts uvicorn for the CLI, in its own
+process or, with ``--workers N > 1``, by handing over to :mod:`.workers` (uvicorn's supervisor).
 """

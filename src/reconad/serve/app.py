@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,12 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from reconad import __version__
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 from reconad.serve.predictor import Predictor, UnknownCategory, Upload
-
-#: How ``reconad serve`` hands its settings to the app factory in each uvicorn worker.
-ENV_RUN = "RECONAD_SERVE_RUN"
-ENV_MAX_UPLOAD = "RECONAD_SERVE_MAX_UPLOAD_BYTES"
-ENV_KEY_VAR = "RECONAD_SERVE_API_KEY_ENV"
-ENV_THREADS = "RECONAD_SERVE_TORCH_THREADS"
+from reconad.serve.workers import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS
 
 STATIC = Path(__file__).parent / "static"
 #: The page loads nothing from elsewhere: scripts, styles and images come from this server (or are data/blob
@@ -165,7 +161,19 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """The app each uvicorn worker builds (``factory=True``), from the settings ``reconad serve`` put in the
-    environment: the run is loaded once per worker."""
+    environment: the run is loaded once per worker. If it cannot be built: one line on stderr and the exit
+    code uvicorn's supervisor reads as a start-up failure (it then stops rather than restart the worker)."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        return _app_from_env()
+    except Exception as err:  # whatever it is, a restarted worker would fail the same way
+        why = str(err) if isinstance(err, ReconadError) else f"{type(err).__name__}: {err}"
+        print(f"error: worker {os.getpid()} could not start: {' '.join(why.split())}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+
+
+def _app_from_env() -> FastAPI:
     import torch
 
     from reconad.runtime import keep_freed_memory
@@ -174,6 +182,8 @@ def app_from_env() -> FastAPI:
     if os.environ.get(ENV_THREADS):
         torch.set_num_threads(int(os.environ[ENV_THREADS]))
     key_var = os.environ.get(ENV_KEY_VAR)
+    if key_var and not os.environ.get(key_var, "").strip():
+        raise ReconadError(f"the environment variable {key_var} holding the API key is unset or empty")
     return create_app(
         Predictor(Path(os.environ[ENV_RUN])),
         max_upload_bytes=int(os.environ[ENV_MAX_UPLOAD]),

@@ -1,18 +1,19 @@
-"""Start uvicorn on a run for ``reconad serve``: check the settings, warn about exposure, hand the settings to
-each worker through the environment (:func:`reconad.serve.app.app_from_env`)."""
+"""Start uvicorn on a run for ``reconad serve``: check the settings and load the run (a bad one fails here, in
+one line), warn about exposure, then serve in this process or, with several workers, hand over to
+:mod:`reconad.serve.workers`."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from reconad.errors import ReconadError
-from reconad.runs import load_run
-from reconad.serve.app import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS
-
-FACTORY = "reconad.serve.app:app_from_env"
+from reconad.serve.app import create_app
+from reconad.serve.predictor import Predictor
+from reconad.serve.workers import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS, SUPERVISOR
 
 
 def is_loopback(host: str) -> bool:
@@ -26,7 +27,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_settings(
-    run_dir: Path, host: str, port: int, workers: int, max_upload_mb: float, api_key_env: str | None
+    host: str, port: int, workers: int, max_upload_mb: float, api_key_env: str | None
 ) -> list[str]:
     """Raise :class:`ReconadError` on unusable settings (before uvicorn starts); return the warnings."""
     if workers < 1:
@@ -37,7 +38,6 @@ def check_settings(
         raise ReconadError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if api_key_env is not None and not os.environ.get(api_key_env, "").strip():
         raise ReconadError(f"--api-key-env {api_key_env}: that environment variable is unset or empty")
-    load_run(run_dir)  # a bad run fails here in one line, not in each worker
     if not is_loopback(host) and api_key_env is None:
         return [
             f"serving on {host} without --api-key-env: anyone who can reach this port can use the model; "
@@ -56,17 +56,31 @@ def serve(
     api_key_env: str | None = None,
     warn: Callable[[str], None] = print,
 ) -> None:
-    """Serve ``run_dir`` until interrupted; each of the ``workers`` processes loads the run once and gets an
-    equal share of the cores for torch."""
+    """Serve ``run_dir`` until SIGINT or SIGTERM. One worker serves in this process; several replace this
+    process by their supervisor (:mod:`reconad.serve.workers`), each worker loading the run once and getting
+    an equal share of the cores for torch. Raise :class:`ReconadError` if the run does not load (checked
+    here, before any worker starts) or the server cannot start."""
     import uvicorn
 
-    for warning in check_settings(run_dir, host, port, workers, max_upload_mb, api_key_env):
+    for warning in check_settings(host, port, workers, max_upload_mb, api_key_env):
         warn(warning)
-    os.environ[ENV_RUN] = str(Path(run_dir).resolve())
-    os.environ[ENV_MAX_UPLOAD] = str(int(max_upload_mb * 2**20))
-    os.environ.pop(ENV_KEY_VAR, None)
-    if api_key_env:
-        os.environ[ENV_KEY_VAR] = api_key_env
-    if workers > 1:
+    predictor = Predictor(run_dir)  # the run and its backbone: the check before any worker starts
+    max_upload_bytes = int(max_upload_mb * 2**20)
+    if workers > 1:  # exec: this process and its memory become the supervisor; each worker loads its own
+        os.environ[ENV_RUN] = str(Path(run_dir).resolve())
+        os.environ[ENV_MAX_UPLOAD] = str(max_upload_bytes)
+        os.environ.pop(ENV_KEY_VAR, None)
+        if api_key_env:
+            os.environ[ENV_KEY_VAR] = api_key_env
         os.environ[ENV_THREADS] = str(max(1, (os.cpu_count() or 1) // workers))
-    uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-c", SUPERVISOR, host, str(port), str(workers)])
+    api_key = os.environ[api_key_env] if api_key_env else None
+    app = create_app(predictor, max_upload_bytes=max_upload_bytes, api_key=api_key)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    except SystemExit as stop:  # uvicorn's start-up failure (an address in use): it has logged why
+        if stop.code in (0, None):
+            raise
+        raise ReconadError(f"the server could not start on {host}:{port} (uvicorn's error above)") from None
