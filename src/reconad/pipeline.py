@@ -27,7 +27,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, check_params, create_model
-from reconad.runs import UNIFIED, Run
+from reconad.runs import UNIFIED, Run, models_to
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
@@ -43,6 +43,13 @@ Progress = Callable[[str, int, int], None]
 
 def _quiet(description: str, done: int, total: int) -> None:
     pass
+
+
+def accelerator(extractor: FeatureExtractor) -> torch.device | None:
+    """The extractor's device where it is not the CPU (a CUDA GPU): models then search or run beside the
+    backbone (:func:`reconad.runs.models_to`); None on the CPU, where nothing moves."""
+    device = getattr(extractor, "device", None)  # test doubles of the extractor may have none
+    return None if device is None or torch.device(device).type == "cpu" else torch.device(device)
 
 
 @dataclass
@@ -228,6 +235,7 @@ def fit(
                 models[c.name] = model.fit(feats[c.name][0].features)
             progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start
+    models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
     categories = {}
     for c in data:
         model = models.get(UNIFIED) or models[c.name]
@@ -309,6 +317,7 @@ def evaluate_stream(
     soon as it is extracted, and only the maps and masks the pixel metrics need are kept (about a third of
     the memory per image of features + maps at 256 px; the same maps, in the same batches)."""
     start = time.perf_counter()
+    models_to(run.models, accelerator(extractor))
     model, size, sigma = run.model_for(category), extractor.image_size, run.config["scoring"]["sigma"]
     masks = np.zeros((len(samples), size, size), dtype=bool)
     maps: list[Tensor] = []
@@ -395,6 +404,7 @@ def score_images(
     progress: Progress = _quiet,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
+    models_to(run.models, accelerator(extractor))
     model, size = run.model_for(category), extractor.image_size
     threshold = run.categories[category]["threshold"]
 
