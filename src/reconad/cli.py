@@ -33,7 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from reconad import pipeline
+from reconad import distributed, pipeline
 from reconad.data import load_sources
 from reconad.data.imageio import scan_images, show_path
 from reconad.data.sources import FORMATS
@@ -261,29 +261,43 @@ def do_fit(
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
     check_output(out_dir, folder=True)
     sources = load_sources(data, categories, seed=seed)
+    world = distributed.start(device)  # under torchrun: join the job; otherwise None, nothing changes
+    main = world is None or world.main
+    device = distributed.device_for(world, device)
     extractor = FeatureExtractor(backbone, parse_layers(layers), image_size, weights=weights, device=device)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
         fit_kwargs = {"checkpoint_dir": ckpt, "resume": resume}
-    with progress_bars() as progress:
-        if cls.unified:
-            fit_kwargs["progress"] = lambda epoch, total, loss: progress(
-                "training", epoch, total, f"loss {loss:.4f}", "epochs"
+    bars = progress_bars() if main else contextlib.nullcontext(lambda *args: None)  # rank 0 shows progress
+    try:
+        with bars as progress:
+            if cls.unified:
+                fit_kwargs["progress"] = lambda epoch, total, loss: progress(
+                    "training", epoch, total, f"loss {loss:.4f}", "epochs"
+                )
+            run = pipeline.fit(
+                model,
+                sources,
+                extractor,
+                params=params,
+                cache=make_cache(no_cache, cache_dir, extractor),
+                holdout=holdout,
+                seed=seed,
+                progress=progress,
+                fit_kwargs=fit_kwargs,
+                world=world,
             )
-        run = pipeline.fit(
-            model,
-            sources,
-            extractor,
-            params=params,
-            cache=make_cache(no_cache, cache_dir, extractor),
-            holdout=holdout,
-            seed=seed,
-            progress=progress,
-            fit_kwargs=fit_kwargs,
-        )
-    save_run(run, out_dir)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    except distributed.JobStopped as stopped:
+        if not main:  # rank 0 says it, once
+            raise typer.Exit(1) from None
+        resumable = cls.unified and ckpt.is_dir() and any(ckpt.glob("*-checkpoint.json"))
+        hint = f"; the checkpoints in {ckpt} are whole: rerun the same command with --resume"
+        raise ReconadError(f"{stopped}{hint if resumable else ''}") from None
+    if main:  # one writer: rank 0 (atomically, as ever)
+        save_run(run, out_dir)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    distributed.stop()
     return run
 
 
@@ -328,6 +342,8 @@ def fit(
         resume=resume,
         device=device,
     )
+    if (distributed.launched() or (0,))[0] != 0:
+        return  # the other processes of a torchrun job stay quiet
     out.print(
         f"fitted [bold]{model}[/bold] on {escape(', '.join(run.categories))} "
         f"in {run.config['fit_seconds']:.1f} s → {escape(str(out_dir))} "

@@ -21,12 +21,13 @@ from torch import Tensor
 from reconad import __version__
 from reconad.data import CategoryData, Sample, load_image_and_mask, resize_images
 from reconad.data.imageio import read_image
+from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
-from reconad.models.base import Model, check_params, create_model
+from reconad.models.base import Model, check_params, create_model, model_class
 from reconad.runs import UNIFIED, Run, models_to
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
@@ -131,6 +132,19 @@ def extract(
     return Extracted(torch.stack(features), masks, time.perf_counter() - start)
 
 
+def extract_shared(
+    samples: Sequence[Sample], extractor: FeatureExtractor, world: World | None, **options: Any
+) -> Extracted:
+    """:func:`extract`; in a torchrun job each process extracts its share (images ``rank, rank + W, …``,
+    through the cache as usual) and every process gets all the features (:func:`distributed.gather_rows`)."""
+    if world is None:
+        return extract(samples, extractor, **options)
+    start = time.perf_counter()
+    mine = samples[world.rank :: world.size]
+    local = extract(mine or samples[:1], extractor, **options).features[: len(mine)]  # [:1]: the shape
+    return Extracted(gather_rows(local, len(samples), world), None, time.perf_counter() - start)
+
+
 def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded ``fraction`` of good training images held back from the model to calibrate the threshold."""
     if not 0 < fraction < 1:
@@ -188,13 +202,24 @@ def fit(
     progress: Progress = _quiet,
     fit_kwargs: dict[str, Any] | None = None,
     features: dict[str, tuple[Extracted, Extracted]] | None = None,
+    world: World | None = None,
 ) -> Run:
     """Fit ``model_name`` on the good images of every category (one model each, or one unified model).
 
     ``features``: per category, the already extracted (model part, held-back part) of
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
+    ``world``: this process's place in a torchrun job (:mod:`reconad.distributed`); each process then
+    extracts its share of the images, and the unified model trains with DistributedDataParallel. Every
+    process returns the same run (only rank 0 should save it).
     """
     check_params(model_name, params or {})
+    if world is not None and not model_class(model_name).unified:
+        raise ReconadError(
+            f"{model_name} fits each category without training: run it in one process, not under torchrun "
+            "(torchrun trains the unified models, rlr and uniad)"
+        )
+    if world is not None:
+        fit_kwargs = {**(fit_kwargs or {}), "world": world}
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
@@ -202,16 +227,18 @@ def fit(
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
         c.name: (
-            extract(
+            extract_shared(
                 splits[c.name][0],
                 extractor,
+                world,
                 cache=cache,
                 progress=progress,
                 description=f"{c.name}: features",
             ),
-            extract(
+            extract_shared(
                 splits[c.name][1],
                 extractor,
+                world,
                 cache=cache,
                 progress=progress,
                 description=f"{c.name}: held back",
@@ -262,6 +289,15 @@ def fit(
         "reconad_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if world is not None:
+        batch, lr = config["params"]["batch_size"], config["params"]["lr"]
+        config["distributed"] = {
+            "world_size": world.size,
+            "backend": world.backend,
+            "batch_size_per_process": batch,
+            "effective_batch": batch * world.size,
+            "lr": lr,
+        }
     return Run(config, models)
 
 
