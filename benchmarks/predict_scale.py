@@ -2,7 +2,7 @@
 after 10,000 images of one ``reconad predict`` process, and its images/s.
 
     python benchmarks/predict_scale.py [--images ../shared/data/mvtec_ad/bottle/test] [--n 10000] \
-        [--run RUN] [--work /tmp/predict_scale] [--model patchcore]
+        [--run RUN] [--work /tmp/predict_scale] [--model patchcore] [--resize 256]
 
 The input folder holds ``--n`` symbolic links to the source images, repeated in turn (each link has its own
 name, so every image gets its own overlay). Without ``--run`` a model is fitted first on the MVTec AD
@@ -10,7 +10,8 @@ category above the source folder (``reconad fit MODEL``). ``reconad predict`` th
 while this script reads its ``VmRSS`` and ``VmHWM`` (peak) from ``/proc/PID/status`` five times a second
 and counts the overlays written so far; it reports the peak when the count first reaches 1,000 (or
 ``--checkpoint``) and the last one seen before the process ends. Linux only. Overlays take about 1 MB each
-for 900 px images: ``--work`` needs ~10 GB free for 10,000 (it is deleted at the end unless ``--keep``).
+for 900 px images: ``--work`` needs ~10 GB free for 10,000 (it is deleted at the end unless ``--keep``);
+``--resize 256`` scores 256 px copies instead, several times faster on a small machine.
 """
 
 from __future__ import annotations
@@ -47,13 +48,22 @@ def count_overlays(folder: Path) -> int:
         return 0
 
 
-def make_inputs(source: Path, folder: Path, n: int) -> int:
-    """``n`` symlinks to the images under ``source``, repeated in turn; returns how many distinct images."""
+def make_inputs(source: Path, folder: Path, n: int, resize: int | None) -> int:
+    """``n`` symlinks to the images under ``source`` (or to copies resized to ``resize`` px, written beside
+    ``folder``), repeated in turn; returns how many distinct images."""
     images = scan_images(source)
     if not images:
         sys.exit(f"no images under {source}")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    if resize:
+        from PIL import Image
+
+        small = folder.with_name("sources")
+        small.mkdir(exist_ok=True)
+        for i, path in enumerate(images):
+            Image.open(path).convert("RGB").resize((resize, resize)).save(small / f"{i:04d}.png")
+        images = sorted(small.iterdir())
     for i in range(n):
         src = images[i % len(images)].resolve()
         (folder / f"img_{i:05d}{src.suffix}").symlink_to(src)
@@ -74,6 +84,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a run folder (default: fit --model on the category)")
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--work", type=Path, default=Path("/tmp/predict_scale"))
+    parser.add_argument("--resize", type=int, help="score copies resized to this many px (faster)")
     parser.add_argument("--keep", action="store_true", help="keep the inputs and overlays")
     args = parser.parse_args()
 
@@ -86,7 +97,7 @@ def main() -> None:
         if not (run / "run.json").is_file():
             fit = reconad("fit", args.model, "--data", f"mvtec:{category}", "--out", run)
             subprocess.run(fit, check=True)
-    distinct = make_inputs(args.images, work / "inputs", args.n)
+    distinct = make_inputs(args.images, work / "inputs", args.n, args.resize)
     out = work / "predictions"
     shutil.rmtree(out, ignore_errors=True)
 
@@ -116,6 +127,7 @@ def main() -> None:
         "images": args.n,
         "distinct_images": distinct,
         "source": str(args.images),
+        "resized_to": args.resize,
         "run": str(run),
         "seconds": round(time.perf_counter() - start, 1),
         "images_per_second": float(rate.group(1)) if rate else None,
@@ -136,6 +148,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.keep:
         shutil.rmtree(work / "inputs", ignore_errors=True)
+        shutil.rmtree(work / "sources", ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
