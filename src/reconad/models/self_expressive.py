@@ -19,9 +19,11 @@ from torch import Tensor
 
 from reconad.models.knn import NearestNeighbors
 
+UNFILLED = -1  #: the index FAISS returns for a result slot it could not fill
 
-def soft_threshold(x: Tensor, t: float | Tensor) -> Tensor:
-    """The proximal map of ``t‖·‖₁`` (``t`` a number, or one per element)."""
+
+def soft_threshold(x: Tensor, t: float) -> Tensor:
+    """The proximal map of ``t‖·‖₁``."""
     return x - x.clamp(-t, t)
 
 
@@ -32,27 +34,13 @@ def _bmv(m: Tensor, v: Tensor) -> Tensor:
 
 
 def elastic_net_gram(
-    gram: Tensor,
-    b: Tensor,
-    lam: float,
-    alpha: float,
-    iters: int = 15,
-    rho: float | None = None,
-    nonneg: bool = False,
-    affine: bool = False,
-    weights: Tensor | None = None,
+    gram: Tensor, b: Tensor, lam: float, alpha: float, iters: int = 15, rho: float | None = None
 ) -> Tensor:
     """Elastic-net codes ``[B, K]`` from ``gram`` ``[B, K, K]`` and ``b`` ``[B, K]`` (ADMM, ``iters`` steps).
 
     Splits ``c = z``: the smooth part ½cᵀGc − bᵀc + λ(1−α)/2‖c‖² is minimised exactly through the inverse of
     ``G + (λ(1−α) + ρ)I`` (one batched Cholesky per call); the ℓ₁ part is a soft threshold. ``ρ = 5λ``
     by default (measured: relative objective gap ≈ 1e-3 after 15–20 steps on unit-scale features).
-    ``nonneg``: codes constrained to ``c ≥ 0`` (the ℓ₁ step becomes a one-sided threshold): a target is then
-    rebuilt inside the cone of its atoms, not from differences of them. ``affine``: codes summing to one
-    (``1ᵀc = 1``, SSC's constraint for affine subspaces; a Lagrange step in every c-update): a target is
-    rebuilt inside the affine hull of its atoms, so a scaled copy of a normal feature is not free.
-    ``weights`` ``[B, K]``: the penalty of each atom multiplied by its weight (``λ Σ_k ω_k(α|c_k| + (1−α)/2
-    c_k²)``; locality-constrained coding gives far atoms a larger one).
     Returns the sparse iterate ``z`` (exact zeros where an atom is not used).
     """
     l1, l2 = lam * alpha, lam * (1.0 - alpha)
@@ -61,36 +49,19 @@ def elastic_net_gram(
     if rho is None:
         rho = max(5.0 * lam, 1e-3 * diag_mean)
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    if weights is None:
-        system = gram + (l2 + rho) * eye
-        thr: float | Tensor = l1 / rho
-    else:
-        system = gram + torch.diag_embed(l2 * weights + rho)
-        thr = l1 * weights / rho
+    system = gram + (l2 + rho) * eye
+    thr = l1 / rho
     chol, info = torch.linalg.cholesky_ex(system)
     if bool(info.any()):  # not positive definite in float32 (e.g. duplicate atoms): add jitter
         chol = torch.linalg.cholesky(system + 1e-3 * diag_mean * eye)
     inv = torch.cholesky_inverse(chol)
     c0 = _bmv(inv, b)  # the ridge part of every c-step, reused
     inv_rho = rho * inv
-    h1 = None  # affine: the c-step's minimiser on 1ᵀc = 1 is c_free + (1 − 1ᵀc_free) · H⁻¹1 / (1ᵀH⁻¹1)
-    if affine:
-        h1 = inv.sum(-1)
-        h1 = h1 / h1.sum(-1, keepdim=True)
-
-    def onto_plane(c: Tensor) -> Tensor:
-        return c if h1 is None else c + (1.0 - c.sum(-1, keepdim=True)) * h1
-
-    c0 = onto_plane(c0)
-
-    def prox(x: Tensor) -> Tensor:
-        return (x - thr).clamp_min(0.0) if nonneg else soft_threshold(x, thr)
-
-    z = prox(c0)
+    z = soft_threshold(c0, thr)
     u = c0 - z
     for _ in range(iters - 1):
-        c = onto_plane(c0 + _bmv(inv_rho, z - u))
-        z = prox(c + u)
+        c = c0 + _bmv(inv_rho, z - u)
+        z = soft_threshold(c + u, thr)
         u += c - z
     return z
 
@@ -101,13 +72,13 @@ def residual_from_gram(gram: Tensor, b: Tensor, yy: Tensor, c: Tensor) -> Tensor
     return (yy - 2.0 * (b * c).sum(-1) + quad).clamp_min(0.0)
 
 
-def candidates(
+def nearest_atoms(
     index: NearestNeighbors, y: Tensor, k: int, exclude_self: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``k`` candidate atoms of each target ``y`` ``[B, C]``: ``(indices [B, k], atoms [B, k, C],
-    b = ⟨atom, y⟩ [B, k])``. ``exclude_self`` ``[B]`` (each target's own atom index) drops the target itself.
-    A slot the search could not fill (IVF probes with too few atoms) has index 0, a zero atom and ``b = 0``,
-    which every coder leaves at code 0."""
+    """The ``k`` candidate atoms of each target ``y`` ``[B, C]`` (its nearest, by the index's metric):
+    ``(indices [B, k], atoms [B, k, C], b = ⟨atom, y⟩ [B, k])``. ``exclude_self`` ``[B]`` (each target's own
+    atom index) drops the target itself. A slot the search could not fill (IVF probes with too few atoms)
+    has index 0, a zero atom and ``b = 0``, which the solver leaves at code 0."""
     extra = 1 if exclude_self is not None else 0
     yy = (y * y).sum(1)
     d, idx = index.search(y, k + extra)
@@ -115,7 +86,7 @@ def candidates(
         keep = idx != exclude_self.unsqueeze(1)
         keep[:, -1] &= ~keep.all(1)  # the query's own atom was not found: drop the last instead
         d, idx = d[keep].view(-1, k), idx[keep].view(-1, k)
-    missing = idx < 0
+    missing = idx == UNFILLED
     idx = idx.clamp_min(0)
     a = index.atoms.index_select(0, idx.view(-1)).view(idx.shape[0], k, -1)
     if index.metric == "l2":
@@ -128,27 +99,12 @@ def candidates(
     return idx, a, b
 
 
-def sq_distance_either_sign(yy: Tensor, aa: Tensor, b: Tensor) -> Tensor:
-    """``min(‖y − a‖², ‖y + a‖²)`` from ``yy = ‖y‖²`` (broadcast against the others), ``aa = ‖a‖²`` and
-    ``b = ⟨a, y⟩``: codes are signed, so ``−a`` is as close to hand as ``a``."""
-    return (yy + aa - 2.0 * b.abs()).clamp_min(0.0)
-
-
-def residual_vectors(atoms: Tensor, y: Tensor, idx: Tensor, codes: Tensor, batch: int = 8192) -> Tensor:
-    """``y − Σ_k c_k a_k`` ``[M, C]`` for targets ``y`` ``[M, C]`` coded over ``atoms[idx]``."""
-    out = torch.empty_like(y)
-    for s in range(0, len(y), batch):
-        a = atoms[idx[s : s + batch]]
-        out[s : s + batch] = y[s : s + batch] - torch.bmm(codes[s : s + batch].unsqueeze(1), a).squeeze(1)
-    return out
-
-
 def n_candidates(index: NearestNeighbors, k: int, exclude_self: bool) -> int:
     """``k``, capped by the atoms there are (less the target's own)."""
     return max(1, min(k, index.atoms.shape[0] - int(exclude_self)))
 
 
-def code(
+def sparse_codes(
     index: NearestNeighbors,
     queries: Tensor,
     k: int,
@@ -157,17 +113,10 @@ def code(
     iters: int,
     exclude_self: Tensor | None = None,
     batch: int = 4096,
-    nonneg: bool = False,
-    affine: bool = False,
-    coder: Callable[[Tensor, Tensor], Tensor] | None = None,
-    locality: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Code ``queries`` ``[M, C]`` over their ``k`` candidate atoms.
+    """Elastic-net codes of ``queries`` ``[M, C]`` over their ``k`` nearest atoms in ``index``.
 
     ``exclude_self`` ``[M]`` (the atom index of each query) removes the query itself from its candidates.
-    ``coder(y [B, C], atoms [B, k, C]) -> codes [B, k]`` replaces the elastic-net solver (a learned coder).
-    ``locality`` ``γ > 0``: locality-constrained codes, each atom's penalty weighted by ``1 + γ d_k²``,
-    ``d_k = min(‖y − a_k‖, ‖y + a_k‖)`` (codes are signed: ``−a_k`` is as close to hand as ``a_k``).
     Returns ``(candidate indices [M, k], codes [M, k], squared residuals [M])``.
     """
     m = queries.shape[0]
@@ -178,21 +127,12 @@ def code(
     for s in range(0, m, batch):
         y = queries[s : s + batch].float()
         own = None if exclude_self is None else exclude_self[s : s + batch]
-        idx, a, b = candidates(index, y, k, own)
+        idx, a, b = nearest_atoms(index, y, k, own)
         gram = torch.bmm(a, a.transpose(1, 2))
-        yy = (y * y).sum(1)
-        weights = None
-        if locality > 0:
-            weights = 1.0 + locality * sq_distance_either_sign(
-                yy[:, None], gram.diagonal(dim1=-2, dim2=-1), b
-            )
-        if coder is None:
-            c = elastic_net_gram(gram, b, lam, alpha, iters, nonneg=nonneg, affine=affine, weights=weights)
-        else:
-            c = coder(y, a)
+        c = elastic_net_gram(gram, b, lam, alpha, iters)
         out_i[s : s + batch] = idx
         out_c[s : s + batch] = c
-        out_r[s : s + batch] = residual_from_gram(gram, b, yy, c)
+        out_r[s : s + batch] = residual_from_gram(gram, b, (y * y).sum(1), c)
     return out_i, out_c, out_r
 
 
