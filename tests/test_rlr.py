@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from reconad.errors import ReconadError
 from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import feature_jitter, sincos_position_2d
+from reconad.models.reconstruction import sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.trainer import feature_jitter, learning_rate
 from reconad.models.uniad import UniAD
 
 HW = (6, 8)
@@ -109,6 +110,19 @@ def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: 
         model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
 
 
+def test_runs_and_checkpoints_share_one_state_dict(tmp_path: Path) -> None:
+    """A checkpoint holds the run's very ``net.*`` weights; a run loads from it (extra keys ignored)."""
+    feats = _features()
+    model = RLR(**TINY, epochs=1).fit(feats, checkpoint_dir=tmp_path)
+    run, ckpt = model.state_dict(), load_file(tmp_path / "rlr-epoch0001.safetensors")
+    nets = {k: v for k, v in run.items() if k.startswith("net.")}
+    assert set(run) - set(nets) == {"level_hw", "loss_history"}
+    assert {k for k in ckpt if k.startswith("net.")} == set(nets)
+    assert all(torch.equal(ckpt[k], v) for k, v in nets.items())
+    loaded = RLR.from_state(model.get_config(), {**ckpt, "level_hw": run["level_hw"]})
+    assert torch.equal(loaded.predict(feats), model.predict(feats))
+
+
 def test_features_are_standardised_per_channel() -> None:
     """Scaling channels by powers of two (exact in floating point) changes neither training nor scores."""
     feats = _features()
@@ -155,17 +169,13 @@ def _train(
 
 
 def test_learning_rate_schedules() -> None:
-    constant, cosine = (
-        RLR(**TINY, lr=1e-3, lr_schedule="constant"),
-        RLR(**TINY, lr=1e-3, lr_schedule="cosine"),
-    )
-    assert [constant.learning_rate(s, 100) for s in (0, 50, 99)] == [1e-3] * 3
-    assert cosine.learning_rate(0, 100) == pytest.approx(1e-3)
-    assert cosine.learning_rate(50, 100) == pytest.approx(5e-4)
-    assert 0 < cosine.learning_rate(99, 100) < 1e-6
-    rates = [cosine.learning_rate(s, 100) for s in range(100)]
+    assert [learning_rate(1e-3, "constant", s, 100) for s in (0, 50, 99)] == [1e-3] * 3
+    assert learning_rate(1e-3, "cosine", 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(1e-3, "cosine", 50, 100) == pytest.approx(5e-4)
+    assert 0 < learning_rate(1e-3, "cosine", 99, 100) < 1e-6
+    rates = [learning_rate(1e-3, "cosine", s, 100) for s in range(100)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
-    assert cosine.get_config()["lr_schedule"] == "cosine"
+    assert RLR(**TINY).get_config()["lr_schedule"] == "cosine"
     with pytest.raises(ReconadError, match="lr_schedule"):
         RLR(**TINY, lr_schedule="step")
 
@@ -207,6 +217,7 @@ def test_registry_and_contract_errors() -> None:
     assert MODELS["rlr"] is RLR and MODELS["uniad"] is UniAD
     model = create_model("rlr", level_channels=(6, 10), level_grids=(8, 4), k=5, use_mlka=False)
     assert model.get_config()["use_mlka"] is False and RLR.unified and UniAD.unified
+    assert list(RLR().get_config()) == [*UniAD().get_config(), "use_lca", "use_mlka"]  # by name, in order
     with pytest.raises(ReconadError):
         RLR(use_lca=False, use_mlka=False)
     with pytest.raises(ReconadError, match="not fitted"):

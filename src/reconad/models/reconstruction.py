@@ -1,15 +1,10 @@
-"""The shared trainer for feature-reconstruction transformers (RLR, UniAD-style): one network per feature
+"""The shared base of the feature-reconstruction transformers (RLR, UniAD-style): one network per feature
 level, every category trained together (a *unified* model).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
 (stored with the weights): the network starts at the right scale, which matters on a short CPU schedule,
-and every channel counts alike in the loss and the score. Training: the clean standardised features are the
-target; the input is the same features plus feature jitter (Gaussian noise, per-token std
-``jitter_scale · ‖f‖ / C``, applied with probability ``jitter_prob``); the loss is ``MSE + mean(1 − cosine)``
-per level, summed over levels; Adam, fixed epochs. After every epoch a checkpoint is written atomically
-(safetensors for weights, optimizer state and RNG state; JSON for the epoch), so ``fit(..., resume=True)``
-continues where an interrupted run stopped and ends with exactly the weights an uninterrupted run would
-have (every random draw comes from one seeded generator whose state is saved).
+and every channel counts alike in the loss and the score. Training (:mod:`reconad.models.trainer`) and its
+per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
 
 Score: per level, channel-mean squared error + (1 − cosine) between standardised features and their
 reconstruction, bilinearly upsampled to the finest grid and averaged over levels.
@@ -17,25 +12,19 @@ reconstruction, bilinearly upsampled to the finest grid and averaged over levels
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.models.base import init_config
-
-Progress = Callable[[int, int, float], None]
-CHECKPOINT_FORMAT = 1
+from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
+from reconad.models.trainer import LR_SCHEDULES, Progress, train
 
 
 def sincos_position_2d(hw: tuple[int, int], width: int) -> Tensor:
@@ -86,52 +75,16 @@ class TokenReconstructor(nn.Module):
         return self.out(self.norm(self.encode(self.embed(features) + self.pos)))
 
 
-def feature_jitter(x: Tensor, scale: float, prob: float, generator: torch.Generator) -> Tensor:
-    """``x`` (``[B, N, C]``) plus Gaussian noise of per-token std ``scale · ‖x_token‖ / C``, each image
-    jittered with probability ``prob``. Noise is drawn on the CPU from ``generator`` (the same on any
-    device)."""
-    if scale <= 0 or prob <= 0:
-        return x
-    b, _, c = x.shape
-    noise = torch.randn(x.shape, generator=generator).to(x.device)
-    keep = (torch.rand(b, generator=generator) < prob).to(x.device, x.dtype).view(b, 1, 1)
-    return x + noise * (x.norm(dim=-1, keepdim=True) / c) * scale * keep
-
-
 def reconstruction_error(x: Tensor, rec: Tensor) -> Tensor:
     """Per-token channel-mean squared error + (1 − cosine similarity): ``[..., C]`` → ``[...]``."""
     return (rec - x).pow(2).mean(dim=-1) + 1 - F.cosine_similarity(rec, x, dim=-1, eps=1e-6)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then ``os.replace`` it in place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fingerprint(levels: Sequence[Tensor]) -> list[float]:
-    """A cheap identity of the training data (shape + sums), so a resume on different data is refused."""
-    out: list[float] = [float(levels[0].shape[0])]
-    for x in levels:
-        x64 = x.double()
-        out += [float(x64.sum()), float(x64.pow(2).sum())]
-    return out
-
-
-#: How the learning rate moves over training (see :meth:`ReconstructionModel.learning_rate`).
-LR_SCHEDULES = ("constant", "cosine")
-
-
+@dataclass(eq=False, kw_only=True)
 class ReconstructionModel:
-    """Base of the unified feature-reconstruction models. Subclasses set ``name`` and implement
-    :meth:`make_level`; the constructor arguments below are shared hyper-parameters.
+    """Base of the unified feature-reconstruction models. Subclasses set ``name``, implement
+    :meth:`make_level` and are dataclasses too, declaring only their own hyper-parameters as fields: the
+    fields below are the shared ones (``__init__`` arguments by keyword, the run's ``params``).
 
     ``widths``, ``windows``: one per level (``None``: the defaults); ``epochs`` is fixed (no early stopping on
     any split); ``device="auto"`` trains and predicts on CUDA when available.
@@ -140,29 +93,30 @@ class ReconstructionModel:
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        level_channels: Sequence[int] = (40, 112),
-        level_grids: Sequence[int] = (32, 16),
-        widths: Sequence[int] | None = None,
-        layers: int = 2,
-        heads: int = 4,
-        ff_mult: int = 2,
-        windows: Sequence[int] | None = None,
-        jitter_scale: float = 4.0,
-        jitter_prob: float = 1.0,
-        epochs: int = 30,
-        batch_size: int = 4,
-        lr: float = 1e-3,
-        seed: int = 0,
-        device: str = "auto",
-        lr_schedule: str = "cosine",
-    ) -> None:
-        if lr_schedule not in LR_SCHEDULES:
-            raise ReconadError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-        self.lr_schedule = lr_schedule
-        self.level_channels = [int(c) for c in level_channels]
-        self.level_grids = [int(g) for g in level_grids]
+    level_channels: Sequence[int] = (40, 112)
+    level_grids: Sequence[int] = (32, 16)
+    widths: Sequence[int] | None = None
+    layers: int = 2
+    heads: int = 4
+    ff_mult: int = 2
+    windows: Sequence[int] | None = None
+    jitter_scale: float = 4.0
+    jitter_prob: float = 1.0
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        """Check the hyper-parameters and store them as plain lists and numbers; no learned state yet."""
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ReconadError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        self.level_channels = [int(c) for c in self.level_channels]
+        self.level_grids = [int(g) for g in self.level_grids]
         n = len(self.level_channels)
         if len(self.level_grids) != n or n == 0:
             raise ReconadError(
@@ -170,15 +124,15 @@ class ReconstructionModel:
             )
         if any(self.level_grids[0] % g for g in self.level_grids):
             raise ReconadError(f"every level grid must divide the finest one, got {self.level_grids}")
-        self.widths = [int(w) for w in widths] if widths is not None else None
-        self.windows = [int(w) for w in windows] if windows is not None else None
+        self.widths = [int(w) for w in self.widths] if self.widths is not None else None
+        self.windows = [int(w) for w in self.windows] if self.windows is not None else None
         for what, val in (("widths", self.widths), ("windows", self.windows)):
             if val is not None and len(val) != n:
                 raise ReconadError(f"{what} must give one value per level ({n}), got {val}")
-        self.layers, self.heads, self.ff_mult = int(layers), int(heads), int(ff_mult)
-        self.jitter_scale, self.jitter_prob = float(jitter_scale), float(jitter_prob)
-        self.epochs, self.batch_size, self.lr, self.seed = int(epochs), int(batch_size), float(lr), int(seed)
-        self.device = device
+        self.layers, self.heads, self.ff_mult = int(self.layers), int(self.heads), int(self.ff_mult)
+        self.jitter_scale, self.jitter_prob = float(self.jitter_scale), float(self.jitter_prob)
+        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
+        self.lr, self.seed = float(self.lr), int(self.seed)
         self.nets_: nn.ModuleList | None = None
         self.level_hw_: list[tuple[int, int]] | None = None
         self.loss_history_: list[float] = []
@@ -270,121 +224,21 @@ class ReconstructionModel:
             flat = x.reshape(-1, x.shape[-1]).double()
             net.feature_mean.copy_(flat.mean(dim=0).float())
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
-        device = self._device()
-        optimizer = torch.optim.Adam(self.nets_.parameters(), lr=self.lr)
-        generator = torch.Generator().manual_seed(self.seed)
-        fingerprint = _fingerprint(levels)
-        start, self.loss_history_ = 0, []
-        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if ckpt is not None:
-            ckpt.mkdir(parents=True, exist_ok=True)
-            if resume:
-                start = self._load_checkpoint(ckpt, optimizer, generator, fingerprint)
-        n = features.shape[0]
-        steps = math.ceil(n / self.batch_size)
-        self.nets_.train()
-        for epoch in range(start, self.epochs):
-            order = torch.randperm(n, generator=generator)
-            total, batches = 0.0, 0
-            for i in range(0, n, self.batch_size):
-                idx = order[i : i + self.batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = self.learning_rate(epoch * steps + batches, self.epochs * steps)
-                loss = torch.zeros((), device=device)
-                for net, x in zip(self.nets_, levels, strict=True):
-                    clean = net.standardise(x[idx].to(device))
-                    rec = net(feature_jitter(clean, self.jitter_scale, self.jitter_prob, generator))
-                    cos = F.cosine_similarity(rec, clean, dim=-1, eps=1e-6)
-                    loss = loss + F.mse_loss(rec, clean) + (1 - cos).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                batches += 1
-            self.loss_history_.append(total / batches)
-            if ckpt is not None:
-                self._save_checkpoint(ckpt, epoch + 1, optimizer, generator, fingerprint)
-            if progress is not None:
-                progress(epoch + 1, self.epochs, self.loss_history_[-1])
-        self.nets_.eval()
+        ckpt = None
+        if checkpoint_dir is not None:
+            ckpt = Checkpoints(Path(checkpoint_dir), self.name, self.get_config(), fingerprint(levels))
+        self.loss_history_ = []
+        train(
+            self.nets_,
+            levels,
+            self,
+            device=self._device(),
+            losses=self.loss_history_,
+            checkpoints=ckpt,
+            resume=resume,
+            progress=progress,
+        )
         return self
-
-    def learning_rate(self, step: int, total: int) -> float:
-        """The learning rate of optimizer step ``step`` of ``total``: ``lr`` throughout (``"constant"``), or
-        ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed towards zero over the ``epochs``).
-
-        It depends only on the step index, so a resumed run follows the same schedule."""
-        if self.lr_schedule == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
-        return self.lr
-
-    # --- checkpoints -------------------------------------------------------------------------------------
-    def _ckpt_json(self, ckpt: Path) -> Path:
-        return ckpt / f"{self.name}-checkpoint.json"
-
-    def _save_checkpoint(
-        self, ckpt: Path, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, fp: list
-    ) -> None:
-        """Weights, Adam state and RNG state to ``NAME-epochNNNN.safetensors``, then the JSON that names it
-        (the JSON replace is the commit point), then the previous epoch's file is removed."""
-        assert self.nets_ is not None
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.nets_.state_dict().items()}
-        for pid, st in optimizer.state_dict()["state"].items():
-            for key, val in st.items():
-                tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
-        tensors["rng"] = generator.get_state()
-        weights = f"{self.name}-epoch{epoch:04d}.safetensors"
-        _atomic_write(ckpt / weights, lambda tmp: save_file(tensors, tmp))
-        config = {k: v for k, v in self.get_config().items() if k not in ("epochs", "device")}
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.name,
-            "epoch": epoch,
-            "epochs": self.epochs,
-            "weights": weights,
-            "config": config,
-            "data": fp,
-            "losses": self.loss_history_,
-        }
-        path = self._ckpt_json(ckpt)
-        old = json.loads(path.read_text())["weights"] if path.exists() else None
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
-        if old and old != weights:
-            with contextlib.suppress(OSError):
-                (ckpt / old).unlink()
-
-    def _load_checkpoint(
-        self, ckpt: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator, fp: list
-    ) -> int:
-        """Restore the last finished epoch's state; returns that epoch (0 when there is no checkpoint)."""
-        assert self.nets_ is not None
-        path = self._ckpt_json(ckpt)
-        if not path.exists():
-            return 0
-        try:
-            meta = json.loads(path.read_text())
-            tensors = load_file(str(ckpt / meta["weights"]))
-        except (OSError, ValueError, KeyError) as err:
-            raise ReconadError(f"cannot resume from {path}: {err}") from None
-        config = {k: v for k, v in self.get_config().items() if k not in ("epochs", "device")}
-        if meta.get("model") != self.name or meta.get("config") != json.loads(json.dumps(config)):
-            raise ReconadError(f"cannot resume from {path}: it was written with other hyper-parameters")
-        if not all(
-            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(meta["data"], fp, strict=True)
-        ):
-            raise ReconadError(f"cannot resume from {path}: it was trained on other features")
-        device = self._device()
-        self.nets_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        fresh = optimizer.state_dict()
-        state: dict[int, dict[str, Tensor]] = {}
-        for key, val in tensors.items():
-            if key.startswith("optim."):
-                _, pid, name = key.split(".", 2)
-                state.setdefault(int(pid), {})[name] = val.to(device) if name != "step" else val
-        optimizer.load_state_dict({"state": state, "param_groups": fresh["param_groups"]})
-        generator.set_state(tensors["rng"])
-        self.loss_history_ = [float(x) for x in meta["losses"]]
-        return int(meta["epoch"])
 
     # --- inference ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -421,7 +275,7 @@ class ReconstructionModel:
     def state_dict(self) -> dict[str, Tensor]:
         if self.nets_ is None or self.level_hw_ is None:
             raise ReconadError(f"{self.name} is not fitted")
-        state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.nets_.state_dict().items()}
+        state = nets_state(self.nets_)
         state["level_hw"] = torch.tensor(self.level_hw_, dtype=torch.int64)
         state["loss_history"] = torch.tensor(self.loss_history_, dtype=torch.float64)
         return state
@@ -432,7 +286,7 @@ class ReconstructionModel:
         try:
             model._build([(int(h), int(w)) for h, w in state["level_hw"].tolist()])
             assert model.nets_ is not None
-            model.nets_.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            load_nets_state(model.nets_, state)
         except (KeyError, RuntimeError) as err:
             raise ReconadError(f"{cls.name} state does not match its config: {err}") from None
         model.loss_history_ = [float(x) for x in state.get("loss_history", torch.zeros(0)).tolist()]

@@ -16,7 +16,7 @@ suffers from is closed) followed by a feed-forward block with residual and Layer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -104,41 +104,31 @@ class RLRLevel(TokenReconstructor):
 
 
 @register
+@dataclass(eq=False, kw_only=True)
 class RLR(ReconstructionModel):
     """Unified RLR; see :class:`ReconstructionModel` for the shared hyper-parameters and docs/rlr.md for the
-    CPU and GPU recipes."""
+    CPU and GPU recipes. ``use_lca`` / ``use_mlka``: keep each attention branch (the ablation)."""
 
     name = "rlr"
 
-    def __init__(
-        self,
-        level_channels: Sequence[int] = (40, 112),
-        level_grids: Sequence[int] = (32, 16),
-        widths: Sequence[int] | None = None,
-        layers: int = 2,
-        heads: int = 4,
-        ff_mult: int = 2,
-        windows: Sequence[int] | None = None,
-        jitter_scale: float = 4.0,
-        jitter_prob: float = 1.0,
-        epochs: int = 30,
-        batch_size: int = 4,
-        lr: float = 1e-3,
-        seed: int = 0,
-        device: str = "auto",
-        lr_schedule: str = "cosine",
-        use_lca: bool = True,
-        use_mlka: bool = True,
-    ) -> None:
-        if not (use_lca or use_mlka):
+    use_lca: bool = True
+    use_mlka: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.use_lca or self.use_mlka):
             raise ReconadError("rlr needs at least one of use_lca and use_mlka")
-        self.use_lca, self.use_mlka = bool(use_lca), bool(use_mlka)
-        super().__init__(
-            level_channels, level_grids, widths, layers, heads, ff_mult, windows, jitter_scale, jitter_prob,
-            epochs, batch_size, lr, seed, device, lr_schedule,
-        )  # fmt: skip
+        self.use_lca, self.use_mlka = bool(self.use_lca), bool(self.use_mlka)
+        super().__post_init__()
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
         return RLRLevel(
-            channels, width, hw, window, self.layers, self.heads, self.ff_mult, self.use_lca, self.use_mlka
+            channels,
+            width,
+            hw,
+            window,
+            layers=self.layers,
+            heads=self.heads,
+            ff_mult=self.ff_mult,
+            lca=self.use_lca,
+            mlka=self.use_mlka,
         )

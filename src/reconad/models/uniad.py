@@ -10,6 +10,8 @@ learned queries), the same width and depth as the RLR it is compared with.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from reconad.models.attention import masked_attention, merge_heads, split_heads
@@ -58,10 +60,13 @@ class UniADLevel(TokenReconstructor):
 
 
 @register
+@dataclass(eq=False, kw_only=True)
 class UniAD(ReconstructionModel):
     """Unified UniAD-style reconstruction; hyper-parameters as :class:`ReconstructionModel`."""
 
     name = "uniad"
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return UniADLevel(channels, width, hw, window, self.layers, self.heads, self.ff_mult)
+        return UniADLevel(
+            channels, width, hw, window, layers=self.layers, heads=self.heads, ff_mult=self.ff_mult
+        )

@@ -1,0 +1,147 @@
+"""The level networks' state dict (one path, for saved runs and for checkpoints) and the per-epoch checkpoints
+of a unified model's training.
+
+After every epoch a checkpoint is written atomically: weights, Adam state and the generator's RNG state to
+``NAME-epochNNNN.safetensors``, then ``NAME-checkpoint.json`` (epoch, hyper-parameters, a fingerprint of the
+training data, the losses so far) that names it. Resuming restores all of it, so a resumed run ends with
+exactly the weights an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from reconad.errors import ReconadError
+
+CHECKPOINT_FORMAT = 1
+#: Hyper-parameters that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("epochs", "device")
+
+
+def nets_state(nets: nn.Module) -> dict[str, Tensor]:
+    """The networks' weights and buffers as ``net.KEY`` CPU tensors (a run's and a checkpoint's weights)."""
+    return {f"net.{k}": v.detach().cpu().contiguous() for k, v in nets.state_dict().items()}
+
+
+def load_nets_state(nets: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load the ``net.KEY`` entries of ``state`` (written by :func:`nets_state`) into ``nets``."""
+    nets.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then ``os.replace`` it in place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def fingerprint(levels: Sequence[Tensor]) -> list[float]:
+    """A cheap identity of the training data (shape + sums), so a resume on different data is refused."""
+    out: list[float] = [float(levels[0].shape[0])]
+    for x in levels:
+        x64 = x.double()
+        out += [float(x64.sum()), float(x64.pow(2).sum())]
+    return out
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """The checkpoints of one training run in ``directory``: ``model`` (its name) names the files; ``config``
+    (its hyper-parameters) and ``data`` (the :func:`fingerprint` of its features) must match to resume."""
+
+    directory: Path
+    model: str
+    config: dict[str, Any]
+    data: list[float]
+
+    @property
+    def meta_path(self) -> Path:
+        return self.directory / f"{self.model}-checkpoint.json"
+
+    def _resumable_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in RESUMABLE_CHANGES}
+
+    def save(
+        self,
+        epoch: int,
+        nets: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        losses: list[float],
+    ) -> None:
+        """Weights, Adam state and RNG state to ``NAME-epochNNNN.safetensors``, then the JSON that names it
+        (the JSON replace is the commit point), then the previous epoch's file is removed."""
+        tensors = nets_state(nets)
+        for pid, st in optimizer.state_dict()["state"].items():
+            for key, val in st.items():
+                tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+        tensors["rng"] = generator.get_state()
+        weights = f"{self.model}-epoch{epoch:04d}.safetensors"
+        _atomic_write(self.directory / weights, lambda tmp: save_file(tensors, tmp))
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model,
+            "epoch": epoch,
+            "epochs": self.config["epochs"],
+            "weights": weights,
+            "config": self._resumable_config(),
+            "data": self.data,
+            "losses": losses,
+        }
+        path = self.meta_path
+        old = json.loads(path.read_text())["weights"] if path.exists() else None
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        if old and old != weights:
+            with contextlib.suppress(OSError):
+                (self.directory / old).unlink()
+
+    def load(
+        self,
+        nets: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[int, list[float]] | None:
+        """Restore the last finished epoch's state; that epoch and the losses so far (None: no checkpoint)."""
+        path = self.meta_path
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+            tensors = load_file(str(self.directory / meta["weights"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise ReconadError(f"cannot resume from {path}: {err}") from None
+        config = json.loads(json.dumps(self._resumable_config()))
+        if meta.get("model") != self.model or meta.get("config") != config:
+            raise ReconadError(f"cannot resume from {path}: it was written with other hyper-parameters")
+        pairs = zip(meta["data"], self.data, strict=True)
+        if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in pairs):
+            raise ReconadError(f"cannot resume from {path}: it was trained on other features")
+        load_nets_state(nets, tensors)
+        fresh = optimizer.state_dict()
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, val in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = val.to(device) if name != "step" else val
+        optimizer.load_state_dict({"state": state, "param_groups": fresh["param_groups"]})
+        generator.set_state(tensors["rng"])
+        return int(meta["epoch"]), [float(x) for x in meta["losses"]]
