@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reconad.distributed import World
 from reconad.errors import ReconadError
 from reconad.models.base import init_config
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
@@ -206,13 +207,16 @@ class ReconstructionModel:
         checkpoint_dir: Path | None = None,
         resume: bool = False,
         progress: Progress | None = None,
+        world: World | None = None,
     ) -> ReconstructionModel:
         """Train one network per level on the good ``features`` ``[N, C, h, w]`` of every category at once.
 
         ``categories`` is accepted for the contract and ignored (the model is unified). With
         ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume=True`` continues from the last
         one there (same data and hyper-parameters required; ``epochs`` may be raised).
-        ``progress(epoch, epochs, mean_loss)`` is called after every epoch.
+        ``progress(epoch, epochs, mean_loss)`` is called after every epoch. ``world``: this process's place
+        in a torchrun job (:mod:`reconad.distributed`): DistributedDataParallel training, checkpoints by
+        rank 0 (:func:`~reconad.models.trainer.train`).
         """
         self._check(features)
         if features.shape[0] == 0:
@@ -226,7 +230,8 @@ class ReconstructionModel:
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
         ckpt = None
         if checkpoint_dir is not None:
-            ckpt = Checkpoints(Path(checkpoint_dir), self.name, self.get_config(), fingerprint(levels))
+            size = world.size if world is not None else 1
+            ckpt = Checkpoints(Path(checkpoint_dir), self.name, self.get_config(), fingerprint(levels), size)
         self.loss_history_ = []
         train(
             self.nets_,
@@ -237,6 +242,7 @@ class ReconstructionModel:
             checkpoints=ckpt,
             resume=resume,
             progress=progress,
+            world=world,
         )
         return self
 
