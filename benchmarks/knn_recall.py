@@ -1,6 +1,6 @@
 """How exact is PatchCore's IVF nearest-atom search, and how fast? No labels: held-back good images only.
 
-    .venv/bin/python benchmarks/knn_recall.py [--data mvtec:../shared/data/mvtec_ad ...] [--nprobe 1 2 4 8 16]
+    python benchmarks/knn_recall.py --data mvtec:PATH [mvtec3d:PATH ...] [--nprobe 1 2 4 8 16]
 
 Per category: PatchCore's default 10 % coreset bank is built from the model part of the training images
 (the same seeded hold-out as ``reconad fit``); the held-back good images' patches are searched exactly
@@ -27,12 +27,6 @@ from reconad.models.patchcore import PatchCore
 from reconad.pipeline import extract, split_holdout
 from reconad.runtime import keep_freed_memory
 
-DATA = [
-    "mvtec:../shared/data/mvtec_ad",
-    "mvtec3d:../shared/data/mvtec_3d",
-    "mtd:../shared/data/magnetic_tile",
-]
-
 
 def timed_search(index: NearestNeighbors, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     start = time.perf_counter()
@@ -43,7 +37,7 @@ def timed_search(index: NearestNeighbors, queries: torch.Tensor) -> tuple[torch.
 def main() -> None:
     keep_freed_memory()  # as the CLI does (reconad.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", nargs="+", default=DATA)
+    ap.add_argument("--data", nargs="+", required=True, help="FORMAT:PATH sources")
     ap.add_argument("--nprobe", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     args = ap.parse_args()
     extractor = FeatureExtractor()

@@ -1,6 +1,6 @@
 """End-to-end predict throughput vs the backbone's own forward throughput, measured in the same run.
 
-    python benchmarks/predict_throughput.py --data mvtec:../shared/data/mvtec_ad --category bottle \
+    python benchmarks/predict_throughput.py --data mvtec:PATH --category bottle \
         --model patchcore [--param coreset_ratio=0.1] [--repeat 2]
 
 End to end = decode + resize + backbone + model + anomaly maps + image scores (``pipeline.score_images``),
@@ -29,8 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default="mvtec:../shared/data/mvtec_ad")
-    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--data", required=True, help="FORMAT:PATH")
+    parser.add_argument("--category", required=True)
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--param", action="append", default=[])
     parser.add_argument("--batch-size", type=int, default=16)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rlr_vs_uniad import shortcut_index
+import torch.nn.functional as F
 
-from reconad.cli import make_extractor
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
@@ -29,12 +28,22 @@ from reconad.runtime import keep_freed_memory
 Extractors = dict[str, tuple[FeatureExtractor, FeatureCache]]
 
 
+def shortcut_index(patch_scores: torch.Tensor, masks: np.ndarray) -> float | None:
+    """Mean error inside defect masks ÷ mean error on defect-free pixels (errors upsampled bilinearly to the
+    mask size, no smoothing); ``None`` without defect pixels."""
+    m = torch.from_numpy(masks)
+    if not m.any():
+        return None
+    up = F.interpolate(patch_scores[:, None].float(), size=m.shape[-2:], mode="bilinear")[:, 0]
+    return float(up[m].mean() / up[~m].mean())
+
+
 def run_extractor(run: Run, extractors: Extractors) -> tuple[FeatureExtractor, FeatureCache]:
     """The backbone (and its feature cache) ``run`` was fitted on; ``extractors`` keeps one per distinct
     features config, shared by the runs that use it."""
     key = json.dumps(run.config["features"], sort_keys=True)
     if key not in extractors:
-        extractor = make_extractor(run.config["features"])
+        extractor = FeatureExtractor.from_config(run.config["features"])
         extractors[key] = extractor, FeatureCache(extractor.key(), None)
     return extractors[key]
 
