@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -32,3 +34,57 @@ def test_features_are_gathered_whole_and_in_order(tmp_path):
         assert all(r["gather"].values()), r
         assert r["broadcast"] == {"epoch": 3, "rank": 0}  # rank 0's object everywhere
         assert r["mean"] == pytest.approx(0.5)
+
+
+def one_process(**params):
+    """The same training as the worker's, in this (plain) process."""
+    from distributed_worker import SMALL
+
+    from reconad.models.base import create_model
+
+    return create_model("rlr", **SMALL, **params)
+
+
+def assert_same_model(ddp_file: Path, single, features: torch.Tensor) -> None:
+    """Every weight within 1e-5 of the one-process model's, and so its predictions, except the attention
+    key biases: softmax ignores a shift shared by all keys, so their gradient is zero in exact arithmetic
+    and only float noise, which Adam turns into steps of up to ``lr`` in both runs alike (they drift apart
+    by up to ~4e-4 here) without changing any output."""
+    ddp = load_file(str(ddp_file))
+    for key, value in single.state_dict().items():
+        if not key.endswith(".k.bias"):
+            torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-5, msg=key)
+    loaded = type(single).from_state(single.get_config(), ddp)
+    torch.testing.assert_close(loaded.predict(features), single.predict(features), rtol=0, atol=1e-5)
+
+
+def test_two_processes_train_the_weights_of_one_with_the_same_effective_batch(tmp_path):
+    done = torchrun(WORKER, "train-jitter-off", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from distributed_worker import features
+
+    single = one_process(epochs=3, batch_size=4, jitter_scale=0.0).fit(features(8))  # 2 × 2 per step
+    assert_same_model(tmp_path / "ddp-off.safetensors", single, features(8))
+    r0, r1 = results(tmp_path)
+    assert r0["losses"] == r1["losses"] and r0["losses"] == pytest.approx(single.loss_history_, abs=1e-5)
+
+
+def test_with_jitter_every_process_holds_the_same_weights_after_every_step_and_the_loss_falls(tmp_path):
+    done = torchrun(WORKER, "train-jitter-on", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = results(tmp_path)
+    assert len(r0["digests"]) == 6 and r0["digests"] == r1["digests"]  # 4 images: one step per epoch
+    assert len(set(r0["digests"])) == 6  # the weights moved every step
+    assert r0["losses"][-1] < r0["losses"][0]
+    from distributed_worker import features
+
+    single = one_process(epochs=6, batch_size=4).fit(features(4))  # the same noise draws, in one process
+    assert_same_model(tmp_path / "ddp-on.safetensors", single, features(4))
+
+
+def test_resume_under_torchrun_ends_with_the_uninterrupted_weights(tmp_path):
+    done = torchrun(WORKER, "resume", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in results(tmp_path):
+        assert r["equal"], r
+        assert r["losses"][0] == r["losses"][1]
