@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,20 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def torchrun(*args: object, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node NPROC ARGS`` (a free loopback port), output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+def torchrun_command(*args: object, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc-per-node NPROC ARGS`` (a free loopback port)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.run([*cmd, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    return [*cmd, *map(str, args)]
+
+
+def torchrun_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), **extra}
+
+
+def torchrun(*args: object, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run :func:`torchrun_command`, output captured."""
+    cmd = torchrun_command(*args, nproc=nproc)
+    return subprocess.run(cmd, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def results(out: Path, nproc: int = 2) -> list[dict]:
@@ -88,3 +99,69 @@ def test_resume_under_torchrun_ends_with_the_uninterrupted_weights(tmp_path):
     for r in results(tmp_path):
         assert r["equal"], r
         assert r["losses"][0] == r["losses"][1]
+
+
+def rank_pid(job: str, rank: int) -> int | None:
+    """The pid of the worker of rank ``rank`` in the torchrun job whose environment holds ``job``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        wanted = (f"RECONAD_TEST_JOB={job}", f"RANK={rank}", f"LOCAL_RANK={rank}")  # a worker, not torchrun
+        if all(w.encode() in env for w in wanted):
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_killed_process_leaves_a_whole_checkpoint_and_resume_finishes_a_run_that_predicts(tmp_path, parts):
+    """``reconad fit rlr`` under torchrun: rank 1 killed mid-training ends the job with one line from rank 0,
+    the last checkpoint stays readable, ``--resume`` finishes the run, and the run predicts like any other."""
+    import uuid
+
+    from conftest import invoke
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = [
+        "-m", "reconad", "--quiet", "fit", "rlr", "--data", f"mvtec:{parts}", "--out", run,
+        "--image-size", 64, "--holdout", 0.2, "--no-cache", "--param", "epochs=300",
+        "--param", "batch_size=2", "--param", "widths=[16,16]", "--param", "device=cpu",
+    ]  # fmt: skip
+    job = uuid.uuid4().hex
+    env = torchrun_env(RECONAD_TEST_JOB=job)
+    proc = subprocess.Popen(torchrun_command(*args), env=env, stderr=subprocess.PIPE, text=True)
+    meta = tmp_path / ".run.checkpoints" / "rlr-checkpoint.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(meta.read_text())["epoch"] >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    victim = rank_pid(job, 1)
+    assert victim is not None and proc.poll() is None, "training ended before a rank could be killed"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "--resume" in ours[0], stderr[-3000:]  # rank 0's (torchrun adds its report)
+    epoch = json.loads(meta.read_text())["epoch"]
+    assert 2 <= epoch < 300
+    assert load_file(str(meta.parent / json.loads(meta.read_text())["weights"]))  # whole and readable
+    assert not run.exists()
+
+    done = torchrun(*args, "--resume", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((run / "run.json").read_text())
+    assert config["distributed"] == {
+        "world_size": 2, "backend": "gloo", "batch_size_per_process": 2, "effective_batch": 4, "lr": 1e-3,
+    }  # fmt: skip
+    assert not meta.parent.exists()  # rank 0 removed the checkpoints once the run was saved
+    result = invoke("predict", run, parts / "test", "--out", tmp_path / "pred")
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "pred" / "scores.csv").read_text().splitlines()) == 1 + 10
