@@ -289,11 +289,15 @@ def do_fit(
                 world=world,
             )
     except distributed.JobStopped as stopped:
+        distributed.abandon()
         if not main:  # rank 0 says it, once
             raise typer.Exit(1) from None
         resumable = cls.unified and ckpt.is_dir() and any(ckpt.glob("*-checkpoint.json"))
         hint = f"; the checkpoints in {ckpt} are whole: rerun the same command with --resume"
         raise ReconadError(f"{stopped}{hint if resumable else ''}") from None
+    except BaseException:
+        distributed.abandon()  # this process's own error: it says it, then ends
+        raise
     if main:  # one writer: rank 0 (atomically, as ever)
         save_run(run, out_dir)
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -30,6 +30,8 @@ from reconad.errors import ReconadError
 
 #: How long a process waits for the others at a collective before the job fails (a peer that hangs).
 TIMEOUT = timedelta(minutes=30)
+#: What gloo and NCCL errors say when a peer has gone.
+PEER_GONE = ("Connection", "connection", "peer", "Socket", "socket", "NCCL", "gloo", "timed out", "Timeout")
 GATHER_ROWS = 64  # feature rows (images) exchanged per collective in :func:`gather_rows`
 
 
@@ -120,6 +122,13 @@ def stop() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def abandon() -> None:
+    """This process is leaving with its own error: ignore torchrun's ``SIGTERM`` from now on, so that the
+    one line it prints is the last thing it says (no second traceback while it exits)."""
+    if _world is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def device_for(world: World | None, device: str) -> str:
     """The device a process trains on: ``cuda:LOCAL_RANK`` for a CUDA job, ``device`` otherwise."""
     if world is not None and torch.device(device).type == "cuda":
@@ -134,7 +143,11 @@ def collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        raise JobStopped(f"another process of the job stopped during {what} ({error})") from None
+        network = isinstance(error, getattr(dist, "DistError", ())) or any(w in str(error) for w in PEER_GONE)
+        if not network:
+            raise  # not the network: an error of this process
+        gist = str(error).split("] ", 1)[-1].split(". ")[0]  # gloo: "[file:line] Read error …: by peer. …"
+        raise JobStopped(f"another process of the job stopped during {what} ({gist})") from None
 
 
 def gather_rows(local: Tensor, total: int, world: World) -> Tensor:

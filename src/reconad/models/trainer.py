@@ -18,6 +18,7 @@ under autocast (bf16, or fp16 with gradient scaling where the GPU has no bf16); 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -81,6 +82,15 @@ def feature_jitter(
         keep = (torch.rand(b * world.size, generator=generator) < prob)[rows]
         keep = keep.to(x.device, x.dtype).view(b, 1, 1)
     return x + noise * (x.norm(dim=-1, keepdim=True) / c) * scale * keep
+
+
+#: Buffers (the feature standardisation) are equal everywhere and fixed: DDP need not send them every step
+#: (``forward_sync_buffers`` replaces ``broadcast_buffers`` in newer torch).
+NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class BatchLoss(nn.Module):
@@ -191,7 +201,7 @@ def train(
     loss_of = BatchLoss(nets, levels, params, device, world)
     if world is not None:  # DDP starts every process from rank 0's weights (a resumed rank 0's too)
         with distributed.collective("the start of training"):
-            loss_of = DistributedDataParallel(loss_of, device_ids=None, broadcast_buffers=False)
+            loss_of = DistributedDataParallel(loss_of, device_ids=None, **NO_BUFFER_SYNC)
     precision = Precision(device)
     nets.train()
     for epoch in range(start, params.epochs):
