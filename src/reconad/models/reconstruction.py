@@ -134,6 +134,7 @@ class ReconstructionModel:
         self.jitter_scale, self.jitter_prob = float(self.jitter_scale), float(self.jitter_prob)
         self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
         self.lr, self.seed = float(self.lr), int(self.seed)
+        self._placed: torch.device | None = None  # set by :meth:`to`: overrides ``device``
         self.nets_: nn.ModuleList | None = None
         self.level_hw_: list[tuple[int, int]] | None = None
         self.loss_history_: list[float] = []
@@ -149,6 +150,8 @@ class ReconstructionModel:
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
+        if self._placed is not None:
+            return self._placed
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -244,6 +247,14 @@ class ReconstructionModel:
             progress=progress,
             world=world,
         )
+        return self
+
+    def to(self, device: str | torch.device) -> ReconstructionModel:
+        """Predict (and train) on ``device`` from now on, whatever the ``device`` hyper-parameter says (the
+        run's config keeps it)."""
+        self._placed = torch.device(device)
+        if self.nets_ is not None:
+            self.nets_.to(self._placed)
         return self
 
     # --- inference ---------------------------------------------------------------------------------------
