@@ -6,9 +6,10 @@
 Both train the same model on the same cached features (a first plain fit fills the cache) with the same
 effective batch: ``batch_size`` 4 in one process, ``4 / N`` in each of N. The figure is the run's
 ``model_fit_seconds`` (training plus the held-back scoring; feature extraction excluded), divided by the
-epochs. One process uses every core (torch's default threads); torchrun gives each of its N processes
-``OMP_NUM_THREADS`` = cores / N, so both use the whole machine. On a few cores N processes are not expected
-to be faster: they split the same cores and add a gradient all-reduce per step.
+epochs. One process runs twice: with torch's default threads (every core) and with cores / N threads;
+torchrun gives each of its N processes ``OMP_NUM_THREADS`` = cores / N, so the job uses the whole machine.
+On a few cores N processes are not expected to be faster: they split the same cores and add a gradient
+all-reduce per step.
 """
 
 from __future__ import annotations
@@ -57,16 +58,21 @@ def main() -> None:
         [sys.executable, *fit_command(args.data, args.category, args.work / "warm", 1, 4)], check=True
     )
     one = timed_run(plain, args.work / "one", env)
+    threads = str(max(1, cores // args.nproc))
+    one_narrow = timed_run(plain, args.work / "one", {**env, "OMP_NUM_THREADS": threads})
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
         *fit_command(args.data, args.category, args.work / "many", args.epochs, 4 // args.nproc),
     ]  # fmt: skip
-    threads = str(max(1, cores // args.nproc))
     many = timed_run(torchrun, args.work / "many", {**env, "OMP_NUM_THREADS": threads})
     result = {
         "cores": cores,
         "epochs": args.epochs,
         "one_process": {**one, "seconds_per_epoch": one["model_fit_seconds"] / args.epochs},
+        f"one_process_{threads}_threads": {
+            **one_narrow,
+            "seconds_per_epoch": one_narrow["model_fit_seconds"] / args.epochs,
+        },
         f"{args.nproc}_processes": {**many, "seconds_per_epoch": many["model_fit_seconds"] / args.epochs},
         "speed_up": round(one["model_fit_seconds"] / many["model_fit_seconds"], 3),
     }
