@@ -73,10 +73,15 @@ def test_fit_unknown_model(tmp_path, parts):
 @pytest.mark.parametrize(
     ("option", "words"),
     [
-        (["--holdout", "0"], ["holdout must be between 0 and 1", "got 0.0"]),
-        (["--holdout", "1.5"], ["holdout must be between 0 and 1"]),
-        (["--image-size", "0"], ["image size must be a positive integer"]),
+        (["--holdout", "0"], ["--holdout must be a number in (0, 1)", "got 0.0"]),
+        (["--holdout", "1.5"], ["--holdout must be a number in (0, 1)"]),
+        (["--image-size", "0"], ["--image-size must be an integer from 32 to 2048", "got 0"]),
+        (["--image-size", "99999"], ["--image-size must be an integer from 32 to 2048", "got 99999"]),
+        (["--seed", "-1"], ["--seed must be an integer from 0 to 2147483647", "got -1"]),
         (["--layers", "2,x"], ["--layers '2,x'"]),
+        (["--layers", "3,2"], ["--layers must be backbone levels in increasing order"]),
+        (["--layers", "-1"], ["--layers must be a list of integers >= 0"]),
+        (["--param", "coreset_ratio=abc"], ["patchcore: coreset_ratio must be a number in (0, 1]", "'abc'"]),
         (["--layers", "9"], ["no feature levels (9,)"]),
         (["--param", "coreset_ratio"], ["--param 'coreset_ratio': expected key=value"]),
         (["--backbone", "nosuchnet"], ["unknown backbone 'nosuchnet'"]),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import READABLE, write_bad
 from PIL import Image
 
-from reconad.data.imageio import _to_rgb, load_resized, read_image, read_mask
+from reconad.data.imageio import _to_rgb, decode_image, load_resized, read_image, read_mask
 from reconad.data.sample import Sample
-from reconad.errors import ReconadError
+from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -376,3 +377,32 @@ def test_resize_images_is_within_one_level_of_pillow_and_batch_invariant():
         assert np.abs(got.astype(int) - pil.astype(int)).max() <= 1
         assert np.array_equal(resize_images([image], 24)[0], got)
     assert np.array_equal(out[3], images[3])  # already the right size: untouched
+
+
+# --- decoding bytes (uploads) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(set(READABLE) - {"non_utf8_name"}))
+def test_decode_image_bytes_matches_read_image(tmp_path, kind):
+    path = write_bad(kind, tmp_path)
+    assert np.array_equal(decode_image(path.read_bytes(), "upload"), read_image(path))
+
+
+@pytest.mark.parametrize(
+    "kind, error",
+    [
+        ("zero_byte", ReconadError),
+        ("truncated_png", ReconadError),
+        ("truncated_jpeg", ReconadError),
+        ("text_as_png", NotAnImage),
+        ("decompression_bomb", ImageTooLarge),
+    ],
+)
+def test_decode_image_bytes_refuses_what_read_image_refuses(tmp_path, kind, error):
+    path = write_bad(kind, tmp_path)
+    with pytest.raises(ReconadError) as from_file:
+        read_image(path)
+    with pytest.raises(error) as from_bytes:
+        decode_image(path.read_bytes(), "upload.bin")
+    assert type(from_bytes.value) is type(from_file.value)
+    assert str(from_bytes.value) == str(from_file.value).replace(str(path), "upload.bin")

@@ -119,7 +119,7 @@ def test_interrupted_save_leaves_the_previous_run(tmp_path, fitted_run, monkeypa
 
     # the steps of a save, in order: write the weights, rename the old run away, rename the new one in
     monkeypatch.setattr(runs, "save_file", failing(runs.save_file))
-    monkeypatch.setattr(runs.os, "replace", failing(os.replace))
+    monkeypatch.setattr(os, "replace", failing(os.replace))
     run = load_run(fitted_run)
     run.config["seed"] = 99
     with pytest.raises(type(exception)):
@@ -131,12 +131,10 @@ def test_interrupted_save_leaves_the_previous_run(tmp_path, fitted_run, monkeypa
 
 
 def test_interrupted_first_save_leaves_nothing(tmp_path, fitted_run, monkeypatch):
-    import reconad.runs as runs
-
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         save_run(load_run(fitted_run), tmp_path / "run")
     assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +31,14 @@ from typing import Any
 import torch
 
 from reconad import __version__, pipeline
+from reconad.atomic import atomic_folder
 from reconad.data import CategoryData, Sample, load_sources
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import model_class
-from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, usual_permissions, write_reports
+from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, write_reports
 from reconad.runs import Run, save_run
 
 BENCH_MARKER = "reconad_bench"  # key of results.json that marks a bench folder; its value is the schema
@@ -103,9 +103,10 @@ def _check_out(out: Path) -> None:
         raise ReconadError(f"{out} exists and is not a reconad bench folder: choose another --out")
 
 
-def _check_inputs(
-    models: list[str], params: dict[str, dict], sources: list[CategoryData], holdout: float, seed: int
-) -> dict[str, type]:
+def _check_models(
+    models: list[str], params: dict[str, dict], holdout: float, seed: int
+) -> tuple[dict[str, type], dict[str, dict[str, Any]]]:
+    """The model classes and each model's checked hyper-parameters (:func:`pipeline.check_fit_options`)."""
     if not models:
         raise ReconadError("no model given: pass at least one --model")
     if len(set(models)) != len(models):
@@ -116,11 +117,14 @@ def _check_inputs(
         raise ReconadError(
             f"--param for {', '.join(extra)}, which is not benched (models: {', '.join(models)})"
         )
+    return classes, {m: pipeline.check_fit_options(m, params.get(m, {}), holdout, seed) for m in models}
+
+
+def _check_sources(sources: list[CategoryData], holdout: float, seed: int) -> None:
     for c in sources:
         pipeline.split_holdout(c.train, holdout, seed)  # raises for too few good images
         if not c.test:
             raise ReconadError(f"category {c.name}: no test images")
-    return classes
 
 
 # ---------------------------------------------------------------- features
@@ -354,8 +358,12 @@ def run_bench(
     params = params or {}
     out = Path(out)
     _check_out(out)
+    classes, checked = _check_models(models, params, holdout, seed)
     sources = load_sources(data, categories, seed=seed)
-    classes = _check_inputs(models, params, sources, holdout, seed)
+    _check_sources(sources, holdout, seed)
+    extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
+    for name in models:  # each model's parameters together and with the features, before any work
+        pipeline.new_model(name, checked[name], extractor, seed)
     arguments = {
         "models": models,
         "data": data,
@@ -369,11 +377,7 @@ def run_bench(
         "image_size": image_size,
         "holdout": holdout,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    usual_permissions(tmp)
-    try:
-        extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
+    with atomic_folder(out) as tmp:
         cache = _feature_cache(extractor, cache_dir, tmp / "cache")
         train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
         units = 2 * len(sources)
@@ -393,7 +397,7 @@ def run_bench(
                 tests,
                 extractor,
                 cache,
-                params=params.get(name, {}),
+                params=checked[name],
                 holdout=holdout,
                 seed=seed,
                 runs_dir=tmp / "runs",
@@ -430,20 +434,5 @@ def run_bench(
             title="reconad bench: " + ", ".join(models),
             meta={"data": ", ".join(data), "peak RSS": meta["peak_rss_method"]},
         )
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _check_out(out)  # again, just before a previous bench there is replaced
     return text
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished bench into place, replacing a previous bench (checked again just before)."""
-    _check_out(out)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

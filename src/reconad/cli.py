@@ -5,17 +5,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import io
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,14 +31,17 @@ from rich.table import Table
 from rich.text import Text
 
 from reconad import distributed, pipeline
+from reconad.atomic import atomic_file
 from reconad.data import load_sources
-from reconad.data.imageio import scan_images, show_path
+from reconad.data.imageio import collect_images, show_path
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
-from reconad.features.extractor import FeatureExtractor
+from reconad.features.extractor import FeatureExtractor, check_image_size, check_layers
+from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
-from reconad.models.base import model_class
+from reconad.models.base import check_params, describe_params, model_class, model_names
+from reconad.params import is_declared
 from reconad.runs import Run, load_run, save_run
 from reconad.runtime import keep_freed_memory
 
@@ -153,18 +153,30 @@ def progress_bars() -> Iterator[pipeline.Progress]:
         yield update
 
 
-def parse_params(values: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans, lists)."""
-    params: dict[str, Any] = {}
+def parse_params(values: list[str] | None) -> dict[str, str]:
+    """``key=value`` pairs of ``--param``, values as typed."""
+    params: dict[str, str] = {}
     for item in values or []:
         if "=" not in item:
             raise ReconadError(f"--param {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
+        params[key.strip()] = raw
     return params
+
+
+def model_params(name: str, raw: dict[str, str]) -> dict[str, Any]:
+    """The ``--param`` values of model ``name``, checked and converted before any work: by the model's
+    declarations (:mod:`reconad.params`), or, for a model without them, read as JSON where they parse."""
+    cls = model_class(name)
+    values: dict[str, Any] = dict(raw) if is_declared(cls) else {k: _json_or_text(v) for k, v in raw.items()}
+    return check_params(name, values)
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtractor) -> FeatureCache | None:
@@ -190,25 +202,6 @@ def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> T
     return table
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """A file whose content appears at ``path`` only once the block ends without error (temp + rename):
-    an interrupted command never leaves a truncated file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600: the permissions a new file gets
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename)."""
     with atomic_file(path) as f:
@@ -228,9 +221,16 @@ def check_output(path: Path, *, folder: bool) -> None:
 
 def parse_layers(layers: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in layers.split(","))
+        values = tuple(int(x) for x in layers.split(","))
     except ValueError:
         raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
+    return check_layers(values, "--layers")
+
+
+def check_feature_options(image_size: int, layers: str) -> tuple[int, ...]:
+    """``--image-size`` and ``--layers`` checked before any work; returns the layers."""
+    check_image_size(image_size, "--image-size")
+    return parse_layers(layers)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -256,15 +256,20 @@ def do_fit(
     resume: bool,
     device: str,
 ) -> Run:
-    cls = model_class(model)  # unknown model: error before any work
+    cls = model_class(model)  # unknown model, bad parameter or option: error before any work
+    params = pipeline.check_fit_options(model, params, holdout, seed, prefix="--")
+    levels = check_feature_options(image_size, layers)
     if out_dir.exists() and not (out_dir / "run.json").is_file():
         raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
     check_output(out_dir, folder=True)
+    extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
+    pipeline.new_model(model, params, extractor, seed)  # the parameters together and with the features
     sources = load_sources(data, categories, seed=seed)
     world = distributed.start(device)  # under torchrun: join the job; otherwise None, nothing changes
     main = world is None or world.main
-    device = distributed.device_for(world, device)
-    extractor = FeatureExtractor(backbone, parse_layers(layers), image_size, weights=weights, device=device)
+    if distributed.device_for(world, device) != device:  # a CUDA job: each process takes its local GPU
+        device = distributed.device_for(world, device)
+        extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
@@ -317,7 +322,10 @@ def fit(
     image_size: ImageSizeOpt = 256,
     layers: LayersOpt = "2,3",
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="model hyper-parameter key=value")
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"
+        ),
     ] = None,
     seed: int = 0,
     holdout: HoldoutOpt = 0.1,
@@ -338,7 +346,7 @@ def fit(
         weights=weights,
         image_size=image_size,
         layers=layers,
-        params=parse_params(param),
+        params=model_params(model, parse_params(param)),
         seed=seed,
         holdout=holdout,
         cache_dir=cache_dir,
@@ -354,6 +362,21 @@ def fit(
         f"({run.config['model_bytes'] / 1e6:.2f} MB of weights)",
         soft_wrap=True,
     )
+
+
+@app.command("params")
+@clean_errors
+def list_params(
+    model: Annotated[str | None, typer.Argument(help="a model name; every model if left out")] = None,
+) -> None:
+    """List a model's hyper-parameters (for --param key=value): the values each takes, default, use."""
+    for name in [model] if model else model_names():
+        table = Table(title=f"{name}: --param key=value", title_justify="left")
+        for column in ("parameter", "values", "default", "what it does"):
+            table.add_column(column, overflow="fold")
+        for row in describe_params(name):
+            table.add_row(*map(escape, row))
+        out.print(table)
 
 
 def do_test(
@@ -418,29 +441,6 @@ def test(
         out.print(f"report → {escape(str(page))}", soft_wrap=True)
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths += scan_images(item)
-        elif item.exists() or item.is_symlink():
-            paths.append(item)
-        else:
-            raise ReconadError(f"no such file or folder: {show_path(item)}")
-    if not paths:
-        raise ReconadError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
-    return paths
-
-
-def overlay_name(path: Path, taken: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
-    name, i = f"{stem}_overlay.png", 1
-    while name in taken:
-        name, i = f"{stem}_{i}_overlay.png", i + 1
-    taken.add(name)
-    return name
-
-
 @app.command()
 @clean_errors
 def predict(
@@ -453,9 +453,7 @@ def predict(
     device: str = "cpu",
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from PIL import Image
-
-    from reconad.report.overlay import heatmap_overlay
+    from reconad.report.overlay import overlay_png
 
     run = load_run(run_dir)
     if category is None:
@@ -477,10 +475,7 @@ def predict(
     batch_size, n_scored, n_bad = 16, 0, 0
 
     def render(scored: pipeline.Scored) -> bytes:
-        overlay = heatmap_overlay(scored.image, scored.map, cat["threshold"], cat["normal_level"])
-        png = io.BytesIO()
-        Image.fromarray(overlay).save(png, format="PNG", compress_level=1)  # 4× faster than level 6
-        return png.getvalue()
+        return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
 
     def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
         nonlocal n_scored, n_bad
@@ -523,6 +518,53 @@ def predict(
     if failures:
         err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 20,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the key /v1/* requires (Bearer)")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
+    from reconad.serve.server import serve as serve_run
+
+    serve_run(
+        run_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        api_key_env=api_key_env,
+        warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
+    )
+
+
+@app.command()
+@clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="export folder to write")],
+    category: CategoryOpt = None,
+) -> None:
+    """Export a run as ONNX graphs + manifest + predict.py: a folder that scores images without PyTorch."""
+    from reconad.export.writer import export_run
+
+    with progress_bars() as progress:
+        doc = export_run(run_dir, out_dir, category, progress)
+    size = sum(g["bytes"] for g in doc["graphs"].values()) / 1e6
+    out.print(
+        f"exported [bold]{doc['model']}[/bold] ({escape(', '.join(doc['categories']))}) → "
+        f"{escape(str(out_dir))}: {len(doc['graphs'])} graph(s), {size:.1f} MB, ONNX opset {doc['opset']}; "
+        f"run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -599,7 +641,8 @@ def bench(
     ],
     category: CategoryOpt = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="MODEL.key=value; repeatable")
+        list[str] | None,
+        typer.Option("--param", "-p", help="MODEL.key=value; repeatable; `reconad params MODEL` lists them"),
     ] = None,
     seed: int = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
@@ -613,12 +656,16 @@ def bench(
     """Fit and test every model on every category on shared features; write a results table and report."""
     from reconad.bench import run_bench
 
-    params: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, str]] = {}
     for key, value in parse_params(param).items():
         name, _, field = key.partition(".")
         if not field:
             raise ReconadError(f"--param {key}: expected MODEL.key=value")
-        params.setdefault(name, {})[field] = value
+        raw.setdefault(name, {})[field] = value
+    params = {name: model_params(name, values) for name, values in raw.items()}
+    for name in model:
+        pipeline.check_fit_options(name, params.get(name, {}), holdout, seed, prefix="--")
+    levels = check_feature_options(image_size, layers)
     with progress_bars() as progress:
         md = run_bench(
             model,
@@ -632,7 +679,7 @@ def bench(
             progress=progress,
             backbone=backbone,
             weights=weights,
-            layers=parse_layers(layers),
+            layers=levels,
             image_size=image_size,
             holdout=holdout,
         )

@@ -28,6 +28,7 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, check_params, create_model, model_class
+from reconad.params import MAX_SEED, check_value
 from reconad.runs import UNIFIED, Run, models_to
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
@@ -145,13 +146,34 @@ def extract_shared(
     return Extracted(gather_rows(local, len(samples), world), None, time.perf_counter() - start)
 
 
+def check_fit_options(
+    model_name: str, params: dict[str, Any], holdout: float, seed: int, prefix: str = ""
+) -> dict[str, Any]:
+    """What can be checked of a fit before any work: the model's hyper-parameters (returned converted to
+    their declared types), the holdout fraction and the seed (errors name them with ``prefix``: ``--``)."""
+    check_holdout(holdout, f"{prefix}holdout")
+    check_value(f"{prefix}seed", seed, int, low=0, high=MAX_SEED)
+    return check_params(model_name, params)
+
+
+def new_model(model_name: str, params: dict[str, Any], extractor: FeatureExtractor, seed: int) -> Model:
+    """An unfitted model with ``params`` and what the features tell it (levels and grids, the run's seed
+    unless ``params`` has one). Cheap, so callers make one before any work to check the parameters together
+    and against the features (a unified model also needs grids that divide the image size)."""
+    if model_class(model_name).unified:
+        extractor.check_whole_grids()
+    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
+    return create_model(model_name, **{**context, **params})
+
+
+def check_holdout(fraction: float, what: str = "holdout") -> float:
+    """The fraction of good training images held back to set the threshold: in (0, 1)."""
+    return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
+
+
 def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded ``fraction`` of good training images held back from the model to calibrate the threshold."""
-    if not 0 < fraction < 1:
-        raise ReconadError(
-            f"holdout must be between 0 and 1 (exclusive), got {fraction}: the threshold is set from "
-            "held-back good images"
-        )
+    check_holdout(fraction)
     if len(train) < 2:
         raise ReconadError(
             f"category {train[0].category if train else '?'}: need at least 2 good training images"
@@ -212,17 +234,17 @@ def fit(
     extracts its share of the images, and the unified model trains with DistributedDataParallel. Every
     process returns the same run (only rank 0 should save it).
     """
-    check_params(model_name, params or {})
+    params = check_fit_options(model_name, params or {}, holdout, seed)
     if world is not None and not model_class(model_name).unified:
         raise ReconadError(
             f"{model_name} fits each category without training: run it in one process, not under torchrun "
             "(torchrun trains the unified models, rlr and uniad)"
         )
+    probe = new_model(model_name, params, extractor, seed)  # parameters checked together, before any work
     if world is not None:
         fit_kwargs = {**(fit_kwargs or {}), "world": world}
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
-    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
@@ -249,7 +271,6 @@ def fit(
     feature_seconds = time.perf_counter() - start
     model_start = time.perf_counter()
     models: dict[str, Model] = {}
-    probe = create_model(model_name, **{**context, **(params or {})})
     with less_kept_memory():
         if probe.unified:
             names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
@@ -258,7 +279,7 @@ def fit(
         else:
             for i, c in enumerate(data):
                 progress("fitting", i, len(data))
-                model = probe if i == 0 else create_model(model_name, **{**context, **(params or {})})
+                model = probe if i == 0 else new_model(model_name, params, extractor, seed)
                 models[c.name] = model.fit(feats[c.name][0].features)
             progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start
@@ -429,6 +450,25 @@ class Scored:
     is_anomalous: bool
 
 
+def score_decoded(
+    run: Run, extractor: FeatureExtractor, images: Sequence[tuple[str, np.ndarray]], category: str
+) -> list[Scored]:
+    """Score decoded ``(name, H×W×3 uint8 image)`` pairs in one backbone batch, maps at each image's size:
+    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads)."""
+    if not images:
+        return []
+    size, threshold = extractor.image_size, run.categories[category]["threshold"]
+    feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
+    maps, scores = score_features(
+        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
+    )
+    scored = []
+    for (name, image), m, s in zip(images, maps, scores):
+        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != (size, size) else m
+        scored.append(Scored(name, image, full.numpy(), float(s), bool(s > threshold)))
+    return scored
+
+
 def score_images(
     run: Run,
     extractor: FeatureExtractor,
@@ -440,9 +480,7 @@ def score_images(
     progress: Progress = _quiet,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
-    models_to(run.models, accelerator(extractor))
-    model, size = run.model_for(category), extractor.image_size
-    threshold = run.categories[category]["threshold"]
+    models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
 
     def load(path: Any) -> np.ndarray | str:
         try:
@@ -454,19 +492,11 @@ def score_images(
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         loaded = map_on_cores(load, chunk)
-        good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
         for p, x in zip(chunk, loaded):
             if isinstance(x, str) and on_error:
                 on_error(str(p), x)
-        if good:
-            feats = extractor(torch.from_numpy(resize_images([x for _, x in good], size)))
-            maps, scores = score_features(model, feats, size, run.config["scoring"], [category] * len(good))
-            for (p, image), m, s in zip(good, maps, scores):
-                full = (
-                    anomaly_maps(m[None], image.shape[:2], 0)[0].numpy()
-                    if image.shape[:2] != (size, size)
-                    else m.numpy()
-                )
-                yield Scored(str(p), image, full, float(s), bool(s > threshold))
+        yield from score_decoded(
+            run, extractor, [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)], category
+        )
         done += len(chunk)
         progress("predict", done, len(paths))

@@ -7,9 +7,6 @@ either the previous complete run or none.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from reconad.atomic import atomic_folder
 from reconad.errors import ReconadError
 from reconad.models.base import Model, model_class
 
@@ -64,13 +62,7 @@ def weights_file(key: str) -> str:
 def save_run(run: Run, path: Path) -> int:
     """Write ``run`` to ``path`` atomically; returns the bytes of the saved weights."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: give the run the permissions a new folder gets
-    old: Path | None = None
-    try:
+    with atomic_folder(path) as tmp:
         (tmp / "weights").mkdir()
         files = {}
         for key, model in run.models.items():
@@ -85,21 +77,10 @@ def save_run(run: Run, path: Path) -> int:
             "model_bytes": model_bytes,
         }
         (tmp / RUN_FILE).write_text(json.dumps(config, indent=2))
-        run.config = config
-        if path.exists():
-            if not (path / RUN_FILE).is_file():
-                raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return model_bytes
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.is_dir() and not path.exists():
-            os.replace(old, path)  # interrupted between the two renames: put the previous run back
+        if path.exists() and not (path / RUN_FILE).is_file():
+            raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
+    run.config = config
+    return model_bytes
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -142,7 +123,7 @@ def load_run(path: Path) -> Run:
             raise ReconadError(f"cannot load weights {file}: not a valid safetensors file ({err})") from err
         try:
             models[key] = cls.from_state(config["params"], state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError, ReconadError) as err:
             raise ReconadError(
                 f"{path / RUN_FILE}: weights {rel} do not fit a {config['model']} model "
                 f"({type(err).__name__}: {err})"

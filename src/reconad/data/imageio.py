@@ -1,5 +1,8 @@
 """Safe image and mask decoding: every failure becomes a one-line :class:`ReconadError` naming the file.
 
+Pillow decoding and folder listing live in the torch-free :mod:`reconad.imagefiles` (an exported model ships
+it); this module adds the fast PNG path, masks, torch's resize and the library's error type.
+
 Images come back as ``H×W×3`` uint8 RGB whatever their mode (alpha dropped, palettes expanded, 16-bit data
 scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`` bool.
 """
@@ -7,101 +10,48 @@ scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`
 from __future__ import annotations
 
 import contextlib
-import os
-import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
+from reconad import imagefiles
 from reconad.data.fastpng import decode_plain_png
 from reconad.data.sample import Sample
-from reconad.errors import ReconadError
+from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
+from reconad.imagefiles import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    SIXTEEN_BIT,
+    ImageFileError,
+    ImageTooLargeError,
+    NotAnImageError,
+    open_image,
+    show_path,
+)
+from reconad.imagefiles import to_rgb as _to_rgb
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
-_SIXTEEN_BIT = {
-    "I;16",
-    "I;16L",
-    "I;16B",
-    "I;16N",
-    "I",
-}  # mode I: 32-bit ints that hold 16-bit data in practice
 
-
-def show_path(path: os.PathLike | str) -> str:
-    """``path`` as printable text, also when its name is not valid UTF-8 (undecodable bytes as ``\\x..``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+@contextlib.contextmanager
+def _reconad_errors() -> Iterator[None]:
+    """Re-raise :class:`~reconad.imagefiles.ImageFileError` (torch-free decoding) as :class:`ReconadError`."""
+    try:
+        yield
+    except ImageTooLargeError as err:
+        raise ImageTooLarge(str(err)) from None
+    except NotAnImageError as err:
+        raise NotAnImage(str(err)) from None
+    except ImageFileError as err:
+        raise ReconadError(str(err)) from None
 
 
 def _open(path: Path, what: str) -> Image.Image:
     """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
-    where = f"cannot read {what} {show_path(path)}"
-    try:
-        if not path.exists():
-            raise ReconadError(f"{where}: file not found")
-        if path.is_dir():
-            raise ReconadError(f"{where}: it is a directory, not an image file")
-        if path.stat().st_size == 0:
-            raise ReconadError(f"{where}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd-but-readable files
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as fp:
-                img = Image.open(fp)
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ReconadError(
-                        f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
-                        f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
-                    )
-                img.load()  # force the full decode now (first frame): truncated files fail here
-                _apply_exif_orientation(img)
-    except ReconadError:
-        raise
-    except PermissionError:
-        raise ReconadError(f"{where}: permission denied") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ReconadError(f"{where}: too many pixels, possible decompression bomb ({e})") from None
-    except Image.UnidentifiedImageError:
-        raise ReconadError(f"{where}: not a recognised image format (corrupt or not an image)") from None
-    except Exception as e:  # noqa: BLE001  decoders of untrusted bytes raise anything; report it in one line
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ReconadError(f"{where}: corrupt or truncated image ({reason})") from None
-    return img
-
-
-def _apply_exif_orientation(img: Image.Image) -> None:
-    """Rotate/flip ``img`` in place as its EXIF orientation says; malformed EXIF leaves it unrotated."""
-    with contextlib.suppress(Exception):  # malformed EXIF must not lose a decodable image
-        ImageOps.exif_transpose(img, in_place=True)
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode → H×W×3 uint8; 16-bit data scaled by 65535 (its dtype range), never by its max."""
-    mode = img.mode
-    if mode in _SIXTEEN_BIT:
-        a = np.asarray(img).astype(np.float64)
-        gray = np.round(np.clip(a, 0, 65535) * (255 / 65535)).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        a = np.asarray(img).astype(np.float64)
-        gray = np.round(np.clip(np.nan_to_num(a), 0.0, 1.0) * 255).astype(np.uint8)  # floats: [0, 1] range
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "RGBa", "RGBX"):
-        return np.ascontiguousarray(np.asarray(img)[:, :, :3])  # drop alpha, do not composite
-    if mode in ("LA", "La", "PA"):
-        img = img.getchannel(0) if mode != "PA" else img.convert("RGBA")
-    elif mode == "P":
-        img = img.convert("RGBA")  # expand the palette; transparency then lives in alpha, which we drop
-    if img.mode == "RGBA":
-        return np.ascontiguousarray(np.asarray(img)[:, :, :3])
-    if img.mode == "1":
-        img = img.convert("L")
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+    with _reconad_errors():
+        return open_image(path, what)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -114,13 +64,20 @@ def read_image(path: Path) -> np.ndarray:
             pixels = None  # Pillow's path below names the problem
         if pixels is not None:
             return pixels
-    img = _open(path, "image")
-    try:
-        return _to_rgb(img)
-    except Exception as e:  # noqa: BLE001
-        raise ReconadError(
-            f"cannot read image {show_path(path)}: unsupported mode {img.mode} ({e})"
-        ) from None
+    with _reconad_errors():
+        return imagefiles.decode_image(path)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
+    name ``name``: :class:`ImageTooLarge` for bombs, :class:`NotAnImage` for bytes no decoder knows."""
+    if not data:
+        raise ReconadError(f"cannot read image {name}: empty file (0 bytes)")
+    pixels = decode_plain_png(data, MAX_PIXELS)
+    if pixels is not None:
+        return pixels
+    with _reconad_errors():
+        return imagefiles.decode_bytes(data, name)
 
 
 def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -128,7 +85,7 @@ def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
     mode = img.mode
     if mode == "1":
         return np.asarray(img, dtype=np.uint8), 1.0
-    if mode in _SIXTEEN_BIT:
+    if mode in SIXTEEN_BIT:
         return np.asarray(img).astype(np.float64), 65535.0
     if mode == "F":
         return np.asarray(img).astype(np.float64), 1.0
@@ -202,38 +159,15 @@ def load_resized(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray | No
 def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files under ``folder`` (sorted; hidden entries skipped; symlinked folders followed once, so
     loops end); possibly empty. A missing or unreadable folder is a :class:`ReconadError`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        why = "is not a folder" if folder.exists() else "not found"
-        raise ReconadError(f"image folder {show_path(folder)} {why}")
-    wanted = {s.lower() for s in suffixes}
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            st = current.stat()
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    try:
-                        if entry.is_dir():
-                            if recursive:
-                                stack.append(Path(entry.path))
-                        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in wanted:
-                            found.append(Path(entry.path))
-                    except OSError:
-                        continue  # a dangling or looping link: not an image
-        except PermissionError:
-            raise ReconadError(f"cannot list image folder {show_path(current)}: permission denied") from None
-        except OSError as e:
-            raise ReconadError(f"cannot list image folder {show_path(current)}: {e.strerror or e}") from None
-    return sorted(found, key=lambda p: os.fsencode(p))
+    with _reconad_errors():
+        return imagefiles.scan_images(folder, recursive, suffixes)
+
+
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """The images ``inputs`` name (files as given, folders scanned); a :class:`ReconadError` for an input
+    that does not exist or when there is no image at all."""
+    with _reconad_errors():
+        return imagefiles.collect_images(inputs)
 
 
 def list_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from reconad.atomic import atomic_path
 
 
 def default_cache_dir() -> Path:
@@ -46,13 +47,8 @@ class FeatureCache:
             return None
 
     def put(self, digest: str, features: Tensor) -> None:
-        path = self._path(digest)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"features": features.contiguous().clone()}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(self._path(digest)) as tmp:
+                save_file({"features": features.contiguous().clone()}, str(tmp))
         except OSError:  # a read-only or full cache costs speed, not correctness
-            if "tmp" in locals() and os.path.exists(tmp):
-                os.unlink(tmp)
+            pass

@@ -9,14 +9,63 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
+from reconad.params import check_value
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
 #: so a change to it never mixes old and new features.
 PREPROCESSING = "rgb8|torch-bilinear-antialias"
+#: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
+#: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
+IMAGE_SIZES = (32, 2048)
+
+
+def check_image_size(size: int, what: str = "image_size") -> int:
+    """``size`` if it is an integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
+    return check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+
+
+def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ...]:
+    """``layers`` if they are backbone levels >= 0 in increasing order (the first is the finest grid, the one
+    the others are upsampled to); a one-line error naming ``what`` otherwise."""
+    layers = tuple(check_value(what, list(layers), tuple[int, ...], low=0))
+    if list(layers) != sorted(set(layers)):
+        raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
+    return layers
+
+
+class PatchFeatures(nn.Module):
+    """The pixels-to-features path as one module: uint8 ``[N, H, W, 3]`` → float ``[N, C, h, w]``.
+
+    Normalise with the backbone's ``mean``/``std`` (given on the 0–255 scale, ``[1, 3, 1, 1]``), run the
+    backbone's levels, smooth each with a ``smooth``×``smooth`` local average, upsample every level to the
+    first one's grid (bilinear) and concatenate. :class:`FeatureExtractor` runs it; ``reconad export``
+    traces it into the exported graph.
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Tensor, std: Tensor, smooth: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.smooth = smooth
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        levels = self.backbone(x)
+        out = []
+        for level in levels:
+            if self.smooth > 1:
+                level = F.avg_pool2d(
+                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
+                )
+            if level.shape[-2:] != levels[0].shape[-2:]:
+                level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
+            out.append(level)
+        return torch.cat(out, dim=1)
 
 
 class FeatureExtractor:
@@ -37,8 +86,8 @@ class FeatureExtractor:
         device: str = "cpu",
     ) -> None:
         self.backbone = backbone
-        self.layers = tuple(layers)
-        self.image_size = image_size
+        self.layers = check_layers(tuple(layers))
+        self.image_size = check_image_size(image_size)
         self.smooth = smooth
         self.weights = str(weights) if weights else None
         try:
@@ -51,12 +100,29 @@ class FeatureExtractor:
             backbone, self.layers, Path(weights) if weights else None
         )
         self.model.to(self.device)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.net = PatchFeatures(
+            self.model,
+            torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255,
+            torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255,
+            smooth,
+        ).eval()
         info = self.model.feature_info
         self.level_channels: tuple[int, ...] = tuple(info.channels())
         self.level_grids: tuple[int, ...] = tuple(image_size // r for r in info.reduction())
         self.grid = self.level_grids[0]
+
+    def check_whole_grids(self) -> None:
+        """Fail unless ``image_size`` is a multiple of every level's stride. Otherwise :attr:`level_grids`
+        (size // stride) is not the grid the backbone gives (its padding rounds up), which the models that
+        work per level (``level_grids``: RLR, UniAD-style) need; per-patch models take any size."""
+        stride, level = max(zip(self.model.feature_info.reduction(), self.layers))
+        size = self.image_size
+        if size % stride:
+            lower = max(stride, size // stride * stride)
+            raise ReconadError(
+                f"image size {size} is not a multiple of {stride}, the stride of {self.backbone}'s level "
+                f"{level}, which models working per level need (e.g. {lower} or {lower + stride})"
+            )
 
     def config(self) -> dict[str, Any]:
         """What defines these features (stored in runs; keys the cache)."""
@@ -95,16 +161,4 @@ class FeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
         """uint8 ``[N, H, W, 3]`` → float32 ``[N, C, h, w]`` on the CPU."""
-        x = images.to(self.device).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        levels = self.model(x)
-        out = []
-        for level in levels:
-            if self.smooth > 1:
-                level = F.avg_pool2d(
-                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
-                )
-            if level.shape[-1] != levels[0].shape[-1] or level.shape[-2] != levels[0].shape[-2]:
-                level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
-            out.append(level)
-        return torch.cat(out, dim=1).float().cpu()
+        return self.net(images.to(self.device)).float().cpu()

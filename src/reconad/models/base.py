@@ -2,7 +2,8 @@
 
 A model sees only feature tensors ``[N, C, h, w]`` (frozen backbone patch features of whole images).
 ``fit`` takes good images only and returns ``self``; ``predict`` returns patch anomaly scores ``[N, h, w]``
-(higher = more anomalous). Hyper-parameters are ``__init__`` arguments; learned state ends in ``_``.
+(higher = more anomalous). Hyper-parameters are ``__init__`` arguments, declared with their type, range and
+help by :func:`reconad.params.param` (dataclass fields); learned state ends in ``_``.
 Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
 (RLR, UniAD-style) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
@@ -11,11 +12,13 @@ A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`recona
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
 from reconad.errors import ReconadError
+from reconad.params import check_values, describe, is_declared
 
 
 @runtime_checkable
@@ -45,12 +48,17 @@ def register(cls: T) -> T:
     return cls
 
 
-def model_class(name: str) -> type:
-    """The model class registered as ``name``; a clear error listing the known names otherwise."""
+def model_names() -> list[str]:
+    """The names of every registered model."""
     import reconad.models  # noqa: F401  (importing the package registers every model)
 
-    if name not in MODELS:
-        raise ReconadError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return sorted(MODELS)
+
+
+def model_class(name: str) -> type:
+    """The model class registered as ``name``; a clear error listing the known names otherwise."""
+    if name not in model_names():
+        raise ReconadError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
     return MODELS[name]
 
 
@@ -62,18 +70,44 @@ def create_model(name: str, **params: Any) -> Model:
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
 
-def check_params(name: str, params: dict[str, Any]) -> None:
-    """A clear error for a user-given hyper-parameter the model does not have (a typo, say)."""
-    accepted = set(inspect.signature(model_class(name).__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - accepted)
+def parameter_names(cls: type) -> list[str]:
+    """The hyper-parameters of a model class: its ``__init__`` arguments."""
+    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """User-given hyper-parameters of model ``name``, checked before any work; one clear error otherwise.
+
+    A model that declares its parameters (:mod:`reconad.params`) has each value checked against its type
+    and range and converted (strings such as ``"0.5"`` included); for the others only the names are checked
+    against ``__init__`` (a typo, say) and the values are returned as given.
+    """
+    cls = model_class(name)
+    if is_declared(cls):
+        return check_values(cls, params, f"model {name}")
+    accepted = parameter_names(cls)
+    unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ReconadError(
             f"model {name} has no parameter {', '.join(unknown)}; "
             f"its parameters: {', '.join(sorted(accepted))}"
         )
+    return dict(params)
+
+
+def describe_params(name: str) -> list[tuple[str, str, str, str]]:
+    """``(name, valid values, default, help)`` of each hyper-parameter of model ``name`` (for models that do
+    not declare theirs yet: the annotation as valid values, and no help)."""
+    cls = model_class(name)
+    if is_declared(cls):
+        return describe(cls)
+    rows = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        default = "" if p.default is inspect.Parameter.empty else repr(p.default)
+        rows.append((p.name, str(p.annotation), default, ""))
+    return rows
 
 
 def init_config(model: object) -> dict[str, Any]:
     """The ``__init__`` arguments of ``model`` as stored attributes (the sklearn convention): its config."""
-    params = inspect.signature(type(model).__init__).parameters
-    return {k: getattr(model, k) for k in params if k != "self"}
+    return {k: getattr(model, k) for k in parameter_names(type(model))}

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from reconad.atomic import atomic_file, atomic_path
 from reconad.errors import ReconadError
 
 CHECKPOINT_FORMAT = 1
@@ -38,19 +37,6 @@ def nets_state(nets: nn.Module) -> dict[str, Tensor]:
 def load_nets_state(nets: nn.Module, state: dict[str, Tensor]) -> None:
     """Load the ``net.KEY`` entries of ``state`` (written by :func:`nets_state`) into ``nets``."""
     nets.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then ``os.replace`` it in place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def fingerprint(levels: Sequence[Tensor]) -> list[float]:
@@ -97,7 +83,8 @@ class Checkpoints:
                 tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
         tensors["rng"] = generator.get_state()
         weights = f"{self.model}-epoch{epoch:04d}.safetensors"
-        _atomic_write(self.directory / weights, lambda tmp: save_file(tensors, tmp))
+        with atomic_path(self.directory / weights) as tmp:
+            save_file(tensors, str(tmp))
         meta = {
             "format": CHECKPOINT_FORMAT,
             "model": self.model,
@@ -112,7 +99,8 @@ class Checkpoints:
             meta["world_size"] = self.world_size
         path = self.meta_path
         old = json.loads(path.read_text())["weights"] if path.exists() else None
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        with atomic_file(path) as f:
+            json.dump(meta, f, indent=1)
         if old and old != weights:
             with contextlib.suppress(OSError):
                 (self.directory / old).unlink()

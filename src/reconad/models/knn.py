@@ -21,6 +21,9 @@ import torch
 from torch import Tensor
 
 METRICS = ("abscos", "cosine", "l2")
+#: The most IVF lists a search may be asked to probe: more than any bank has (2√M lists for M atoms);
+#: probing all of them or more is exact search.
+MAX_NPROBE = 1 << 16
 QUERY_BLOCK = 8192  # queries per GPU matrix product in the torch search (8,192 × 21,400 atoms: 0.7 GB)
 
 

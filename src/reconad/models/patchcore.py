@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -10,46 +11,55 @@ from torch import Tensor
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
 from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import NearestNeighbors, calibrate_nprobe, ivf_centroids
+from reconad.models.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
+from reconad.params import MAX_SEED, param, validate
 
 
 @register
+@dataclass(eq=False)
 class PatchCore:
     """Memory bank = greedy coreset of the good images' patch features; score = distance to the nearest atom.
 
-    ``coreset_ratio``: fraction of all training patches kept (default 10 %, PatchCore's default).
-    ``k``: neighbours averaged for the score (1 = PatchCore). ``projection_dim``: random projection used only
-    to choose the coreset. ``nprobe``: IVF cells probed by the nearest-atom search (``2√M`` cells for an
-    ``M``-atom bank); 0 = exact search; ``"auto"`` (default) = learned at fit time, the smallest power of
-    two that finds the exact nearest atom of at least ``min_recall`` of 4,096 seeded training patches left
-    out of the bank (:func:`~reconad.models.knn.calibrate_nprobe`). On held-back good images of the shared
-    data sets that gives recall@1 ≥ 0.98 (``benchmarks/knn_recall.py``) at 2× to 8× the speed of exact search.
+    With ``nprobe="auto"`` the IVF search probes the fewest cells (a power of two) that find the exact
+    nearest atom of at least ``min_recall`` of 4,096 seeded training patches left out of the bank
+    (:func:`~reconad.models.knn.calibrate_nprobe`). On held-back good images of the shared data sets that
+    gives recall@1 >= 0.98 (``benchmarks/knn_recall.py``) at 2x to 8x the speed of exact search.
     """
 
     name: ClassVar[str] = "patchcore"
     unified: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        coreset_ratio: float = 0.1,
-        k: int = 1,
-        projection_dim: int = 128,
-        nprobe: int | str = "auto",
-        min_recall: float = 0.99,
-        seed: int = 0,
-    ) -> None:
-        if not 0.0 < coreset_ratio <= 1.0:
-            raise ReconadError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        if k < 1 or not (nprobe == "auto" or (isinstance(nprobe, int) and nprobe >= 0)):
-            raise ReconadError(f"need k >= 1 and nprobe 'auto' or an int >= 0, got k={k}, nprobe={nprobe!r}")
-        if not 0.0 < min_recall <= 1.0:
-            raise ReconadError(f"min_recall must be in (0, 1], got {min_recall}")
-        self.coreset_ratio = coreset_ratio
-        self.k = k
-        self.projection_dim = projection_dim
-        self.nprobe = nprobe
-        self.min_recall = min_recall
-        self.seed = seed
+    coreset_ratio: float = param(
+        0.1,
+        low=0,
+        high=1,
+        low_inclusive=False,
+        help="fraction of the training patches kept in the memory bank",
+    )
+    k: int = param(1, low=1, help="nearest atoms averaged for a patch's score (1 = PatchCore)")
+    projection_dim: int = param(
+        128, low=1, help="random projection used only to choose the coreset (>= channels: none)"
+    )
+    nprobe: int | str = param(
+        "auto",
+        low=0,
+        high=MAX_NPROBE,
+        choices=("auto",),
+        help="IVF cells the nearest-atom search probes; 0 = exact; 'auto' = learned at fit (min_recall)",
+    )
+    min_recall: float = param(
+        0.99,
+        low=0,
+        high=1,
+        low_inclusive=False,
+        help="nprobe='auto': share of left-out training patches whose exact nearest atom must be found",
+    )
+    seed: int = param(
+        0, low=0, high=MAX_SEED, help="seeds the coreset's projection and first point, and the IVF"
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
         self._device = torch.device("cpu")  # where the search runs (:meth:`to`)
 
     def fit(self, features: Tensor, categories: list[str] | None = None) -> PatchCore:
@@ -59,6 +69,11 @@ class PatchCore:
             greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
         )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
+        if self.k > len(self.bank_):
+            raise ReconadError(
+                f"patchcore: k={self.k} nearest atoms asked of a memory bank of {len(self.bank_)}: "
+                "lower k or raise coreset_ratio"
+            )
         auto = self.nprobe == "auto"
         self.centroids_ = ivf_centroids(self.bank_, 1 if auto else self.nprobe, self.seed)
         self.nprobe_ = self.nprobe if not auto else self._calibrate(patches, keep)

@@ -26,6 +26,7 @@ from reconad.errors import ReconadError
 from reconad.models.base import init_config
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
 from reconad.models.trainer import LR_SCHEDULES, Progress, train
+from reconad.params import MAX_SEED, param, validate
 
 
 def sincos_position_2d(hw: tuple[int, int], width: int) -> Tensor:
@@ -94,46 +95,53 @@ class ReconstructionModel:
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
 
-    level_channels: Sequence[int] = (40, 112)
-    level_grids: Sequence[int] = (32, 16)
-    widths: Sequence[int] | None = None
-    layers: int = 2
-    heads: int = 4
-    ff_mult: int = 2
-    windows: Sequence[int] | None = None
-    jitter_scale: float = 4.0
-    jitter_prob: float = 1.0
-    epochs: int = 30
-    batch_size: int = 4
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    lr_schedule: str = "cosine"
+    level_channels: Sequence[int] = param(
+        (40, 112), low=1, help="channels of each feature level (set from the features)"
+    )
+    level_grids: Sequence[int] = param(
+        (32, 16), low=1, help="grid side of each feature level, finest first (set from the features)"
+    )
+    widths: Sequence[int] | None = param(
+        None, low=4, high=1024, help="token width per level, multiples of 4 and of heads (null: 64 or 128)"
+    )
+    layers: int = param(2, low=1, high=16, help="transformer layers per level")
+    heads: int = param(4, low=1, high=32, help="attention heads")
+    ff_mult: int = param(2, low=1, high=8, help="feed-forward width as a multiple of the token width")
+    windows: Sequence[int] | None = param(
+        None, low=1, help="odd attention window per level, below its grid side (null: ~3/16 of the side)"
+    )
+    jitter_scale: float = param(4.0, low=0, high=100, help="feature jitter: noise std per token, × ‖f‖ / C")
+    jitter_prob: float = param(1.0, low=0, high=1, help="feature jitter: share of the images jittered")
+    epochs: int = param(30, low=1, high=10000, help="training epochs (fixed: no early stopping)")
+    batch_size: int = param(4, low=1, high=1024, help="images per optimizer step")
+    lr: float = param(1e-3, low=0, high=1, low_inclusive=False, help="Adam learning rate")
+    seed: int = param(0, low=0, high=MAX_SEED, help="seeds the initial weights, the batches and the jitter")
+    device: str = param(
+        "auto",
+        pattern=r"auto|cpu|cuda(:[0-9]+)?",
+        shown="'auto', 'cpu', 'cuda' or 'cuda:N'",
+        help="where to train and predict; auto = CUDA when available",
+    )
+    lr_schedule: str = param("cosine", choices=LR_SCHEDULES, help="learning rate over the training")
 
     def __post_init__(self) -> None:
-        """Check the hyper-parameters and store them as plain lists and numbers; no learned state yet."""
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ReconadError(
-                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
-            )
-        self.level_channels = [int(c) for c in self.level_channels]
-        self.level_grids = [int(g) for g in self.level_grids]
+        """Check the hyper-parameters (each alone, then together); no learned state yet."""
+        validate(self)  # numbers as int/float, sequences as lists
         n = len(self.level_channels)
-        if len(self.level_grids) != n or n == 0:
-            raise ReconadError(
-                "level_channels and level_grids must name the same (non-zero) number of levels"
-            )
+        if len(self.level_grids) != n:
+            raise ReconadError("level_channels and level_grids must name the same number of levels")
         if any(self.level_grids[0] % g for g in self.level_grids):
             raise ReconadError(f"every level grid must divide the finest one, got {self.level_grids}")
-        self.widths = [int(w) for w in self.widths] if self.widths is not None else None
-        self.windows = [int(w) for w in self.windows] if self.windows is not None else None
         for what, val in (("widths", self.widths), ("windows", self.windows)):
             if val is not None and len(val) != n:
                 raise ReconadError(f"{what} must give one value per level ({n}), got {val}")
-        self.layers, self.heads, self.ff_mult = int(self.layers), int(self.heads), int(self.ff_mult)
-        self.jitter_scale, self.jitter_prob = float(self.jitter_scale), float(self.jitter_prob)
-        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
-        self.lr, self.seed = float(self.lr), int(self.seed)
+        bad = [w for w in self.widths or self.default_widths() if w % 4 or w % self.heads]
+        if bad:
+            raise ReconadError(
+                f"{self.name}: token widths must be multiples of 4 and of heads={self.heads}, got {bad[0]}"
+            )
+        if any(w % 2 == 0 for w in self.windows or ()):
+            raise ReconadError(f"{self.name}: windows must be odd, got {self.windows}")
         self._placed: torch.device | None = None  # set by :meth:`to`: overrides ``device``
         self.nets_: nn.ModuleList | None = None
         self.level_hw_: list[tuple[int, int]] | None = None
@@ -154,6 +162,8 @@ class ReconstructionModel:
             return self._placed
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ReconadError(f"{self.name}: device={self.device!r} but no CUDA GPU is available here")
         return torch.device(self.device)
 
     def _check(self, features: Tensor) -> None:
@@ -193,6 +203,12 @@ class ReconstructionModel:
     def _build(self, level_hw: list[tuple[int, int]]) -> None:
         widths = self.widths or self.default_widths()
         windows = self.windows or [default_window(min(hw)) for hw in level_hw]
+        for window, hw in zip(windows, level_hw, strict=True):
+            if window >= min(hw):
+                raise ReconadError(
+                    f"{self.name}: a {window}×{window} attention window does not fit a {hw[0]}×{hw[1]} level "
+                    "grid (each token needs keys outside its window): use a larger image size or windows"
+                )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             nets = [

@@ -25,6 +25,7 @@ from reconad.errors import ReconadError
 from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
 from reconad.models.base import register
 from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
+from reconad.params import param
 
 
 class _Projections(nn.Module):
@@ -111,14 +112,13 @@ class RLR(ReconstructionModel):
 
     name = "rlr"
 
-    use_lca: bool = True
-    use_mlka: bool = True
+    use_lca: bool = param(True, help="keep the local cross attention to the learnable reference")
+    use_mlka: bool = param(True, help="keep the masked learnable-key attention")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (self.use_lca or self.use_mlka):
             raise ReconadError("rlr needs at least one of use_lca and use_mlka")
-        self.use_lca, self.use_mlka = bool(self.use_lca), bool(self.use_mlka)
-        super().__post_init__()
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
         return RLRLevel(

@@ -9,6 +9,7 @@ score is the reconstruction residual. See ``docs/sgfr.md`` for the equations and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -16,8 +17,9 @@ from torch import Tensor
 
 from reconad.errors import ReconadError
 from reconad.models.base import init_config, register
-from reconad.models.knn import METRICS, NearestNeighbors, ivf_centroids
+from reconad.models.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.self_expressive import coverage_select, sparse_codes
+from reconad.params import MAX_SEED, param, validate
 
 #: Options of older versions, measured and dropped (docs/sgfr.md), with the value that left each one off
 #: (``None``: any value, a setting of a dropped option). A saved run with them at that value loads as this
@@ -53,50 +55,39 @@ def _patches(features: Tensor) -> Tensor:
 
 
 @register
+@dataclass(eq=False)
 class SGFR:
     """Sparse self-expressive reconstruction of patch features from a sampled atom bank.
 
-    ``sampling_ratio``: fraction of the training patches kept as atoms. ``n_candidates``: atoms a feature
-    may use (its nearest ones). ``lam``, ``alpha``: elastic-net weight λ and ℓ₁ share α, on features scaled to
-    unit mean squared norm. ``iters``: ADMM steps. ``rounds``: coverage rounds of the atom sampling (the
-    self-expressive coefficient mass, re-aimed each round at the patches the atoms so far rebuild worst).
-    ``pool_size``: training patches self-expressed to choose atoms. ``metric``: which atoms are nearest
-    (``"abscos"``: largest ``|cos|``, the subspace notion of closeness). ``nprobe``: IVF lists probed in the
-    atom search (0 = exact search). ``seed``: all randomness.
+    Atoms are sampled in coverage rounds: the self-expressive coefficient mass, re-aimed each round at the
+    patches the atoms so far rebuild worst. ``metric="abscos"`` (largest ``|cos|``) is the subspace notion of
+    closeness. ``lam`` and ``alpha`` act on features scaled to unit mean squared norm.
     """
 
     name: ClassVar[str] = "sgfr"
     unified: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        sampling_ratio: float = 0.1,
-        n_candidates: int = 16,
-        lam: float = 0.02,
-        alpha: float = 0.5,
-        iters: int = 15,
-        rounds: int = 4,
-        pool_size: int = 131072,
-        metric: str = "abscos",
-        nprobe: int = 8,
-        seed: int = 0,
-    ) -> None:
-        if not 0.0 < sampling_ratio <= 1.0:
-            raise ReconadError(f"sampling_ratio must be in (0, 1], got {sampling_ratio}")
-        if metric not in METRICS:
-            raise ReconadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        if n_candidates < 1 or iters < 1 or lam < 0 or not 0.0 <= alpha <= 1.0:
-            raise ReconadError("need n_candidates >= 1, iters >= 1, lam >= 0 and 0 <= alpha <= 1")
-        self.sampling_ratio = sampling_ratio
-        self.n_candidates = n_candidates
-        self.lam = lam
-        self.alpha = alpha
-        self.iters = iters
-        self.rounds = rounds
-        self.pool_size = pool_size
-        self.metric = metric
-        self.nprobe = nprobe
-        self.seed = seed
+    sampling_ratio: float = param(
+        0.1, low=0, high=1, low_inclusive=False, help="fraction of the training patches kept as atoms"
+    )
+    n_candidates: int = param(
+        16, low=1, high=256, help="nearest atoms a feature may use (cost grows as its square)"
+    )
+    lam: float = param(
+        0.02, low=0, high=100, help="elastic-net weight λ (from about 1 up, every code is zero)"
+    )
+    alpha: float = param(0.5, low=0, high=1, help="share of λ on the ℓ₁ term (0 = ridge, 1 = lasso)")
+    iters: int = param(15, low=1, high=1000, help="ADMM steps of each elastic-net code")
+    rounds: int = param(4, low=1, high=64, help="coverage rounds of the atom sampling")
+    pool_size: int = param(131072, low=1, help="training patches self-expressed to choose the atoms")
+    metric: str = param("abscos", choices=METRICS, help="which atoms are nearest: |cos|, cos or l2 distance")
+    nprobe: int = param(
+        8, low=0, high=MAX_NPROBE, help="IVF lists probed by the atom search (0 = exact search)"
+    )
+    seed: int = param(0, low=0, high=MAX_SEED, help="seeds all randomness (pool, IVF)")
+
+    def __post_init__(self) -> None:
+        validate(self)
         self._device = torch.device("cpu")  # where the atom search of predict runs (:meth:`to`)
 
     # ---------------------------------------------------------------- fit

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import html
 import io
-import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from reconad import __version__
+from reconad.atomic import atomic_file, atomic_folder
 from reconad.data import load_resized
 from reconad.errors import ReconadError
 from reconad.metrics import DEFAULT_FPR_LIMIT, METRIC_KEYS, UndefinedMetric, pro_curve, roc_curve_points
@@ -106,31 +105,16 @@ def write_reports(
         raise ReconadError(f"{out_dir} exists and is not a folder: choose another report folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     assets_name = f"{ASSETS_PREFIX}{uuid.uuid4().hex[:8]}"
-    tmp_assets = Path(tempfile.mkdtemp(prefix=f".{assets_name}.", dir=out_dir))
-    fd, tmp_page = tempfile.mkstemp(prefix=f".{PAGE}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        body = _Page(tmp_assets, assets_name).render(reports, title, dict(meta or {}))
-        Path(tmp_page).write_text(body, encoding="utf-8")
-        usual_permissions(Path(tmp_page))
-        usual_permissions(tmp_assets)
-        os.replace(tmp_assets, out_dir / assets_name)
-        os.replace(tmp_page, out_dir / PAGE)
-    finally:
-        shutil.rmtree(tmp_assets, ignore_errors=True)
-        if os.path.exists(tmp_page):
-            os.unlink(tmp_page)
+    # the page's block ends last: the new asset folder is in place before the page that points at it
+    with (
+        atomic_file(out_dir / PAGE, encoding="utf-8") as page,
+        atomic_folder(out_dir / assets_name) as assets,
+    ):
+        page.write(_Page(assets, assets_name).render(reports, title, dict(meta or {})))
     for old in out_dir.glob(f"{ASSETS_PREFIX}*"):
         if old.name != assets_name and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return out_dir / PAGE
-
-
-def usual_permissions(path: Path) -> None:
-    """Give a ``tempfile``-made file or folder (0600 / 0700) the permissions the umask gives new ones."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _safe(text: str) -> str:

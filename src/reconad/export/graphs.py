@@ -1,0 +1,95 @@
+"""Torch → ONNX: one graph from uint8 pixels to anomaly maps and image scores.
+
+The feature part (:class:`~reconad.features.extractor.PatchFeatures`: normalisation, backbone levels,
+smoothing, upsampling) is exported once per feature configuration and merged in front of each model's head
+(:mod:`.heads`): tracing the backbone is most of an export's time, and every category of a run shares it.
+Graphs use ONNX opset :data:`OPSET`, a dynamic batch axis, and pass ``onnx.checker`` (full check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any
+
+import onnx
+import torch
+from onnx import compose
+from torch import nn
+
+from reconad.errors import ReconadError
+from reconad.features.extractor import FeatureExtractor
+
+#: The ONNX opset every exported graph uses (ONNX Runtime ≥ 1.14, OpenVINO ≥ 2023.0, TensorRT ≥ 8.6 read it).
+OPSET = 18
+INPUT, MAPS, SCORES = "images", "maps", "scores"
+_FEATURES = "features"
+_feature_graphs: dict[str, onnx.ModelProto] = {}
+
+
+def to_onnx(
+    module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str]
+) -> onnx.ModelProto:
+    """Trace ``module`` (one tensor input whose axis 0 is the batch) to an ONNX model at :data:`OPSET`."""
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover  (the dynamo exporter always returns a program)
+        raise ReconadError("the ONNX exporter returned no graph")
+    return program.model_proto
+
+
+def feature_graph(extractor: FeatureExtractor) -> onnx.ModelProto:
+    """uint8 ``images [N, S, S, 3]`` → ``features [N, C, h, w]`` (cached per feature configuration)."""
+    key = extractor.key()
+    if key not in _feature_graphs:
+        size = extractor.image_size
+        example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+        _feature_graphs[key] = to_onnx(extractor.net.cpu(), example, [INPUT], [_FEATURES])
+    return _feature_graphs[key]
+
+
+def _renamed(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename the value ``old`` to ``new`` everywhere in ``model``'s main graph (in place)."""
+    graph = model.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+
+
+def model_graph(
+    extractor: FeatureExtractor, head: nn.Module, metadata: dict[str, Any] | None = None
+) -> onnx.ModelProto:
+    """The full graph: ``images`` uint8 ``[N, S, S, 3]`` → ``maps`` float32 ``[N, S, S]`` and ``scores``
+    float32 ``[N]``; ``head`` maps features to (maps, scores) (:class:`~.heads.MapsAndScores`)."""
+    grid = extractor.grid
+    example = torch.zeros(2, extractor.channels, grid, grid)
+    scored = to_onnx(head.cpu(), example, [_FEATURES], [MAPS, SCORES])
+    features = compose.add_prefix(feature_graph(extractor), "features/")
+    merged = compose.merge_models(features, scored, io_map=[(f"features/{_FEATURES}", _FEATURES)])
+    _renamed(merged, f"features/{INPUT}", INPUT)
+    opsets = {o.domain: o.version for o in merged.opset_import}  # the merge lists each model's imports
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+    merged.producer_name = "reconad"
+    for key, value in (metadata or {}).items():
+        merged.metadata_props.add(key=key, value=str(value))
+    try:
+        onnx.checker.check_model(merged, full_check=True)
+    except onnx.checker.ValidationError as err:  # pragma: no cover  (a bug, not a user mistake)
+        raise ReconadError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from err
+    return merged

@@ -1,0 +1,197 @@
+"""Torch modules that mirror each model's ``predict`` with operations ONNX has, for tracing into a graph.
+
+A *head* maps patch features ``[N, C, h, w]`` to patch scores ``[N, h, w]`` as the fitted model does;
+:class:`MapsAndScores` adds the library's scoring (upsampling, Gaussian blur, image score). Where a model
+searches its bank approximately (an IVF index), the head searches it exactly: brute-force distances by
+matrix products.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reconad.errors import ReconadError
+from reconad.export.linalg import spd_inverse
+from reconad.models.reconstruction import reconstruction_error
+from reconad.scoring import bilinear_matrix, image_scores, map_operator
+
+#: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
+#: holds, so memory stays bounded however large the bank is.
+SEARCH_BLOCK = 8192
+
+
+class BankSearch(nn.Module):
+    """Exact nearest-atom search over a fixed bank, block by block: ``(squared L2 distances [P, k], indices
+    [P, k])`` of the ``k`` nearest atoms, nearest first (``‖q‖² + ‖a‖² − 2⟨q, a⟩``, as FAISS computes it)."""
+
+    def __init__(self, bank: Tensor, k: int) -> None:
+        super().__init__()
+        bank = bank.detach().float()
+        self.k = min(k, len(bank))
+        self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
+        for i, block in enumerate(bank.split(SEARCH_BLOCK)):
+            # [C, m], times −2 (exact): ‖a‖² − 2⟨q, a⟩ is one matrix product and a broadcast add
+            self.register_buffer(f"atoms_t{i}", -2 * block.T.contiguous())
+            self.register_buffer(f"sq{i}", block.pow(2).sum(1))
+
+    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        dists, found = [], []
+        for i in range(self.blocks):
+            d = q @ getattr(self, f"atoms_t{i}") + getattr(self, f"sq{i}")
+            k = min(self.k, d.shape[1])
+            best = d.topk(k, dim=1, largest=False) if k > 1 else d.min(dim=1, keepdim=True)
+            dists.append(best[0])
+            found.append(best[1] + i * SEARCH_BLOCK)
+        d, idx = torch.cat(dists, dim=1), torch.cat(found, dim=1)
+        if self.blocks > 1:
+            d, pick = d.topk(self.k, dim=1, largest=False) if self.k > 1 else d.min(dim=1, keepdim=True)
+            idx = idx.gather(1, pick)
+        return d + q.pow(2).sum(1, keepdim=True), idx
+
+
+class PatchCoreHead(nn.Module):
+    """PatchCore's ``predict``: the mean distance to the ``k`` nearest bank atoms (exact search)."""
+
+    def __init__(self, bank: Tensor, k: int) -> None:
+        super().__init__()
+        self.search = BankSearch(bank, k)
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, c, h, w = features.shape
+        d, _ = self.search(features.permute(0, 2, 3, 1).reshape(-1, c))
+        return d.clamp(min=0).sqrt().mean(dim=1).reshape(n, h, w)
+
+
+class SGFRHead(nn.Module):
+    """SGFR's ``predict``: each patch, scaled to the bank's units, is coded over its ``n_candidates``
+    nearest atoms (exact search by the model's metric) with the elastic net, solved by the same ADMM steps
+    as :func:`~reconad.models.self_expressive.elastic_net_gram`; its score is the residual norm in feature
+    units. The solver's one Cholesky inverse becomes :func:`~.linalg.spd_inverse`.
+
+    The ADMM step size ``ρ = max(5λ, 10⁻³ · mean Gram diagonal)`` is a constant where the bank's largest
+    squared norm already gives ``5λ`` (the default λ on unit-scale atoms); otherwise it is taken from the
+    graph's batch (the library takes it per 4,096 patches).
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        bank = model.bank_.detach().float()
+        self.metric, self.k = model.metric, max(1, min(model.n_candidates, len(bank)))
+        self.lam, self.alpha, self.iters = float(model.lam), float(model.alpha), int(model.iters)
+        self.scale = float(model.scale_)
+        norms = bank.norm(dim=1)
+        self.rho = 5.0 * self.lam if 1e-3 * float(norms.max()) ** 2 <= 5.0 * self.lam else None
+        self.register_buffer("norms", norms)
+        if self.metric == "l2":
+            self.search = BankSearch(bank, self.k)
+            self.register_buffer("bank", bank)
+        else:  # one copy of the bank on disk: unit atoms, rescaled by their norms where gathered
+            self.register_buffer("unit", bank / norms.clamp_min(1e-12)[:, None])
+
+    def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``k`` nearest atoms' indices ``[P, k]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search
+        as the library does."""
+        if self.metric == "l2":
+            d, idx = self.search(y)
+            return idx, 0.5 * (yy[:, None] + self.norms[idx].pow(2) - d)
+        unit = y / yy.sqrt().clamp_min(1e-12)[:, None]
+        cos, found = [], []
+        for i, start in enumerate(range(0, len(self.unit), SEARCH_BLOCK)):
+            c = unit @ self.unit[start : start + SEARCH_BLOCK].T  # a constant: folded when a runtime loads it
+            key = c.abs() if self.metric == "abscos" else c
+            k = min(self.k, c.shape[1])
+            idx = key.topk(k, dim=1).indices
+            cos.append(c.gather(1, idx))
+            found.append(idx + i * SEARCH_BLOCK)
+        c, idx = torch.cat(cos, dim=1), torch.cat(found, dim=1)
+        if len(cos) > 1:
+            pick = (c.abs() if self.metric == "abscos" else c).topk(self.k, dim=1).indices
+            c, idx = c.gather(1, pick), idx.gather(1, pick)
+        return idx, c * self.norms[idx] * yy.sqrt()[:, None]
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, ch, h, w = features.shape
+        y = features.permute(0, 2, 3, 1).reshape(-1, ch) / self.scale
+        yy = y.pow(2).sum(1)
+        idx, b = self.candidates(y, yy)
+        atoms = self.bank[idx] if self.metric == "l2" else self.unit[idx] * self.norms[idx][:, :, None]
+        gram = atoms @ atoms.transpose(1, 2)
+        l1, l2 = self.lam * self.alpha, self.lam * (1.0 - self.alpha)
+        rho = self.rho
+        if rho is None:
+            rho = torch.clamp(gram.diagonal(dim1=-2, dim2=-1).mean() * 1e-3, min=5.0 * self.lam)
+        inv = spd_inverse(gram + (l2 + rho) * torch.eye(self.k))
+        c0 = (inv @ b[:, :, None])[:, :, 0]
+        inv_rho, thr = rho * inv, l1 / rho
+        z = c0 - c0.clamp(-thr, thr)
+        u = c0 - z
+        for _ in range(self.iters - 1):
+            c = c0 + (inv_rho @ (z - u)[:, :, None])[:, :, 0]
+            z = (c + u) - (c + u).clamp(-thr, thr)
+            u = u + c - z
+        quad = (z * (gram @ z[:, :, None])[:, :, 0]).sum(1)
+        residual = (yy - 2 * (b * z).sum(1) + quad).clamp(min=0)
+        return (residual.sqrt() * self.scale).reshape(n, h, w)
+
+
+class ReconstructionHead(nn.Module):
+    """RLR's and UniAD's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`): per
+    level, the reconstruction error of the standardised level tokens on the level's own grid, upsampled to the
+    finest grid (bilinear) and averaged over the levels. The fitted networks are used as they are."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.nets = model.nets_
+        self.level_hw = [tuple(hw) for hw in model.level_hw_]
+        self.split_levels = model.split_levels
+
+    def forward(self, features: Tensor) -> Tensor:
+        hw = tuple(features.shape[-2:])
+        maps = []
+        for net, x, level_hw in zip(self.nets, self.split_levels(features), self.level_hw):
+            x = net.standardise(x)
+            error = reconstruction_error(x, net(x)).reshape(-1, *level_hw)
+            if level_hw != hw:
+                error = F.interpolate(error[:, None], size=hw, mode="bilinear")[:, 0]
+            maps.append(error)
+        return torch.stack(maps).mean(dim=0)
+
+
+def patch_head(model: Any) -> nn.Module:
+    """The head of a fitted model (one of the registered methods), in eval mode, on the CPU."""
+    name = getattr(model, "name", type(model).__name__)
+    if name == "patchcore":
+        return PatchCoreHead(model.bank_, model.k).eval()
+    if name == "sgfr":
+        return SGFRHead(model).eval()
+    if name in ("rlr", "uniad"):
+        return ReconstructionHead(model).cpu().eval()
+    raise ReconadError(f"model {name!r} cannot be exported yet")
+
+
+class MapsAndScores(nn.Module):
+    """Patch scores → anomaly maps ``[N, S, S]`` and image scores ``[N]``, as :mod:`reconad.scoring` computes
+    them: bilinear upsampling and the Gaussian blur as one matrix per axis, then the image score."""
+
+    def __init__(self, head: nn.Module, grid: tuple[int, int], image_size: int, scoring: dict[str, Any]):
+        super().__init__()
+        self.head = head
+        self.reduce = scoring["reduce"]
+        sigma = float(scoring["sigma"])
+        h, w = grid
+
+        def axis(n_in: int) -> Tensor:
+            if sigma > 0:
+                return map_operator(image_size, n_in, sigma)
+            return bilinear_matrix(image_size, n_in).float()
+
+        self.register_buffer("rows", axis(h))
+        self.register_buffer("cols_t", axis(w).T.contiguous())
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.rows @ self.head(features) @ self.cols_t
+        return maps, image_scores(maps, self.reduce)

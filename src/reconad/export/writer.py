@@ -1,0 +1,149 @@
+"""Write an export folder: the ONNX graphs, ``manifest.json`` and the torch-free runtime.
+
+The folder holds one graph per category (per-category models) or one for all (unified models), the
+manifest (format and reconad versions, model, categories with their threshold and normal level, image size,
+opset, each graph's SHA-256), ``predict.py`` and the ``imagefiles.py`` it imports. It is written to a
+temporary folder beside the target and renamed into place: an interrupted export leaves the previous export
+or none, and a mistake found before the work starts leaves nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reconad import __version__, imagefiles
+from reconad.errors import ReconadError
+from reconad.export.graphs import INPUT, MAPS, OPSET, SCORES, model_graph
+from reconad.export.heads import MapsAndScores, patch_head
+from reconad.features.cache import file_digest
+from reconad.features.extractor import FeatureExtractor
+from reconad.runs import UNIFIED, Run, load_run
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+RUNTIME = Path(__file__).with_name("predict.py")
+
+
+def graph_file(key: str) -> str:
+    """The graph's file name for a category (or :data:`~reconad.runs.UNIFIED`), made path-safe."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key) + ".onnx"
+
+
+def _categories(run: Run, wanted: list[str] | None) -> list[str]:
+    unknown = [c for c in wanted or [] if c not in run.categories]
+    if unknown:
+        raise ReconadError(f"the run has no category {unknown[0]!r} (it has {', '.join(run.categories)})")
+    return list(dict.fromkeys(wanted)) if wanted else list(run.categories)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise ReconadError(
+            f"{imagefiles.show_path(out)} exists and is not a reconad export: choose another --out"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReconadError(f"cannot write {out}: {parent} is not a folder")
+            break
+
+
+def _write_graphs(
+    run: Run, categories: list[str], folder: Path, progress: Callable[[str, int, int], None]
+) -> dict[str, str]:
+    """Export each model's graph into ``folder``; returns category → graph file."""
+    extractor = FeatureExtractor.from_config(run.config["features"])
+    keys = [UNIFIED] if UNIFIED in run.models else categories
+    for i, key in enumerate(keys):
+        progress("graphs", i, len(keys))
+        head = MapsAndScores(
+            patch_head(run.models[key]),
+            (extractor.grid, extractor.grid),
+            extractor.image_size,
+            run.config["scoring"],
+        )
+        meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
+        graph = model_graph(extractor, head, meta)
+        (folder / graph_file(key)).write_bytes(graph.SerializeToString())
+    progress("graphs", len(keys), len(keys))
+    return {c: graph_file(UNIFIED if UNIFIED in run.models else c) for c in categories}
+
+
+def manifest(run: Run, categories: list[str], graphs: dict[str, str], folder: Path) -> dict[str, Any]:
+    """The manifest of an export whose graphs are already in ``folder``."""
+    size = run.config["features"]["image_size"]
+    return {
+        "format": "reconad-export",
+        "format_version": FORMAT_VERSION,
+        "reconad_version": __version__,
+        "model": run.config["model"],
+        "unified": UNIFIED in run.models,
+        "image_size": size,
+        "opset": OPSET,
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", size, size, 3]},
+        "outputs": {
+            MAPS: {"dtype": "float32", "shape": ["N", size, size]},
+            SCORES: {"dtype": "float32", "shape": ["N"]},
+        },
+        "search": "exact",
+        "scoring": run.config["scoring"],
+        "features": run.config["features"],
+        "categories": {
+            c: {
+                "graph": graphs[c],
+                "threshold": run.categories[c]["threshold"],
+                "normal_level": run.categories[c]["normal_level"],
+            }
+            for c in categories
+        },
+        "graphs": {
+            g: {"sha256": file_digest(folder / g), "bytes": (folder / g).stat().st_size}
+            for g in set(graphs.values())
+        },
+    }
+
+
+def _quiet(description: str, done: int, total: int) -> None:
+    pass
+
+
+def export_run(
+    run_dir: Path,
+    out: Path,
+    categories: list[str] | None = None,
+    progress: Callable[[str, int, int], None] = _quiet,
+) -> dict[str, Any]:
+    """Export the run at ``run_dir`` (all its categories, or ``categories``) to the folder ``out``; returns
+    the manifest. An ``out`` that exists must be an earlier export (it is replaced)."""
+    out = Path(out)
+    _check_out(out)
+    run = load_run(run_dir)
+    wanted = _categories(run, categories)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = out.with_name(f".{out.name}.old")
+    try:
+        graphs = _write_graphs(run, wanted, tmp, progress)
+        doc = manifest(run, wanted, graphs, tmp)
+        (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
+        shutil.copyfile(RUNTIME, tmp / "predict.py")
+        shutil.copyfile(imagefiles.__file__, tmp / "imagefiles.py")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the permissions a new folder gets
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return doc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not out.exists():
+            os.replace(old, out)  # interrupted between the two renames: put the previous export back

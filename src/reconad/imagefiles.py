@@ -1,0 +1,319 @@
+"""Image files without torch: decode, list, resize, draw heat-map overlays and name them.
+
+This module imports only numpy and Pillow and nothing from reconad, so an exported model folder
+(``reconad export``) ships this very file beside its ``predict.py``: the folder decodes, resizes and draws
+exactly as the library does. Failures are :class:`ImageFileError` with a one-line message naming the file (the
+library re-raises them as ``ReconadError``).
+
+:func:`resize_image` is torch's antialiased bilinear uint8 resize (the library's, ``reconad.data.imageio``)
+rebuilt on numpy: the same int16 weights and fixed-point rounding, horizontal pass first, pixel for pixel
+the same result, about ten times slower than torch's kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
+#: Modes that hold 16-bit data (mode I: 32-bit ints that hold 16-bit data in practice).
+SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class ImageFileError(Exception):
+    """An image file or folder that cannot be read; the message names it."""
+
+
+class ImageTooLargeError(ImageFileError):
+    """An image with more pixels than :data:`MAX_PIXELS` (a possible decompression bomb)."""
+
+
+class NotAnImageError(ImageFileError):
+    """Bytes that no image decoder recognises."""
+
+
+def show_path(path: os.PathLike | str) -> str:
+    """``path`` as printable text, also when its name is not valid UTF-8 (undecodable bytes as ``\\x..``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+
+
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
+    where = f"cannot read {what} {show_path(path)}"
+    try:
+        if not path.exists():
+            raise ImageFileError(f"{where}: file not found")
+        if path.is_dir():
+            raise ImageFileError(f"{where}: it is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageFileError(f"{where}: empty file (0 bytes)")
+        with open(path, "rb") as fp:
+            return _decode(fp, where)
+    except PermissionError:
+        raise ImageFileError(f"{where}: permission denied") from None
+
+
+def _decode(fp: IO[bytes], where: str) -> Image.Image:
+    """Size-check and fully decode the image in ``fp`` (first frame), EXIF orientation applied; any failure
+    is an :class:`ImageFileError` starting with ``where``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd-but-readable files
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageTooLargeError(
+                    f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
+                    f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
+                )
+            img.load()  # force the full decode now (first frame): truncated files fail here
+            with contextlib.suppress(Exception):  # malformed EXIF must not lose a decodable image
+                ImageOps.exif_transpose(img, in_place=True)
+    except (ImageFileError, PermissionError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"{where}: too many pixels, possible decompression bomb ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise NotAnImageError(f"{where}: not a recognised image format (corrupt or not an image)") from None
+    except Exception as e:  # noqa: BLE001  decoders of untrusted bytes raise anything; report it in one line
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ImageFileError(f"{where}: corrupt or truncated image ({reason})") from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode → H×W×3 uint8; 16-bit data scaled by 65535 (its dtype range), never by its max."""
+    mode = img.mode
+    if mode in SIXTEEN_BIT:
+        a = np.asarray(img).astype(np.float64)
+        gray = np.round(np.clip(a, 0, 65535) * (255 / 65535)).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        gray = np.round(np.clip(np.nan_to_num(a), 0.0, 1.0) * 255).astype(np.uint8)  # floats: [0, 1] range
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return np.ascontiguousarray(np.asarray(img)[:, :, :3])  # drop alpha, do not composite
+    if mode in ("LA", "La", "PA"):
+        img = img.getchannel(0) if mode != "PA" else img.convert("RGBA")
+    elif mode == "P":
+        img = img.convert("RGBA")  # expand the palette; transparency then lives in alpha, which we drop
+    if img.mode == "RGBA":
+        return np.ascontiguousarray(np.asarray(img)[:, :, :3])
+    if img.mode == "1":
+        img = img.convert("L")
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+
+
+def _pixels(img: Image.Image, name: str) -> np.ndarray:
+    try:
+        return to_rgb(img)
+    except Exception as e:  # noqa: BLE001
+        raise ImageFileError(f"cannot read image {name}: unsupported mode {img.mode} ({e})") from None
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode ``path`` with Pillow to an H×W×3 uint8 RGB array; an :class:`ImageFileError` otherwise."""
+    return _pixels(open_image(Path(path), "image"), show_path(path))
+
+
+def decode_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes (an upload) as :func:`decode_image` decodes a file, with the same checks; errors
+    name ``name``."""
+    if not data:
+        raise ImageFileError(f"cannot read image {name}: empty file (0 bytes)")
+    return _pixels(_decode(io.BytesIO(data), f"cannot read image {name}"), name)
+
+
+# --- listing ------------------------------------------------------------------------------------------------
+
+
+def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files under ``folder`` (sorted; hidden entries skipped; symlinked folders followed once, so
+    loops end); possibly empty. A missing or unreadable folder is an :class:`ImageFileError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "not found"
+        raise ImageFileError(f"image folder {show_path(folder)} {why}")
+    wanted = {s.lower() for s in suffixes}
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir():
+                            if recursive:
+                                stack.append(Path(entry.path))
+                        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in wanted:
+                            found.append(Path(entry.path))
+                    except OSError:
+                        continue  # a dangling or looping link: not an image
+        except OSError as e:
+            why = "permission denied" if isinstance(e, PermissionError) else e.strerror or e
+            raise ImageFileError(f"cannot list image folder {show_path(current)}: {why}") from None
+    return sorted(found, key=lambda p: os.fsencode(p))
+
+
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """The images ``inputs`` name: files as they are (readable or not), folders scanned (:func:`scan_images`);
+    an :class:`ImageFileError` for an input that does not exist or when there is no image at all."""
+    inputs = list(inputs)
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += scan_images(item)
+        elif item.exists() or item.is_symlink():
+            paths.append(item)
+        else:
+            raise ImageFileError(f"no such file or folder: {show_path(item)}")
+    if not paths:
+        raise ImageFileError(f"no images found in {', '.join(show_path(p) for p in inputs)}")
+    return paths
+
+
+# --- resizing -----------------------------------------------------------------------------------------------
+
+_BLOCK = 32  # outputs per block of the banded resize matrix
+
+
+@lru_cache(maxsize=64)
+def _axis_resize(n_in: int, n_out: int) -> tuple[list[tuple[int, int, int, np.ndarray]], int]:
+    """One axis of the resize: blocks ``(out_start, in_start, in_stop, weights [outs, ins])`` of the banded
+    integer weight matrix, and the weights' fixed-point precision (bits).
+
+    As torch computes them for uint8 images: the antialiased triangle filter (support = the scale when
+    shrinking), normalised, scaled to int16 by the largest power of two that keeps every weight below 2¹⁵.
+    Weights are stored as float32 where every partial sum stays an integer below 2²⁴ (exact), else float64.
+    """
+    scale = n_in / n_out
+    support = scale if scale >= 1.0 else 1.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    taps = math.ceil(support) * 2 + 1
+    center = scale * (np.arange(n_out) + 0.5)
+    lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C casts truncate; both are >= -0.5
+    size = np.minimum((center + support + 0.5).astype(np.int64), n_in) - lo
+    j = np.arange(taps)
+    w = np.maximum(1.0 - np.abs((j + lo[:, None] - center[:, None] + 0.5) * inv), 0.0)
+    w[j >= size[:, None]] = 0.0
+    total = w.sum(1, keepdims=True)
+    w = np.divide(w, total, out=w, where=total != 0)
+    bits = 0
+    while bits < 22 and int(0.5 + w.max() * (1 << (bits + 1))) < (1 << 15):
+        bits += 1
+    w = np.floor(0.5 + w * (1 << bits))
+    dtype = np.float32 if 255 * w.sum(1).max() + (1 << bits) < (1 << 24) else np.float64
+    blocks = []
+    for start in range(0, n_out, _BLOCK):
+        rows = slice(start, min(start + _BLOCK, n_out))
+        first, last = int(lo[rows].min()), int((lo[rows] + size[rows]).max())
+        m = np.zeros((len(lo[rows]), last - first), dtype)
+        for r, (a, n, weights) in enumerate(zip(lo[rows], size[rows], w[rows])):
+            m[r, a - first : a - first + n] = weights[:n]
+        blocks.append((start, first, last, m))
+    return blocks, bits
+
+
+def _resize_rows(a: np.ndarray, n_out: int) -> np.ndarray:
+    """Resize axis 0 of a ``[n, M]`` uint8 array to ``n_out`` rows (one pass of :func:`resize_image`)."""
+    blocks, bits = _axis_resize(a.shape[0], n_out)
+    dtype = blocks[0][3].dtype
+    out = np.empty((n_out, a.shape[1]), dtype)
+    x = a.astype(dtype)
+    for start, first, last, m in blocks:
+        out[start : start + len(m)] = m @ x[first:last]
+    out += 1 << (bits - 1)  # round half up, then drop the fraction bits: exact on these integers
+    out *= 1.0 / (1 << bits)
+    return np.clip(np.floor(out, out=out), 0, 255).astype(np.uint8)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """An ``H×W×3`` uint8 image → ``[size, size, 3]`` uint8, exactly as ``reconad.data.resize_images``:
+    antialiased bilinear (``align_corners=False``), torch's uint8 arithmetic, horizontal pass first; an axis
+    already of the right length is left as it is."""
+    h, w, c = image.shape
+    if w != size:
+        rows = _resize_rows(image.transpose(1, 0, 2).reshape(w, h * c), size)
+        image = rows.reshape(size, h, c).transpose(1, 0, 2)
+    if h != size:
+        image = _resize_rows(image.reshape(h, size * c), size).reshape(size, size, c)
+    return np.ascontiguousarray(image)
+
+
+# --- overlays -----------------------------------------------------------------------------------------------
+
+#: matplotlib's ``jet`` segments (x, y_left, y_right) per channel.
+_JET_SEGMENTS = (
+    ((0.0, 0, 0), (0.35, 0, 0), (0.66, 1, 1), (0.89, 1, 1), (1.0, 0.5, 0.5)),
+    ((0.0, 0, 0), (0.125, 0, 0), (0.375, 1, 1), (0.64, 1, 1), (0.91, 0, 0), (1.0, 0, 0)),
+    ((0.0, 0.5, 0.5), (0.11, 1, 1), (0.34, 1, 1), (0.65, 0, 0), (1.0, 0, 0)),
+)
+
+
+def _jet(n: int = 256) -> np.ndarray:
+    """matplotlib's ``jet`` as an ``[n, 3]`` table of 0–255 float32 values, computed as matplotlib's
+    ``LinearSegmentedColormap`` does (the same float64 steps, so the same numbers)."""
+    channels = []
+    for segments in _JET_SEGMENTS:
+        x, y0, y1 = (np.array(v, dtype=float) for v in zip(*segments))
+        x = x * (n - 1)
+        at = (n - 1) * np.linspace(0, 1, n)
+        ind = np.searchsorted(x, at)[1:-1]
+        distance = (at[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+        lut = np.concatenate([[y1[0]], distance * (y0[ind] - y1[ind - 1]) + y1[ind - 1], [y0[-1]]])
+        channels.append(np.clip(lut, 0.0, 1.0))
+    return (np.stack(channels, axis=1) * 255).astype(np.float32)
+
+
+#: The 256 colours of matplotlib's jet, 0–255 as float32: a table lookup is 2.4× faster than calling the
+#: colormap on every pixel (which builds an H×W×4 float64 array) and picks the same colour.
+JET = _jet()
+
+
+def normalise(amap: np.ndarray, threshold: float, normal_level: float) -> np.ndarray:
+    """Map values to [0, 1]: ``normal_level`` (mean map of good images) → 0, ``threshold`` → 0.5."""
+    span = max(threshold - normal_level, 1e-12)
+    return np.clip((amap - normal_level) / (2 * span), 0.0, 1.0)
+
+
+def heatmap_overlay(
+    image: np.ndarray, amap: np.ndarray, threshold: float, normal_level: float, alpha: float = 0.5
+) -> np.ndarray:
+    """``image`` (H×W×3 uint8) blended with a jet-coloured ``amap`` (H×W); returns H×W×3 uint8."""
+    level = np.minimum((normalise(amap, threshold, normal_level) * 256).astype(np.intp), 255)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * JET[level]
+    return np.clip(blended, 0, 255).round().astype(np.uint8)
+
+
+def overlay_name(path: Path, taken: set[str]) -> str:
+    """A file name for ``path``'s overlay not yet in ``taken`` (which it joins): ``STEM_overlay.png``."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
+    name, i = f"{stem}_overlay.png", 1
+    while name in taken:
+        name, i = f"{stem}_{i}_overlay.png", i + 1
+    taken.add(name)
+    return name

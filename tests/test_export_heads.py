@@ -1,0 +1,54 @@
+"""The torch modules an export traces give each model's own patch scores (before any ONNX is involved),
+and the ONNX-expressible inverse is an inverse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reconad.export import heads
+from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
+from reconad.export.linalg import spd_inverse
+from reconad.models.patchcore import PatchCore
+from reconad.models.sgfr import SGFR
+
+
+def _features(n: int = 6, c: int = 32, side: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(c, 3, generator=g) @ torch.randn(3, n * side * side, generator=g)  # near a subspace
+    noise = 0.1 * torch.randn(c, n * side * side, generator=g)
+    return (base + noise).T.reshape(n, side, side, c).permute(0, 3, 1, 2).contiguous()
+
+
+def test_spd_inverse():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 16, 16, generator=g)
+    spd = a @ a.transpose(1, 2) / 16 + 0.1 * torch.eye(16)
+    torch.testing.assert_close(spd_inverse(spd), torch.linalg.inv(spd), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(spd_inverse(spd) @ spd, torch.eye(16).expand(50, -1, -1), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 8192), (1, 7), (3, 7)])
+def test_patchcore_head(monkeypatch, k, block):
+    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)  # several blocks: the merge across blocks is exact too
+    feats = _features()
+    model = PatchCore(coreset_ratio=0.1, k=k, nprobe=0).fit(feats[:4])
+    head = patch_head(model)
+    assert isinstance(head, PatchCoreHead)
+    torch.testing.assert_close(head(feats[4:]), model.predict(feats[4:]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("params", "block"),
+    [({}, 8192), ({}, 5), ({"metric": "cosine"}, 8192), ({"metric": "l2"}, 5), ({"lam": 1e-4}, 8192)],
+)
+def test_sgfr_head(monkeypatch, params, block):
+    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    feats = _features()
+    model = SGFR(sampling_ratio=0.2, nprobe=0, pool_size=1000, **params).fit(feats[:4])
+    head = patch_head(model)
+    assert isinstance(head, SGFRHead) and (head.rho is None) == ("lam" in params)
+    expected = model.predict(feats[4:])
+    # patch scores agree to float32 noise (the ADMM codes and the residual's Gram form round differently:
+    # both sides are ~1e-5 from a float64 solve here); the maps' tolerance is checked end to end
+    torch.testing.assert_close(head(feats[4:]), expected, rtol=0, atol=1e-3 * float(expected.max()))

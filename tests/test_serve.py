@@ -1,0 +1,344 @@
+"""``reconad serve``'s app through FastAPI's test client: every endpoint, every bad upload answered with its
+status and a one-line JSON error (and the next good request still served), the API key, and the same scores
+and overlays as ``reconad predict``."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_clean_error, bomb_png, invoke, noise
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")  # python-multipart: FastAPI's form parser
+from fastapi.testclient import TestClient  # noqa: E402
+
+from reconad.serve.app import create_app  # noqa: E402
+from reconad.serve.predictor import Predictor  # noqa: E402
+
+MAX_UPLOAD = 1 << 20  # 1 MB: small enough to exceed in a test
+KEY = "s3cret-key"
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def predictor(fitted_run: Path) -> Predictor:
+    return Predictor(fitted_run)
+
+
+@pytest.fixture(scope="module")
+def client(predictor: Predictor) -> TestClient:
+    return TestClient(create_app(predictor, max_upload_bytes=MAX_UPLOAD), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def good_png(parts: Path) -> bytes:
+    return (parts / "test" / "good" / "000.png").read_bytes()
+
+
+def post(client: TestClient, *files: tuple[str, bytes], **kwargs):
+    return client.post(
+        "/v1/predict", files=[("file", (name, data, "image/png")) for name, data in files], **kwargs
+    )
+
+
+def assert_error(response, status: int, *words: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"]
+    message = body["error"]
+    assert message and "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def assert_serves(client: TestClient, good_png: bytes, **kwargs) -> None:
+    response = post(client, ("ok.png", good_png), **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["name"] == "ok.png"
+
+
+# --- endpoints ----------------------------------------------------------------------------------------------
+
+
+def test_healthz(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_model(client: TestClient, fitted_run: Path) -> None:
+    config = json.loads((fitted_run / "run.json").read_text())
+    info = client.get("/v1/model").json()
+    assert info["model"] == "patchcore"
+    assert info["categories"] == list(config["categories"])
+    assert info["thresholds"] == {name: c["threshold"] for name, c in config["categories"].items()}
+    assert info["image_size"] == config["features"]["image_size"]
+    assert info["fitted_at"] == config["created"]
+    assert info["reconad_version"] and info["fitted_with_version"] == config["reconad_version"]
+
+
+def test_predict_one_and_several(client: TestClient, parts: Path) -> None:
+    good, bad = parts / "test" / "good" / "000.png", next((parts / "test" / "blob").glob("*.png"))
+    response = post(client, ("good.png", good.read_bytes()), ("bad.png", bad.read_bytes()))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["name"] for r in results] == ["good.png", "bad.png"]
+    for r in results:
+        assert set(r) == {"name", "category", "score", "threshold", "is_anomalous"}  # no map unless asked
+        assert r["category"] == "synthetic_part" and r["is_anomalous"] == (r["score"] > r["threshold"])
+    assert results[1]["score"] > results[0]["score"]
+
+
+def test_predict_map_is_an_overlay_png_at_the_upload_size(client: TestClient) -> None:
+    response = post(client, ("wide.png", png_bytes(noise(40, 90))), params={"map": "png"})
+    assert response.status_code == 200, response.text
+    overlay = Image.open(io.BytesIO(base64.b64decode(response.json()["results"][0]["overlay_png"])))
+    assert overlay.format == "PNG" and overlay.size == (90, 40) and overlay.mode == "RGB"
+
+
+def test_page_and_its_assets_are_local(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert asset in page.text
+        response = client.get(asset)
+        assert response.status_code == 200
+        assert "http://" not in response.text and "https://" not in response.text
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_unknown_path_is_a_json_404(client: TestClient) -> None:
+    assert_error(client.get("/v1/nope"), 404)
+
+
+# --- bad requests: status, one line, and the service keeps serving ------------------------------------------
+
+TRUNCATED = png_bytes(noise(64, 64))[:300]
+
+
+@pytest.mark.parametrize(
+    "name, data, status, words",
+    [
+        ("empty.png", b"", 400, ["empty.png", "empty"]),
+        ("cut.png", TRUNCATED, 400, ["cut.png", "truncated"]),
+        ("notes.png", b"hello, I am a text file and not a picture\n", 415, ["notes.png", "not a recognised"]),
+        ("bomb.png", None, 413, ["bomb.png", "decompression bomb"]),
+        ("big.png", b"\0" * (MAX_UPLOAD + 1), 413, ["upload too large", "MB"]),
+    ],
+    ids=["zero_bytes", "truncated_png", "text_as_png", "bomb_20000x20000", "over_the_size_limit"],
+)
+def test_bad_upload(
+    client: TestClient, good_png: bytes, name: str, data: bytes | None, status, words
+) -> None:
+    assert_error(post(client, (name, bomb_png(20_000) if data is None else data)), status, *words)
+    assert_serves(client, good_png)
+
+
+def test_one_bad_file_fails_the_whole_request(client: TestClient, good_png: bytes) -> None:
+    assert_error(post(client, ("ok.png", good_png), ("cut.png", TRUNCATED)), 400, "cut.png")
+    assert_serves(client, good_png)
+
+
+def test_size_limit_holds_without_a_content_length(client: TestClient, good_png: bytes) -> None:
+    def chunks():  # a chunked body: no Content-Length to check, the bytes are counted as they come
+        for _ in range(3):
+            yield b"x" * (MAX_UPLOAD // 2)
+
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    assert_error(client.post("/v1/predict", content=chunks(), headers=headers), 413, "upload too large")
+    assert_serves(client, good_png)
+
+
+@pytest.mark.parametrize(
+    "data, params, status, words",
+    [
+        ({"category": "nope"}, {}, 404, ["no category 'nope'", "synthetic_part"]),
+        ({}, {"map": "jpeg"}, 400, ["map"]),
+    ],
+    ids=["unknown_category", "unknown_map_format"],
+)
+def test_bad_fields(client: TestClient, good_png: bytes, data, params, status, words) -> None:
+    assert_error(post(client, ("ok.png", good_png), data=data, params=params), status, *words)
+    assert_serves(client, good_png)
+
+
+def test_no_file(client: TestClient, good_png: bytes) -> None:
+    assert_error(client.post("/v1/predict", data={"category": "synthetic_part"}), 400, "file")
+    assert_serves(client, good_png)
+
+
+# --- several categories -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_category_client(fitted_run: Path, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    """The fitted run with a second category that reuses the first one's model."""
+    run = tmp_path_factory.mktemp("two") / "run"
+    shutil.copytree(fitted_run, run)
+    config = json.loads((run / "run.json").read_text())
+    config["categories"]["other"] = config["categories"]["synthetic_part"]
+    config["weights"]["other"] = config["weights"]["synthetic_part"]
+    (run / "run.json").write_text(json.dumps(config))
+    return TestClient(create_app(Predictor(run)), raise_server_exceptions=False)
+
+
+def test_category_required_when_the_run_has_several(two_category_client: TestClient, good_png: bytes) -> None:
+    assert_error(post(two_category_client, ("ok.png", good_png)), 400, "several categories", "other")
+    response = post(two_category_client, ("ok.png", good_png), data={"category": "other"})
+    assert response.status_code == 200 and response.json()["results"][0]["category"] == "other"
+
+
+# --- API key ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_client(predictor: Predictor) -> TestClient:
+    return TestClient(create_app(predictor, api_key=KEY), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "headers, words",
+    [
+        ({}, ["missing API key"]),
+        ({"Authorization": "Bearer wrong"}, ["wrong API key"]),
+        ({"Authorization": f"Basic {KEY}"}, ["missing API key"]),
+    ],
+    ids=["missing", "wrong", "not_bearer"],
+)
+def test_api_key_refused(keyed_client: TestClient, good_png: bytes, headers, words) -> None:
+    for response in (
+        post(keyed_client, ("ok.png", good_png), headers=headers),
+        keyed_client.get("/v1/model"),
+    ):
+        if response.request.headers.get("authorization") == headers.get("Authorization"):
+            assert_error(response, 401, *words)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert_serves(keyed_client, good_png, headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_api_key_leaves_the_page_and_health_open(keyed_client: TestClient) -> None:
+    assert keyed_client.get("/healthz").status_code == 200
+    assert keyed_client.get("/").status_code == 200
+    assert keyed_client.get("/v1/model", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+# --- the same numbers as reconad predict --------------------------------------------------------------------
+
+
+def test_same_scores_and_overlays_as_reconad_predict(client: TestClient, fitted_run: Path, parts, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(parts / "test", images)
+    Image.fromarray(noise(80, 96, seed=3)).save(images / "odd_size.png")  # resized to the run's size and back
+    before = sorted((p.relative_to(fitted_run), p.stat().st_mtime_ns) for p in fitted_run.rglob("*"))
+    result = invoke("predict", fitted_run, images, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 11
+    files = [(str(Path(r["path"]).relative_to(images)), Path(r["path"]).read_bytes()) for r in rows]
+    response = post(client, *files, params={"map": "png"})
+    assert response.status_code == 200, response.text
+    for row, served in zip(rows, response.json()["results"]):
+        assert f"{served['score']:.6g}" == row["score"]
+        assert int(served["is_anomalous"]) == int(row["is_anomalous"])
+        assert base64.b64decode(served["overlay_png"]) == (tmp_path / "out" / row["overlay"]).read_bytes()
+    assert sorted((p.relative_to(fitted_run), p.stat().st_mtime_ns) for p in fitted_run.rglob("*")) == before
+
+
+# --- the command and the app factory ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """``uvicorn.run`` replaced by a recorder (nothing listens); the settings it saw in the environment."""
+    import uvicorn
+
+    from reconad.serve import app as serve_app
+
+    calls: list[tuple] = []
+    names = [serve_app.ENV_RUN, serve_app.ENV_MAX_UPLOAD, serve_app.ENV_KEY_VAR, serve_app.ENV_THREADS]
+    for name in names:  # serve() sets them: monkeypatch puts back what was there before the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(
+        uvicorn,
+        "run",
+        lambda *args, **kwargs: calls.append((args, kwargs, {n: os.environ.get(n) for n in names})),
+    )
+    return calls
+
+
+def test_serve_command_starts_uvicorn_on_the_factory(fitted_run: Path, uvicorn_calls, monkeypatch) -> None:
+    monkeypatch.setenv("MY_KEY", KEY)
+    result = invoke(
+        "serve", fitted_run, "--port", 9999, "--workers", 2, "--max-upload-mb", 3, "--api-key-env", "MY_KEY"
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+    (args, kwargs, env) = uvicorn_calls[0]
+    assert args == ("reconad.serve.app:app_from_env",)
+    assert kwargs == {**kwargs, "factory": True, "host": "127.0.0.1", "port": 9999, "workers": 2}
+    assert env["RECONAD_SERVE_RUN"] == str(fitted_run.resolve())
+    assert env["RECONAD_SERVE_MAX_UPLOAD_BYTES"] == str(3 * 2**20)
+    assert env["RECONAD_SERVE_API_KEY_ENV"] == "MY_KEY"
+    assert int(env["RECONAD_SERVE_TORCH_THREADS"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "host, warned", [("0.0.0.0", True), ("192.0.2.1", True), ("127.0.0.2", False), ("::1", False)]
+)
+def test_serve_warns_beyond_loopback_without_a_key(
+    fitted_run: Path, uvicorn_calls, host: str, warned: bool
+) -> None:
+    result = invoke("serve", fitted_run, "--host", host)
+    assert result.exit_code == 0, result.output
+    assert ("warning" in result.stderr and "without --api-key-env" in result.stderr) == warned
+    assert uvicorn_calls[0][1]["host"] == host
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--workers", "0"], ["--workers"]),
+        (["--max-upload-mb", "0"], ["--max-upload-mb"]),
+        (["--api-key-env", "RECONAD_TEST_UNSET_KEY"], ["RECONAD_TEST_UNSET_KEY", "unset or empty"]),
+    ],
+)
+def test_serve_refuses_bad_settings(fitted_run: Path, uvicorn_calls, args, words) -> None:
+    assert_clean_error(invoke("serve", fitted_run, *args), *words)
+    assert not uvicorn_calls
+
+
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path, uvicorn_calls) -> None:
+    assert_clean_error(invoke("serve", tmp_path), "not a reconad run")
+    assert not uvicorn_calls
+
+
+def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: bytes, monkeypatch) -> None:
+    from reconad.serve.app import app_from_env
+
+    monkeypatch.setenv("RECONAD_SERVE_RUN", str(fitted_run))
+    monkeypatch.setenv("RECONAD_SERVE_MAX_UPLOAD_BYTES", str(len(good_png) + 1000))
+    monkeypatch.setenv("RECONAD_SERVE_API_KEY_ENV", "MY_KEY")
+    monkeypatch.setenv("MY_KEY", KEY)
+    monkeypatch.delenv("RECONAD_SERVE_TORCH_THREADS", raising=False)
+    client = TestClient(app_from_env(), raise_server_exceptions=False)
+    assert_error(post(client, ("ok.png", good_png)), 401, "missing API key")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert_serves(client, good_png, headers=auth)
+    assert_error(post(client, ("big.png", good_png + b"\0" * 2000), headers=auth), 413, "upload too large")
