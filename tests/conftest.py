@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SIZE = 64  # --image-size of every fitted test run: small and fast
@@ -68,6 +69,17 @@ def copy_run(fitted_run: Path, tmp_path: Path) -> Callable[[], Path]:
         return dst
 
     return copy
+
+
+class CountingExtractor:
+    """The real extractor, counting the images it is asked to compute."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.image_size, self.calls = inner, inner.image_size, 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += len(images)
+        return self.inner(images)
 
 
 # --- running the CLI in-process ----------------------------------------------------------------------------

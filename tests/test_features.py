@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
-from conftest import SIZE
+from conftest import SIZE, CountingExtractor
 from PIL import Image
 
 from reconad import pipeline
@@ -72,17 +72,6 @@ def test_extractor_key_follows_the_config(extractor):
     assert extractor.key() == FeatureExtractor(image_size=SIZE).key()
     assert extractor.key() != FeatureExtractor(image_size=SIZE + 32).key()
     assert extractor.key() != FeatureExtractor(image_size=SIZE, layers=(1, 2)).key()
-
-
-class CountingExtractor:
-    """The real extractor, counting the images it is asked to compute."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.image_size, self.calls = inner, inner.image_size, 0
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        self.calls += len(images)
-        return self.inner(images)
 
 
 def test_cache_hit_is_identical_and_a_damaged_entry_is_recomputed(tmp_path, parts, extractor):

@@ -28,7 +28,9 @@ def test_no_module_imports_one_listed_below_it():
     for path in PACKAGE.rglob("*.py"):
         me = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
         source = path.read_text(encoding="utf-8")
-        for target in re.findall(r"^\s*(?:from|import) reconad\.(\w+)", source, re.M):
-            if me in rank and target != me and rank[target] > rank[me]:
+        dotted = re.findall(r"^\s*(?:from|import) reconad\.(\w+)", source, re.M)
+        named = re.findall(r"^\s*from reconad import ([\w, ]+)", source, re.M)
+        for target in dotted + [n.strip() for names in named for n in names.split(",")]:
+            if me in rank and target in rank and target != me and rank[target] > rank[me]:
                 upward.append(f"{path.relative_to(PACKAGE)} imports reconad.{target}")
     assert not upward

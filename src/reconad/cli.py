@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
-import io
 import json
 import shutil
 import sys
@@ -21,13 +21,16 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from reconad import pipeline
+from reconad import distributed, pipeline
 from reconad.atomic import atomic_file
 from reconad.data import load_sources
 from reconad.data.imageio import collect_images, show_path
@@ -107,27 +110,43 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class RateColumn(ProgressColumn):
+    """A task's speed over its recent updates: ``41.2 images/s``, or ``12.5 s/epoch`` when below one per
+    second (the unit is the task's ``unit`` field)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "images")
+        if not speed:
+            return Text("")
+        rate = f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{unit.removesuffix('s')}"
+        return Text(rate, style="progress.data.speed")
+
+
 @contextmanager
 def progress_bars() -> Iterator[pipeline.Progress]:
-    """A rich progress display fed by the pipeline's ``progress(description, done, total)`` callback."""
+    """A rich progress display fed by the pipeline's ``progress(description, done, total)`` callback, with
+    the rate (images/s) and the time left. ``unit`` names what is counted (default images)."""
     if STATE["quiet"]:
-        yield lambda description, done, total, info="": None
+        yield lambda description, done, total, info="", unit="images": None
         return
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=err,
         transient=False,
+        speed_estimate_period=300,  # an epoch can take minutes: keep enough updates for a rate and an ETA
     )
     tasks: dict[str, Any] = {}
 
-    def update(description: str, done: int, total: int, info: str = "") -> None:
+    def update(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
         if description not in tasks:
-            tasks[description] = bars.add_task(description, total=total, info=info)
+            tasks[description] = bars.add_task(description, total=total, info=info, unit=unit)
         bars.update(tasks[description], completed=done, total=total, info=info)
 
     with bars:
@@ -246,28 +265,48 @@ def do_fit(
     extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
     pipeline.new_model(model, params, extractor, seed)  # the parameters together and with the features
     sources = load_sources(data, categories, seed=seed)
+    world = distributed.start(device)  # under torchrun: join the job; otherwise None, nothing changes
+    main = world is None or world.main
+    if distributed.device_for(world, device) != device:  # a CUDA job: each process takes its local GPU
+        device = distributed.device_for(world, device)
+        extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
     fit_kwargs: dict[str, Any] = {}
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
         fit_kwargs = {"checkpoint_dir": ckpt, "resume": resume}
-    with progress_bars() as progress:
-        if cls.unified:
-            fit_kwargs["progress"] = lambda epoch, total, loss: progress(
-                "training", epoch, total, f"loss {loss:.4f}"
+    bars = progress_bars() if main else contextlib.nullcontext(lambda *args: None)  # rank 0 shows progress
+    try:
+        with bars as progress:
+            if cls.unified:
+                fit_kwargs["progress"] = lambda epoch, total, loss: progress(
+                    "training", epoch, total, f"loss {loss:.4f}", "epochs"
+                )
+            run = pipeline.fit(
+                model,
+                sources,
+                extractor,
+                params=params,
+                cache=make_cache(no_cache, cache_dir, extractor),
+                holdout=holdout,
+                seed=seed,
+                progress=progress,
+                fit_kwargs=fit_kwargs,
+                world=world,
             )
-        run = pipeline.fit(
-            model,
-            sources,
-            extractor,
-            params=params,
-            cache=make_cache(no_cache, cache_dir, extractor),
-            holdout=holdout,
-            seed=seed,
-            progress=progress,
-            fit_kwargs=fit_kwargs,
-        )
-    save_run(run, out_dir)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    except distributed.JobStopped as stopped:
+        distributed.abandon()
+        if not main:  # rank 0 says it, once
+            raise typer.Exit(1) from None
+        resumable = cls.unified and ckpt.is_dir() and any(ckpt.glob("*-checkpoint.json"))
+        hint = f"; the checkpoints in {ckpt} are whole: rerun the same command with --resume"
+        raise ReconadError(f"{stopped}{hint if resumable else ''}") from None
+    except BaseException:
+        distributed.abandon()  # this process's own error: it says it, then ends
+        raise
+    if main:  # one writer: rank 0 (atomically, as ever)
+        save_run(run, out_dir)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    distributed.stop()
     return run
 
 
@@ -315,6 +354,8 @@ def fit(
         resume=resume,
         device=device,
     )
+    if (distributed.launched() or (0,))[0] != 0:
+        return  # the other processes of a torchrun job stay quiet
     out.print(
         f"fitted [bold]{model}[/bold] on {escape(', '.join(run.categories))} "
         f"in {run.config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
@@ -429,21 +470,30 @@ def predict(
     cat = run.categories[category]
     out_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
-    rows, taken, batch, batch_size = [], set(), [], 16
+    taken: set[str] = set()
+    batch: list[pipeline.Scored] = []
+    batch_size, n_scored, n_bad = 16, 0, 0
 
     def render(scored: pipeline.Scored) -> bytes:
         return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
 
-    def write_batch() -> None:  # overlays encode on every core, between backbone forwards
+    def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
+        nonlocal n_scored, n_bad
         for scored, png in zip(batch, pipeline.map_on_cores(render, batch)):
             name = overlay_name(Path(scored.path), taken)
             with atomic_file(out_dir / name, "wb") as f:
                 f.write(png)
-            rows.append((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
+            rows.writerow((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
+            n_scored, n_bad = n_scored + 1, n_bad + int(scored.is_anomalous)
         batch.clear()
 
     start = time.perf_counter()
-    with progress_bars() as progress:
+    # Rows go to scores.csv as they come (nothing per image is kept in memory); the file appears under its
+    # name only once every image is scored.
+    csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f, progress_bars() as progress:
+        rows = csv.writer(f)
+        rows.writerow(["path", "score", "is_anomalous", "overlay"])
         for scored in pipeline.score_images(
             run,
             extractor,
@@ -455,20 +505,12 @@ def predict(
         ):
             batch.append(scored)
             if len(batch) == batch_size:  # a batch scored: its overlays encode before the next forward
-                write_batch()
-        write_batch()
+                write_batch(rows)
+        write_batch(rows)
     seconds = time.perf_counter() - start
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score", "is_anomalous", "overlay"])
-    writer.writerows(rows)
-    csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
-    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f:
-        f.write(buffer.getvalue())
-    n_bad = sum(r[2] for r in rows)
     out.print(
-        f"scored {len(rows)} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
-        f"in {seconds:.1f} s → {escape(str(out_dir / 'scores.csv'))}",
+        f"scored {n_scored} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
+        f"in {seconds:.1f} s ({n_scored / seconds:.1f} images/s) → {escape(str(out_dir / 'scores.csv'))}",
         soft_wrap=True,
     )
     for _, message in failures:

@@ -21,6 +21,7 @@ from torch import Tensor
 from reconad import __version__
 from reconad.data import CategoryData, Sample, load_image_and_mask, resize_images
 from reconad.data.imageio import read_image
+from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
@@ -28,12 +29,15 @@ from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, check_params, create_model, model_class
 from reconad.params import MAX_SEED, check_value
-from reconad.runs import UNIFIED, Run
+from reconad.runs import UNIFIED, Run, models_to
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
 #: How patch scores become maps and image scores unless a run says otherwise (:func:`score_features`).
 DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
+
+#: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
+SCORE_BATCH = 32
 
 #: Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from it).
 Progress = Callable[[str, int, int], None]
@@ -41,6 +45,13 @@ Progress = Callable[[str, int, int], None]
 
 def _quiet(description: str, done: int, total: int) -> None:
     pass
+
+
+def accelerator(extractor: FeatureExtractor) -> torch.device | None:
+    """The extractor's device where it is not the CPU (a CUDA GPU): models then search or run beside the
+    backbone (:func:`reconad.runs.models_to`); None on the CPU, where nothing moves."""
+    device = getattr(extractor, "device", None)  # test doubles of the extractor may have none
+    return None if device is None or torch.device(device).type == "cpu" else torch.device(device)
 
 
 @dataclass
@@ -66,13 +77,7 @@ def map_on_cores(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-def _batches(samples: Sequence[Sample], size: int, batch_size: int) -> Iterator[list[tuple]]:
-    """Decoded (image, resized mask) pairs in batches of ``batch_size``."""
-    for start in range(0, len(samples), batch_size):
-        yield map_on_cores(lambda s: load_image_and_mask(s, size), samples[start : start + batch_size])
-
-
-def extract(
+def stream_features(
     samples: Sequence[Sample],
     extractor: FeatureExtractor,
     *,
@@ -81,40 +86,64 @@ def extract(
     batch_size: int = 16,
     progress: Progress = _quiet,
     description: str = "features",
-) -> Extracted:
-    """Patch features of ``samples`` (from the cache where it has them), and their masks if asked."""
-    start = time.perf_counter()
+) -> Iterator[tuple[Tensor, np.ndarray | None]]:
+    """Each sample's patch features ``[C, h, w]`` (from the cache where it has them) and, with ``with_masks``,
+    its mask resized to the image size (None where it has none), in order.
+
+    Decoding and the backbone work ``batch_size`` samples at a time and nothing outlives its batch, so
+    memory does not grow with the number of samples (``reconad test`` streams through this).
+    """
     n, size = len(samples), extractor.image_size
     if n == 0:
         raise ReconadError("no images to extract features from")
-    digests = [file_digest(s.path) for s in samples] if cache else [None] * n
-    features: list[Tensor | None] = [cache.get(d) if cache else None for d in digests]
-    masks = np.zeros((n, size, size), dtype=bool) if with_masks else None
-    todo = [i for i in range(n) if features[i] is None or (with_masks and samples[i].mask_path is not None)]
-    done = n - len(todo)
-    progress(description, done, n)
-    for batch_idx, batch in zip(
-        _chunks(todo, batch_size), _batches([samples[i] for i in todo], size, batch_size)
-    ):
-        need = [j for j, i in enumerate(batch_idx) if features[i] is None]
+    progress(description, 0, n)
+    for start in range(0, n, batch_size):
+        batch = samples[start : start + batch_size]
+        digests = [file_digest(s.path) for s in batch] if cache else [None] * len(batch)
+        features: list[Tensor | None] = [cache.get(d) if cache else None for d in digests]
+        masked = [with_masks and s.mask_path is not None for s in batch]
+        todo = [j for j, f in enumerate(features) if f is None or masked[j]]  # decode these
+        decoded = map_on_cores(lambda s: load_image_and_mask(s, size), [batch[j] for j in todo])
+        loaded = dict(zip(todo, decoded))
+        need = [j for j in todo if features[j] is None]
         if need:
-            out = extractor(torch.from_numpy(resize_images([batch[j][0] for j in need], size)))
+            out = extractor(torch.from_numpy(resize_images([loaded[j][0] for j in need], size)))
             for j, f in zip(need, out):
-                features[batch_idx[j]] = f.clone()
+                features[j] = f.clone()
                 if cache:
-                    cache.put(digests[batch_idx[j]], features[batch_idx[j]])
-        if masks is not None:
-            for j, i in enumerate(batch_idx):
-                if batch[j][1] is not None:
-                    masks[i] = batch[j][1]
-        done += len(batch_idx)
-        progress(description, done, n)
+                    cache.put(digests[j], features[j])
+        for j, f in enumerate(features):
+            yield f, loaded[j][1] if j in loaded else None
+        progress(description, start + len(batch), n)
+
+
+def extract(
+    samples: Sequence[Sample], extractor: FeatureExtractor, *, with_masks: bool = False, **options: Any
+) -> Extracted:
+    """Patch features of ``samples`` (from the cache where it has them), and their masks if asked, all held
+    in memory; ``options``: those of :func:`stream_features` (cache, batch_size, progress, description)."""
+    start = time.perf_counter()
+    size = extractor.image_size
+    masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+    features = []
+    for i, (f, mask) in enumerate(stream_features(samples, extractor, with_masks=with_masks, **options)):
+        features.append(f)
+        if masks is not None and mask is not None:
+            masks[i] = mask
     return Extracted(torch.stack(features), masks, time.perf_counter() - start)
 
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def extract_shared(
+    samples: Sequence[Sample], extractor: FeatureExtractor, world: World | None, **options: Any
+) -> Extracted:
+    """:func:`extract`; in a torchrun job each process extracts its share (images ``rank, rank + W, …``,
+    through the cache as usual) and every process gets all the features (:func:`distributed.gather_rows`)."""
+    if world is None:
+        return extract(samples, extractor, **options)
+    start = time.perf_counter()
+    mine = samples[world.rank :: world.size]
+    local = extract(mine or samples[:1], extractor, **options).features[: len(mine)]  # [:1]: the shape
+    return Extracted(gather_rows(local, len(samples), world), None, time.perf_counter() - start)
 
 
 def check_fit_options(
@@ -155,6 +184,15 @@ def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list
     return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
 
 
+def patch_maps(
+    model: Model, features: Tensor, image_size: int, sigma: float, categories: list[str] | None = None
+) -> Tensor:
+    """Anomaly maps ``[N, S, S]`` of one batch of feature tensors (the model's patch scores, upsampled and
+    smoothed)."""
+    patch = model.predict(features, categories) if categories else model.predict(features)
+    return anomaly_maps(patch.float(), image_size, sigma)
+
+
 def score_features(
     model: Model,
     features: Tensor,
@@ -162,13 +200,13 @@ def score_features(
     scoring: dict[str, Any],
     categories: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(anomaly maps ``[N, S, S]``, image scores ``[N]``) of feature tensors, in batches."""
+    """(anomaly maps ``[N, S, S]``, image scores ``[N]``) of feature tensors, in batches of
+    :data:`SCORE_BATCH`."""
     maps = []
-    for start in range(0, len(features), 32):
-        chunk = features[start : start + 32]
-        cats = categories[start : start + 32] if categories else None
-        patch = model.predict(chunk, cats) if cats else model.predict(chunk)
-        maps.append(anomaly_maps(patch.float(), image_size, scoring["sigma"]))
+    for start in range(0, len(features), SCORE_BATCH):
+        chunk = features[start : start + SCORE_BATCH]
+        cats = categories[start : start + SCORE_BATCH] if categories else None
+        maps.append(patch_maps(model, chunk, image_size, scoring["sigma"], cats))
     all_maps = torch.cat(maps)
     return all_maps, image_scores(all_maps, scoring["reduce"])
 
@@ -186,21 +224,34 @@ def fit(
     progress: Progress = _quiet,
     fit_kwargs: dict[str, Any] | None = None,
     features: dict[str, tuple[Extracted, Extracted]] | None = None,
+    world: World | None = None,
 ) -> Run:
     """Fit ``model_name`` on the good images of every category (one model each, or one unified model).
 
     ``features``: per category, the already extracted (model part, held-back part) of
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
+    ``world``: this process's place in a torchrun job (:mod:`reconad.distributed`); each process then
+    extracts its share of the images, and the unified model trains with DistributedDataParallel. Every
+    process returns the same run (only rank 0 should save it).
     """
     params = check_fit_options(model_name, params or {}, holdout, seed)
+    if world is not None and not model_class(model_name).unified:
+        raise ReconadError(
+            f"{model_name} fits each category without training: run it in one process, not under torchrun "
+            "(torchrun trains the unified models, rlr and uniad)"
+        )
     probe = new_model(model_name, params, extractor, seed)  # parameters checked together, before any work
+    if world is not None:
+        fit_kwargs = {**(fit_kwargs or {}), "world": world}
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
     splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
         c.name: tuple(
-            extract(part, extractor, cache=cache, progress=progress, description=f"{c.name}: {what}")
+            extract_shared(
+                part, extractor, world, cache=cache, progress=progress, description=f"{c.name}: {what}"
+            )
             for part, what in zip(splits[c.name], ("features", "held back"), strict=True)
         )
         for c in data
@@ -220,6 +271,7 @@ def fit(
                 models[c.name] = model.fit(feats[c.name][0].features)
             progress("fitting", len(data), len(data))
     model_seconds = time.perf_counter() - model_start
+    models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
     categories = {}
     for c in data:
         model = models.get(UNIFIED) or models[c.name]
@@ -246,6 +298,15 @@ def fit(
         "reconad_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if world is not None:
+        batch, lr = config["params"]["batch_size"], config["params"]["lr"]
+        config["distributed"] = {
+            "world_size": world.size,
+            "backend": world.backend,
+            "batch_size_per_process": batch,
+            "effective_batch": batch * world.size,
+            "lr": lr,
+        }
     return Run(config, models)
 
 
@@ -263,22 +324,60 @@ class CategoryResult:
     seconds: float
 
 
+def _category_result(
+    run: Run, category: str, samples: Sequence[Sample], maps: Tensor, masks: np.ndarray, seconds: float
+) -> CategoryResult:
+    """Image scores and the five metrics of one category's test maps."""
+    labels = np.array([s.label for s in samples])
+    maps_np = maps.numpy()
+    scores_np = image_scores(maps, run.config["scoring"]["reduce"]).numpy()
+    metrics = compute_metrics(labels, scores_np, masks, maps_np)
+    threshold = run.categories[category]["threshold"]
+    return CategoryResult(metrics, list(samples), labels, scores_np, masks, maps_np, threshold, seconds)
+
+
 def evaluate_features(run: Run, category: str, samples: list[Sample], ext: Extracted) -> CategoryResult:
     """Score one category's extracted test split and compute its metrics (seconds = model + maps)."""
     start = time.perf_counter()
-    maps, scores = score_features(
+    maps, _ = score_features(
         run.model_for(category),
         ext.features,
         run.config["features"]["image_size"],
         run.config["scoring"],
         [category] * len(samples),
     )
-    seconds = time.perf_counter() - start
-    labels = np.array([s.label for s in samples])
-    maps_np, scores_np = maps.numpy(), scores.numpy()
-    metrics = compute_metrics(labels, scores_np, ext.masks, maps_np)
-    threshold = run.categories[category]["threshold"]
-    return CategoryResult(metrics, list(samples), labels, scores_np, ext.masks, maps_np, threshold, seconds)
+    return _category_result(run, category, samples, maps, ext.masks, time.perf_counter() - start)
+
+
+def evaluate_stream(
+    run: Run,
+    category: str,
+    samples: Sequence[Sample],
+    extractor: FeatureExtractor,
+    *,
+    cache: FeatureCache | None = None,
+    progress: Progress = _quiet,
+) -> CategoryResult:
+    """:func:`evaluate_features` without holding the features: each batch of :data:`SCORE_BATCH` is scored as
+    soon as it is extracted, and only the maps and masks the pixel metrics need are kept (about a third of
+    the memory per image of features + maps at 256 px; the same maps, in the same batches)."""
+    start = time.perf_counter()
+    models_to(run.models, accelerator(extractor))
+    model, size, sigma = run.model_for(category), extractor.image_size, run.config["scoring"]["sigma"]
+    masks = np.zeros((len(samples), size, size), dtype=bool)
+    maps: list[Tensor] = []
+    pending: list[Tensor] = []
+    stream = stream_features(
+        samples, extractor, cache=cache, with_masks=True, progress=progress, description=f"{category}: test"
+    )
+    for i, (features, mask) in enumerate(stream):
+        if mask is not None:
+            masks[i] = mask
+        pending.append(features)
+        if len(pending) == SCORE_BATCH or i == len(samples) - 1:
+            maps.append(patch_maps(model, torch.stack(pending), size, sigma, [category] * len(pending)))
+            pending.clear()
+    return _category_result(run, category, samples, torch.cat(maps), masks, time.perf_counter() - start)
 
 
 def evaluate(
@@ -289,7 +388,8 @@ def evaluate(
     cache: FeatureCache | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, CategoryResult]:
-    """Score each category's test split with the run's model(s) and compute the five metrics.
+    """Score each category's test split with the run's model(s) and compute the five metrics, streaming
+    (:func:`evaluate_stream`).
 
     ``seconds`` of each result is end to end: decoding, backbone, model and maps.
     """
@@ -301,12 +401,7 @@ def evaluate(
             )
         if not c.test:
             raise ReconadError(f"category {c.name}: no test images")
-        ext = extract(
-            c.test, extractor, cache=cache, with_masks=True, progress=progress, description=f"{c.name}: test"
-        )
-        result = evaluate_features(run, c.name, c.test, ext)
-        result.seconds += ext.seconds
-        results[c.name] = result
+        results[c.name] = evaluate_stream(run, c.name, c.test, extractor, cache=cache, progress=progress)
     return results
 
 
@@ -373,6 +468,7 @@ def score_images(
     progress: Progress = _quiet,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
+    models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
 
     def load(path: Any) -> np.ndarray | str:
         try:

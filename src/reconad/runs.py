@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -36,6 +37,20 @@ class Run:
 
     def model_for(self, category: str) -> Model:
         return self.models.get(UNIFIED) or self.models[category]
+
+    def to(self, device: str | torch.device) -> Run:
+        """Predict on ``device`` from now on (:func:`models_to`)."""
+        models_to(self.models, device)
+        return self
+
+
+def models_to(models: dict[str, Model], device: str | torch.device | None) -> None:
+    """Each model that has a ``to`` moves its search or networks to ``device``; the others stay on the CPU.
+    ``None``: nothing moves."""
+    for model in models.values() if device is not None else ():
+        move = getattr(model, "to", None)
+        if move is not None:
+            move(device)
 
 
 def weights_file(key: str) -> str:

@@ -51,12 +51,14 @@ def fingerprint(levels: Sequence[Tensor]) -> list[float]:
 @dataclass(frozen=True)
 class Checkpoints:
     """The checkpoints of one training run in ``directory``: ``model`` (its name) names the files; ``config``
-    (its hyper-parameters) and ``data`` (the :func:`fingerprint` of its features) must match to resume."""
+    (its hyper-parameters), ``data`` (the :func:`fingerprint` of its features) and ``world_size`` must
+    match to resume."""
 
     directory: Path
     model: str
     config: dict[str, Any]
     data: list[float]
+    world_size: int = 1  # processes of the torchrun job that trains (a resume needs as many)
 
     @property
     def meta_path(self) -> Path:
@@ -93,6 +95,8 @@ class Checkpoints:
             "data": self.data,
             "losses": losses,
         }
+        if self.world_size != 1:
+            meta["world_size"] = self.world_size
         path = self.meta_path
         old = json.loads(path.read_text())["weights"] if path.exists() else None
         with atomic_file(path) as f:
@@ -101,14 +105,8 @@ class Checkpoints:
             with contextlib.suppress(OSError):
                 (self.directory / old).unlink()
 
-    def load(
-        self,
-        nets: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        device: torch.device,
-    ) -> tuple[int, list[float]] | None:
-        """Restore the last finished epoch's state; that epoch and the losses so far (None: no checkpoint)."""
+    def read(self) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+        """The last checkpoint's JSON and tensors, checked against this run (None: no checkpoint)."""
         path = self.meta_path
         if not path.exists():
             return None
@@ -123,6 +121,25 @@ class Checkpoints:
         pairs = zip(meta["data"], self.data, strict=True)
         if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in pairs):
             raise ReconadError(f"cannot resume from {path}: it was trained on other features")
+        written = meta.get("world_size", 1)
+        if written != self.world_size:
+            raise ReconadError(
+                f"cannot resume from {path}: it was written by a job of {written} process(es), this one has "
+                f"{self.world_size} (the effective batch would change): resume with {written}"
+            )
+        return meta, tensors
+
+    def apply(
+        self,
+        found: tuple[dict[str, Any], dict[str, Tensor]],
+        nets: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[int, list[float]]:
+        """Put what :meth:`read` found into ``nets``, ``optimizer`` and ``generator``; returns its epoch
+        and losses."""
+        meta, tensors = found
         load_nets_state(nets, tensors)
         fresh = optimizer.state_dict()
         state: dict[int, dict[str, Tensor]] = {}
@@ -133,3 +150,14 @@ class Checkpoints:
         optimizer.load_state_dict({"state": state, "param_groups": fresh["param_groups"]})
         generator.set_state(tensors["rng"])
         return int(meta["epoch"]), [float(x) for x in meta["losses"]]
+
+    def load(
+        self,
+        nets: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> tuple[int, list[float]] | None:
+        """Restore the last finished epoch's state; that epoch and the losses so far (None: no checkpoint)."""
+        found = self.read()
+        return None if found is None else self.apply(found, nets, optimizer, generator, device)

@@ -60,6 +60,7 @@ class PatchCore:
 
     def __post_init__(self) -> None:
         validate(self)
+        self._device = torch.device("cpu")  # where the search runs (:meth:`to`)
 
     def fit(self, features: Tensor, categories: list[str] | None = None) -> PatchCore:
         patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
@@ -91,7 +92,14 @@ class PatchCore:
         return calibrate_nprobe(self.bank_, self.centroids_, queries, self.min_recall, k=self.k)
 
     def _build(self) -> None:
-        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe_)
+        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe_, device=self._device)
+
+    def to(self, device: str | torch.device) -> PatchCore:
+        """Search on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the state stays put."""
+        self._device = torch.device(device)
+        if hasattr(self, "bank_"):
+            self._build()
+        return self
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
         n, c, h, w = features.shape

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reconad.distributed import World
 from reconad.errors import ReconadError
 from reconad.models.base import init_config
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
@@ -141,6 +142,7 @@ class ReconstructionModel:
             )
         if any(w % 2 == 0 for w in self.windows or ()):
             raise ReconadError(f"{self.name}: windows must be odd, got {self.windows}")
+        self._placed: torch.device | None = None  # set by :meth:`to`: overrides ``device``
         self.nets_: nn.ModuleList | None = None
         self.level_hw_: list[tuple[int, int]] | None = None
         self.loss_history_: list[float] = []
@@ -156,6 +158,8 @@ class ReconstructionModel:
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
+        if self._placed is not None:
+            return self._placed
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -222,13 +226,16 @@ class ReconstructionModel:
         checkpoint_dir: Path | None = None,
         resume: bool = False,
         progress: Progress | None = None,
+        world: World | None = None,
     ) -> ReconstructionModel:
         """Train one network per level on the good ``features`` ``[N, C, h, w]`` of every category at once.
 
         ``categories`` is accepted for the contract and ignored (the model is unified). With
         ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume=True`` continues from the last
         one there (same data and hyper-parameters required; ``epochs`` may be raised).
-        ``progress(epoch, epochs, mean_loss)`` is called after every epoch.
+        ``progress(epoch, epochs, mean_loss)`` is called after every epoch. ``world``: this process's place
+        in a torchrun job (:mod:`reconad.distributed`): DistributedDataParallel training, checkpoints by
+        rank 0 (:func:`~reconad.models.trainer.train`).
         """
         self._check(features)
         if features.shape[0] == 0:
@@ -242,7 +249,8 @@ class ReconstructionModel:
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
         ckpt = None
         if checkpoint_dir is not None:
-            ckpt = Checkpoints(Path(checkpoint_dir), self.name, self.get_config(), fingerprint(levels))
+            size = world.size if world is not None else 1
+            ckpt = Checkpoints(Path(checkpoint_dir), self.name, self.get_config(), fingerprint(levels), size)
         self.loss_history_ = []
         train(
             self.nets_,
@@ -253,7 +261,16 @@ class ReconstructionModel:
             checkpoints=ckpt,
             resume=resume,
             progress=progress,
+            world=world,
         )
+        return self
+
+    def to(self, device: str | torch.device) -> ReconstructionModel:
+        """Predict (and train) on ``device`` from now on, whatever the ``device`` hyper-parameter says (the
+        run's config keeps it)."""
+        self._placed = torch.device(device)
+        if self.nets_ is not None:
+            self.nets_.to(self._placed)
         return self
 
     # --- inference ---------------------------------------------------------------------------------------

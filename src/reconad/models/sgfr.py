@@ -88,6 +88,7 @@ class SGFR:
 
     def __post_init__(self) -> None:
         validate(self)
+        self._device = torch.device("cpu")  # where the atom search of predict runs (:meth:`to`)
 
     # ---------------------------------------------------------------- fit
     def fit(self, features: Tensor, categories: list[str] | None = None) -> SGFR:
@@ -129,7 +130,15 @@ class SGFR:
         return sparse_codes(index, y, self.n_candidates, self.lam, self.alpha, self.iters, exclude_self)
 
     def _build(self) -> None:
-        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric)
+        self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric, self._device)
+
+    def to(self, device: str | torch.device) -> SGFR:
+        """Search the atoms on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the coding
+        and the state stay on the CPU."""
+        self._device = torch.device(device)
+        if hasattr(self, "bank_"):
+            self._build()
+        return self
 
     # ---------------------------------------------------------------- predict
     def reconstruct(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,18 +5,33 @@ noise, per-token std ``jitter_scale · ‖f‖ / C``, applied with probability `
 ``MSE + mean(1 − cosine)`` per level, summed over levels; Adam, fixed epochs, a constant or cosine learning
 rate. Every random draw comes from one generator seeded with ``seed`` whose state the checkpoints save, so a
 resumed run ends with exactly the weights an uninterrupted one would have.
+
+In a torchrun job (``world``, :mod:`reconad.distributed`) the loss module is wrapped in
+DistributedDataParallel (gradients averaged over the processes after every step, so every process holds the
+same weights) and each process takes its part of every epoch's order through a DistributedSampler:
+``batch_size`` images per process and step, an effective batch of ``batch_size × W``. Every process draws the
+same permutation and the jitter noise of the whole effective batch from the one seeded generator and uses its
+own rows, so W processes follow the draws of one process training with the effective batch (the same model
+up to float rounding) and one generator state, saved by rank 0, resumes them all. On CUDA the forward runs
+under autocast (bf16, or fp16 with gradient scaling where the GPU has no bf16); on the CPU in float32.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 
+from reconad import distributed
+from reconad.distributed import World
 from reconad.models.checkpoints import Checkpoints
 
 #: ``progress(epoch, epochs, mean_loss)``, called after every epoch.
@@ -48,16 +63,110 @@ def learning_rate(lr: float, schedule: str, step: int, total: int) -> float:
     return lr
 
 
-def feature_jitter(x: Tensor, scale: float, prob: float, generator: torch.Generator) -> Tensor:
+def feature_jitter(
+    x: Tensor, scale: float, prob: float, generator: torch.Generator, world: World | None = None
+) -> Tensor:
     """``x`` (``[B, N, C]``) plus Gaussian noise of per-token std ``scale · ‖x_token‖ / C``, each image
     jittered with probability ``prob``. Noise is drawn on the CPU from ``generator`` (the same on any
-    device)."""
+    device). In a ``world`` of W processes the noise of all ``B·W`` images of the step is drawn and this
+    process keeps rows ``rank, rank + W, …`` (its images' places in the effective batch)."""
     if scale <= 0 or prob <= 0:
         return x
     b, _, c = x.shape
-    noise = torch.randn(x.shape, generator=generator).to(x.device)
-    keep = (torch.rand(b, generator=generator) < prob).to(x.device, x.dtype).view(b, 1, 1)
+    if world is None:
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        keep = (torch.rand(b, generator=generator) < prob).to(x.device, x.dtype).view(b, 1, 1)
+    else:
+        rows = slice(world.rank, None, world.size)
+        noise = torch.randn((b * world.size, *x.shape[1:]), generator=generator)[rows].to(x.device)
+        keep = (torch.rand(b * world.size, generator=generator) < prob)[rows]
+        keep = keep.to(x.device, x.dtype).view(b, 1, 1)
     return x + noise * (x.norm(dim=-1, keepdim=True) / c) * scale * keep
+
+
+#: Buffers (the feature standardisation) are equal everywhere and fixed: DDP need not send them every step
+#: (``forward_sync_buffers`` replaces ``broadcast_buffers`` in newer torch).
+NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+class BatchLoss(nn.Module):
+    """The training loss of one batch, summed over levels: the module DistributedDataParallel wraps (the
+    level tokens stay outside it, on the CPU; only each batch moves to the device)."""
+
+    def __init__(
+        self,
+        nets: nn.ModuleList,
+        levels: Sequence[Tensor],
+        params: TrainingParams,
+        device: torch.device,
+        world: World | None,
+    ) -> None:
+        super().__init__()
+        self.nets, self.levels, self.params, self.device, self.world = nets, levels, params, device, world
+
+    def forward(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        p = self.params
+        loss = torch.zeros((), device=self.device)
+        for net, x in zip(self.nets, self.levels, strict=True):
+            clean = net.standardise(x[idx].to(self.device))
+            rec = net(feature_jitter(clean, p.jitter_scale, p.jitter_prob, generator, self.world))
+            cos = F.cosine_similarity(rec, clean, dim=-1, eps=1e-6)
+            loss = loss + F.mse_loss(rec, clean) + (1 - cos).mean()
+        return loss
+
+
+class Precision:
+    """How a step computes: float32 on the CPU; on CUDA autocast to bf16, or to fp16 with gradient
+    scaling where the GPU has no bf16."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        bf16 = self.cuda and torch.cuda.is_bf16_supported()
+        self.dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.cuda and not bf16 else None
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast("cuda", dtype=self.dtype) if self.cuda else nullcontext()
+
+    def step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward and optimizer step (scaled where fp16 needs it)."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+def positions(n: int, world: World | None) -> Tensor:
+    """The places in each epoch's order of ``n`` images that this process trains on: all of them in one
+    process; in a world of W, DistributedSampler's share (``rank, rank + W, …`` of the order padded to a
+    multiple of W by repeating its first places, as DistributedSampler pads)."""
+    if world is None:
+        return torch.arange(n)
+    sampler = DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=False)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def restore(
+    checkpoints: Checkpoints,
+    nets: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    world: World | None,
+) -> tuple[int, list[float]] | None:
+    """The last checkpoint's state into ``nets``, ``optimizer`` and ``generator`` (its epoch and losses; None
+    where there is none). In a world, rank 0 reads it and every process gets the same state."""
+    found = checkpoints.read() if world is None or world.main else None
+    if world is not None:
+        found = distributed.broadcast(found, world)
+    return None if found is None else checkpoints.apply(found, nets, optimizer, generator, device)
 
 
 def train(
@@ -70,44 +179,51 @@ def train(
     checkpoints: Checkpoints | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    world: World | None = None,
 ) -> None:
     """Train ``nets`` (one per level, each with a ``standardise`` method) to reconstruct the raw level
     tokens ``levels`` (``[N, tokens, C_l]`` each) from their jittered copies; the mean loss of every epoch is
-    appended to ``losses``. With ``checkpoints`` a checkpoint is written after every epoch, and
-    ``resume=True`` continues from the last one (``losses`` then starts with its losses)."""
+    appended to ``losses``. With ``checkpoints`` a checkpoint is written after every epoch (by rank 0 in a
+    ``world``), and ``resume=True`` continues from the last one (``losses`` then starts with its losses)."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=params.lr)
     generator = torch.Generator().manual_seed(params.seed)
+    writer = world is None or world.main
     start = 0
     if checkpoints is not None:
-        checkpoints.directory.mkdir(parents=True, exist_ok=True)
-        restored = checkpoints.load(nets, optimizer, generator, device) if resume else None
+        if writer:
+            checkpoints.directory.mkdir(parents=True, exist_ok=True)
+        restored = restore(checkpoints, nets, optimizer, generator, device, world) if resume else None
         if restored is not None:
             start, losses[:] = restored
     n = levels[0].shape[0]
-    steps = math.ceil(n / params.batch_size)
+    mine = positions(n, world)
+    steps = math.ceil(len(mine) / params.batch_size)
+    loss_of = BatchLoss(nets, levels, params, device, world)
+    if world is not None:  # DDP starts every process from rank 0's weights (a resumed rank 0's too)
+        with distributed.collective("the start of training"):
+            loss_of = DistributedDataParallel(loss_of, device_ids=None, **NO_BUFFER_SYNC)
+    precision = Precision(device)
     nets.train()
     for epoch in range(start, params.epochs):
         order = torch.randperm(n, generator=generator)
+        if world is not None:
+            order = order[mine]
         total, batches = 0.0, 0
-        for i in range(0, n, params.batch_size):
+        for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(
                     params.lr, params.lr_schedule, epoch * steps + batches, params.epochs * steps
                 )
-            loss = torch.zeros((), device=device)
-            for net, x in zip(nets, levels, strict=True):
-                clean = net.standardise(x[idx].to(device))
-                rec = net(feature_jitter(clean, params.jitter_scale, params.jitter_prob, generator))
-                cos = F.cosine_similarity(rec, clean, dim=-1, eps=1e-6)
-                loss = loss + F.mse_loss(rec, clean) + (1 - cos).mean()
+            with precision.autocast():
+                loss = loss_of(idx, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with distributed.collective("training") if world is not None else nullcontext():
+                precision.step(loss, optimizer)
             total += float(loss.detach())
             batches += 1
-        losses.append(total / batches)
-        if checkpoints is not None:
+        losses.append(total / batches if world is None else distributed.mean(total / batches, world))
+        if checkpoints is not None and writer:
             checkpoints.save(epoch + 1, nets, optimizer, generator, losses)
         if progress is not None:
             progress(epoch + 1, params.epochs, losses[-1])
