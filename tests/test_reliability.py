@@ -102,7 +102,7 @@ def test_fit_on_odd_but_valid_images(tmp_path, parts):
 @pytest.fixture
 def slow_parts(tmp_path: Path) -> Path:
     """Enough images that a fit at 160 px takes a few seconds: time to interrupt it."""
-    return make_parts(tmp_path / "slow", n_train=60, n_test_good=2, n_test_bad=2, size=64, seed=1)
+    return make_parts(tmp_path / "slow", n_train=200, n_test_good=2, n_test_bad=2, size=64, seed=1)
 
 
 @pytest.mark.parametrize(

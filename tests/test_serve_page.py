@@ -131,6 +131,20 @@ def drop_file(page, selector: str, path: Path) -> None:
     )
 
 
+def open_picker_with_enter(page):
+    """Enter on the focused file input opens the picker. A second press is allowed: in one full CI run
+    Chromium let the first pass without a chooser (60 s waited); alone, the same page opened it at once."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        with page.expect_file_chooser(timeout=20_000) as chooser:
+            page.keyboard.press("Enter")
+    except PlaywrightTimeout:
+        with page.expect_file_chooser(timeout=20_000) as chooser:
+            page.keyboard.press("Enter")
+    return chooser.value
+
+
 def test_page_upload_shows_verdict_and_heat_map(server: str, page, parts: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -142,9 +156,8 @@ def test_page_upload_shows_verdict_and_heat_map(server: str, page, parts: Path, 
             break
         page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "file"
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(defective_image(parts, tmp_path)))
+    chooser = open_picker_with_enter(page)
+    chooser.set_files(str(defective_image(parts, tmp_path)))
 
     expect(page.locator("#verdict")).to_have_text("anomalous")
     expect(page.locator("#overlay")).to_have_js_property("complete", True)
