@@ -1,6 +1,6 @@
 """Wall time of RLR training epochs on the CPU: one process against a torchrun job of N (gloo).
 
-    python benchmarks/ddp_epoch.py [--data mvtec:../shared/data/mvtec_ad] [--category bottle] \
+    python benchmarks/ddp_epoch.py --data mvtec:../shared/data/mvtec_ad [--category bottle] \
         [--epochs 2] [--nproc 2] [--work /tmp/ddp_epoch]
 
 Both train the same model on the same cached features (a first plain fit fills the cache) with the same
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default="mvtec:../shared/data/mvtec_ad")
+    parser.add_argument("--data", required=True, help="FORMAT:PATH, e.g. mvtec:../shared/data/mvtec_ad")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--nproc", type=int, default=2)

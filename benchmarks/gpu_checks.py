@@ -1,7 +1,7 @@
 """The GPU checks: does ``--device cuda`` work end to end for every model, and what does it buy? For a machine
 with a CUDA GPU (never needed by the tests); prints one JSON document of figures.
 
-    python benchmarks/gpu_checks.py [--data mvtec:../shared/data/mvtec_ad] [--category bottle] \
+    python benchmarks/gpu_checks.py --data mvtec:../shared/data/mvtec_ad [--category bottle] \
         [--epochs 5] [--out /tmp/gpu_checks]
 
 1. Features: the backbone on the GPU against the CPU on the same images (largest difference) and the
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default="mvtec:../shared/data/mvtec_ad")
+    parser.add_argument("--data", required=True, help="FORMAT:PATH, e.g. mvtec:../shared/data/mvtec_ad")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("/tmp/gpu_checks"))

@@ -1,7 +1,7 @@
 """Does ``reconad predict`` keep its memory flat over a large folder? Peak resident memory after 1,000 and
 after 10,000 images of one ``reconad predict`` process, and its images/s.
 
-    python benchmarks/predict_scale.py [--images ../shared/data/mvtec_ad/bottle/test] [--n 10000] \
+    python benchmarks/predict_scale.py --images ../shared/data/mvtec_ad/bottle/test [--n 10000] \
         [--run RUN] [--work /tmp/predict_scale] [--model patchcore] [--resize 256]
 
 The input folder holds ``--n`` symbolic links to the source images, repeated in turn (each link has its own
@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=Path, default=Path("../shared/data/mvtec_ad/bottle/test"))
+    parser.add_argument("--images", type=Path, required=True, help="a folder of images, e.g. bottle/test")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--checkpoint", type=int, default=1_000)
     parser.add_argument("--run", type=Path, help="a run folder (default: fit --model on the category)")
