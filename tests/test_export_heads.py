@@ -38,6 +38,20 @@ def test_patchcore_head(monkeypatch, k, block):
     torch.testing.assert_close(head(feats[4:]), model.predict(feats[4:]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 100)])
+def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, block):
+    """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones."""
+    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    feats = _features(n=40, side=8)
+    model = PatchCore(coreset_ratio=0.5, k=k, nprobe=2).fit(feats[:30])
+    exact = PatchCore(coreset_ratio=0.5, k=k, nprobe=0).fit(feats[:30])
+    head = patch_head(model)
+    assert head.search.probe is not None and len(model.centroids_) > model.nprobe_
+    expected = model.predict(feats[30:])
+    assert not torch.allclose(expected, exact.predict(feats[30:]), atol=1e-2)  # the probe matters here
+    torch.testing.assert_close(head(feats[30:]), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("params", "block"),
     [({}, 8192), ({}, 5), ({"metric": "cosine"}, 8192), ({"metric": "l2"}, 5), ({"lam": 1e-4}, 8192)],
@@ -52,3 +66,17 @@ def test_sgfr_head(monkeypatch, params, block):
     # patch scores agree to float32 noise (the ADMM codes and the residual's Gram form round differently:
     # both sides are ~1e-5 from a float64 solve here); the maps' tolerance is checked end to end
     torch.testing.assert_close(head(feats[4:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
+
+
+@pytest.mark.parametrize(
+    ("metric", "block"), [("abscos", 8192), ("abscos", 100), ("cosine", 8192), ("l2", 100)]
+)
+def test_sgfr_head_searches_the_ivf_lists(monkeypatch, metric, block):
+    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    feats = _features(n=40, side=8)
+    model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
+    head = patch_head(model)
+    probe = (head.search if metric == "l2" else head).probe
+    assert len(model.centroids_) > model.nprobe and probe is not None
+    expected = model.predict(feats[30:])
+    torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))

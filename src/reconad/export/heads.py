@@ -1,9 +1,10 @@
 """Torch modules that mirror each model's ``predict`` with operations ONNX has, for tracing into a graph.
 
 A *head* maps patch features ``[N, C, h, w]`` to patch scores ``[N, h, w]`` as the fitted model does;
-:class:`MapsAndScores` adds the library's scoring (upsampling, Gaussian blur, image score). Where a model
-searches its bank approximately (an IVF index), the head searches it exactly: brute-force distances by
-matrix products.
+:class:`MapsAndScores` adds the library's scoring (upsampling, Gaussian blur, image score). A bank search is
+brute force (distances by matrix products); where the model searches an IVF index, the distances to atoms
+outside the lists the query probes are masked out (:class:`IVFProbe`), so the graph finds the atoms FAISS
+finds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
+from reconad.models.knn import NearestNeighbors
 from reconad.models.reconstruction import reconstruction_error
 from reconad.scoring import bilinear_matrix, image_scores, map_operator
 
@@ -24,14 +26,43 @@ from reconad.scoring import bilinear_matrix, image_scores, map_operator
 SEARCH_BLOCK = 8192
 
 
-class BankSearch(nn.Module):
-    """Exact nearest-atom search over a fixed bank, block by block: ``(squared L2 distances [P, k], indices
-    [P, k])`` of the ``k`` nearest atoms, nearest first (``‖q‖² + ‖a‖² − 2⟨q, a⟩``, as FAISS computes it)."""
+class IVFProbe(nn.Module):
+    """Which index entries an IVF search looks at: for each query the ``nprobe`` lists of the nearest
+    centroids (smallest squared L2, or largest inner product with the unit query for the cosine metrics, as
+    FAISS's flat quantizer ranks them), as a mask ``[P, entries]`` per block of entries."""
 
-    def __init__(self, bank: Tensor, k: int) -> None:
+    def __init__(self, index: NearestNeighbors, centroids: Tensor, nprobe: int) -> None:
+        super().__init__()
+        lists = index.entry_lists()
+        assert lists is not None, "an IVF probe needs an IVF index"
+        self.l2, self.nprobe = index.metric == "l2", nprobe
+        c = centroids.detach().float()
+        self.register_buffer("centroids_t", c.T.contiguous() * (-2 if self.l2 else 1))
+        self.register_buffer("centroid_sq", c.pow(2).sum(1) if self.l2 else torch.zeros(len(c)))
+        self.register_buffer("lists", lists)
+
+    def probed(self, q: Tensor) -> Tensor:
+        """``[P, lists]`` bool: the lists each (unit, for the cosine metrics) query probes."""
+        d = q @ self.centroids_t + self.centroid_sq
+        if self.l2:
+            return d <= d.topk(self.nprobe, dim=1, largest=False).values[:, -1:]
+        return d >= d.topk(self.nprobe, dim=1).values[:, -1:]
+
+    def entries(self, probed: Tensor, start: int, stop: int) -> Tensor:
+        """``[P, stop − start]`` bool: whether the query's search looks at each entry of the block."""
+        return probed.index_select(1, self.lists[start:stop])
+
+
+class BankSearch(nn.Module):
+    """Nearest-atom search over a fixed bank, block by block: ``(squared L2 distances [P, k], indices
+    [P, k])`` of the ``k`` nearest atoms, nearest first (``‖q‖² + ‖a‖² − 2⟨q, a⟩``, as FAISS computes it);
+    with ``probe``, among the atoms of the probed IVF lists only."""
+
+    def __init__(self, bank: Tensor, k: int, probe: IVFProbe | None = None) -> None:
         super().__init__()
         bank = bank.detach().float()
         self.k = min(k, len(bank))
+        self.probe = probe
         self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
         for i, block in enumerate(bank.split(SEARCH_BLOCK)):
             # [C, m], times −2 (exact): ‖a‖² − 2⟨q, a⟩ is one matrix product and a broadcast add
@@ -39,9 +70,13 @@ class BankSearch(nn.Module):
             self.register_buffer(f"sq{i}", block.pow(2).sum(1))
 
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        probed = self.probe.probed(q) if self.probe is not None else None
         dists, found = [], []
         for i in range(self.blocks):
             d = q @ getattr(self, f"atoms_t{i}") + getattr(self, f"sq{i}")
+            if probed is not None:
+                start = i * SEARCH_BLOCK
+                d = torch.where(self.probe.entries(probed, start, start + d.shape[1]), d, torch.inf)
             k = min(self.k, d.shape[1])
             best = d.topk(k, dim=1, largest=False) if k > 1 else d.min(dim=1, keepdim=True)
             dists.append(best[0])
@@ -53,12 +88,19 @@ class BankSearch(nn.Module):
         return d + q.pow(2).sum(1, keepdim=True), idx
 
 
-class PatchCoreHead(nn.Module):
-    """PatchCore's ``predict``: the mean distance to the ``k`` nearest bank atoms (exact search)."""
+def ivf_probe(bank: Tensor, centroids: Tensor, nprobe: int, metric: str) -> IVFProbe | None:
+    """The probe of the IVF index a model searches its ``bank`` with (None where it searches exactly)."""
+    index = NearestNeighbors(bank, centroids, nprobe, metric)
+    return IVFProbe(index, centroids, nprobe) if index.entry_lists() is not None else None
 
-    def __init__(self, bank: Tensor, k: int) -> None:
+
+class PatchCoreHead(nn.Module):
+    """PatchCore's ``predict``: the mean distance to the ``k`` nearest bank atoms its search finds."""
+
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.search = BankSearch(bank, k)
+        probe = ivf_probe(model.bank_, model.centroids_, model.nprobe_, "l2")
+        self.search = BankSearch(model.bank_, model.k, probe)
 
     def forward(self, features: Tensor) -> Tensor:
         n, c, h, w = features.shape
@@ -86,10 +128,12 @@ class SGFRHead(nn.Module):
         norms = bank.norm(dim=1)
         self.rho = 5.0 * self.lam if 1e-3 * float(norms.max()) ** 2 <= 5.0 * self.lam else None
         self.register_buffer("norms", norms)
+        probe = ivf_probe(bank, model.centroids_, model.nprobe, self.metric)
         if self.metric == "l2":
-            self.search = BankSearch(bank, self.k)
+            self.search = BankSearch(bank, self.k, probe)
             self.register_buffer("bank", bank)
         else:  # one copy of the bank on disk: unit atoms, rescaled by their norms where gathered
+            self.probe = probe
             self.register_buffer("unit", bank / norms.clamp_min(1e-12)[:, None])
 
     def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,17 +143,26 @@ class SGFRHead(nn.Module):
             d, idx = self.search(y)
             return idx, 0.5 * (yy[:, None] + self.norms[idx].pow(2) - d)
         unit = y / yy.sqrt().clamp_min(1e-12)[:, None]
-        cos, found = [], []
-        for i, start in enumerate(range(0, len(self.unit), SEARCH_BLOCK)):
+        probed = self.probe.probed(unit) if self.probe is not None else None
+        m = len(self.unit)
+        keys, cos, found = [], [], []
+        for start in range(0, m, SEARCH_BLOCK):
             c = unit @ self.unit[start : start + SEARCH_BLOCK].T  # a constant: folded when a runtime loads it
-            key = c.abs() if self.metric == "abscos" else c
-            k = min(self.k, c.shape[1])
-            idx = key.topk(k, dim=1).indices
-            cos.append(c.gather(1, idx))
-            found.append(idx + i * SEARCH_BLOCK)
-        c, idx = torch.cat(cos, dim=1), torch.cat(found, dim=1)
-        if len(cos) > 1:
-            pick = (c.abs() if self.metric == "abscos" else c).topk(self.k, dim=1).indices
+            stop = start + c.shape[1]
+            if probed is None:
+                key = c.abs() if self.metric == "abscos" else c
+            else:  # an atom is found by its own entry (key cos) or, for abscos, its negative's (key −cos)
+                key = torch.where(self.probe.entries(probed, start, stop), c, -torch.inf)
+                if self.metric == "abscos":
+                    negative = torch.where(self.probe.entries(probed, start + m, stop + m), -c, -torch.inf)
+                    key = torch.maximum(key, negative)
+            best, pick = key.topk(min(self.k, key.shape[1]), dim=1)
+            keys.append(best)
+            cos.append(c.gather(1, pick))
+            found.append(pick + start)
+        key, c, idx = torch.cat(keys, dim=1), torch.cat(cos, dim=1), torch.cat(found, dim=1)
+        if len(keys) > 1:
+            pick = key.topk(self.k, dim=1).indices
             c, idx = c.gather(1, pick), idx.gather(1, pick)
         return idx, c * self.norms[idx] * yy.sqrt()[:, None]
 
@@ -165,7 +218,7 @@ def patch_head(model: Any) -> nn.Module:
     """The head of a fitted model (one of the registered methods), in eval mode, on the CPU."""
     name = getattr(model, "name", type(model).__name__)
     if name == "patchcore":
-        return PatchCoreHead(model.bank_, model.k).eval()
+        return PatchCoreHead(model).eval()
     if name == "sgfr":
         return SGFRHead(model).eval()
     if name in ("rlr", "uniad"):

@@ -158,6 +158,20 @@ class NearestNeighbors:
             else:
                 self._gpu_entries = torch.from_numpy(data).to(self.device)
 
+    def entry_lists(self) -> Tensor | None:
+        """The IVF list holding each index entry ``[entries]`` (int64; the atoms, then for ``abscos`` their
+        negatives), read off the FAISS index; None for an exact (flat) index."""
+        if not isinstance(self.index, faiss.IndexIVF):
+            return None
+        lists = torch.full((self.index.ntotal,), -1, dtype=torch.int64)
+        invlists = self.index.invlists
+        for i in range(self.index.nlist):
+            size = invlists.list_size(i)
+            if size:
+                ids = faiss.rev_swig_ptr(invlists.get_ids(i), size).copy()
+                lists[torch.from_numpy(ids).long()] = i
+        return lists
+
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """``(squared L2 distances or signed cosines, atom indices)`` ``[B, k]``, best first (-1: none), on
         the CPU whatever the device."""
