@@ -94,6 +94,11 @@ class ReconstructionModel:
 
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
+    #: The version of what the saved state means (networks, features, units), stored in a run as
+    #: ``model_format``: a run of another format is refused on load with one line to refit
+    #: (:func:`reconad.runs.load_run`). 2: zero-border features, exact level split, GELU, separate reference
+    #: embedding, raw-unit jitter, per-level maps.
+    state_format: ClassVar[int] = 2
 
     level_channels: Sequence[int] = param(
         (40, 112), low=1, help="channels of each feature level (set from the features)"
