@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reconad.errors import ReconadError
+from reconad.features.extractor import bilinear_matrix
 
 REDUCTIONS = ("max", "mean", "topk_mean")
 TOPK_FRACTION = 0.01  # "topk_mean": the mean of the top 1 % pixels of each map
@@ -60,13 +61,6 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     bh = blur_matrix(h, sigma, maps.dtype).to(maps.device)
     bw = blur_matrix(w, sigma, maps.dtype).to(maps.device)
     return torch.matmul(torch.matmul(bh, maps), bw.T)
-
-
-def bilinear_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The ``[n_out, n_in]`` matrix of 1-D linear resizing as ``F.interpolate`` does it
-    (``align_corners=False``): one axis of a bilinear resize, read off by resizing the identity."""
-    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.to(dtype)
 
 
 @lru_cache(maxsize=16)

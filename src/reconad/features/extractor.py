@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,24 @@ def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ..
     if list(layers) != sorted(set(layers)):
         raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
     return layers
+
+
+def bilinear_matrix(
+    n_out: int, n_in: int, dtype: torch.dtype = torch.float64, align_corners: bool = False
+) -> Tensor:
+    """The ``[n_out, n_in]`` matrix of 1-D linear resizing as ``F.interpolate`` does it: one axis of a
+    bilinear resize, read off by resizing the identity."""
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)
+    out = F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)
+    return out[0].T.to(dtype)
+
+
+@lru_cache(maxsize=16)
+def unsampling_matrix(n_fine: int, n_level: int) -> Tensor:
+    """``[n_level, n_fine]``: the exact inverse of the extractor's bilinear upsampling of a level from
+    ``n_level`` to ``n_fine`` along one axis (the pseudo-inverse of :func:`bilinear_matrix`, which has full
+    column rank, so ``P @ U = I``), formed in float64, returned in float32."""
+    return torch.linalg.pinv(bilinear_matrix(n_fine, n_level)).float()
 
 
 def check_features_config(config: dict[str, Any], where: str = "the run") -> None:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from reconad.distributed import World
 from reconad.errors import ReconadError
+from reconad.features.extractor import unsampling_matrix
 from reconad.models.base import init_config
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
 from reconad.models.trainer import LR_SCHEDULES, Progress, train
@@ -192,16 +193,19 @@ class ReconstructionModel:
     def split_levels(self, features: Tensor) -> list[Tensor]:
         """``[N, C, h, w]`` → per level ``[N, h_l·w_l, C_l]`` tokens on the level's own grid.
 
-        The extractor upsampled coarser levels (bilinear) to the finest grid; ``avg_pool2d`` by the grid ratio
-        is its near-inverse (for 2×: exact up to a [1/8, 3/4, 1/8] blur per axis), recovering the level's own
-        resolution, where its window sizes and token count were meant."""
+        The extractor upsampled coarser levels (bilinear, ``align_corners=False``) to the finest grid; per
+        axis the pseudo-inverse of that linear map undoes it exactly (:func:`unsampling_matrix`), so each
+        level is seen at its own resolution, where its window sizes and token count were meant."""
+        h, w = features.shape[-2:]
         out, start = [], 0
         for c, g in zip(self.level_channels, self.level_grids, strict=True):
             x = features[:, start : start + c].float()
             start += c
             ratio = self.level_grids[0] // g
             if ratio > 1:
-                x = F.avg_pool2d(x, ratio)
+                rows = unsampling_matrix(h, h // ratio).to(x.device)
+                cols = unsampling_matrix(w, w // ratio).to(x.device)
+                x = rows @ x @ cols.T
             out.append(x.flatten(2).transpose(1, 2).contiguous())
         return out
 
