@@ -73,6 +73,29 @@ def test_reference_is_a_learnable_parameter_per_position() -> None:
     assert "reference" in dict(level.named_parameters())
 
 
+def test_reference_has_its_own_embedding() -> None:
+    """As the official code: the reference is projected by its own linear map, not the inputs' one."""
+    level = RLRLevel(6, 8, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True).eval()
+    assert level.ref_embed is not level.embed
+    tokens = torch.randn(1, N, 8)
+    before = level.encode(tokens)
+    with torch.no_grad():
+        level.embed.weight.add_(1.0)  # the inputs' projection: encode() of given tokens does not use it
+    assert torch.equal(level.encode(tokens), before)
+    with torch.no_grad():
+        level.ref_embed.weight.add_(1.0)
+    assert not torch.allclose(level.encode(tokens), before)
+
+
+@pytest.mark.parametrize("cls", [RLR, UniAD])
+def test_feed_forward_uses_gelu(cls: type) -> None:
+    """The official ``Mlp`` activation, in RLR and in the UniAD-style ablation alike."""
+    model = cls(**TINY, epochs=1)
+    model._build([(8, 12), (4, 6)])
+    acts = [type(m) for m in model.nets_.modules() if isinstance(m, (torch.nn.GELU, torch.nn.ReLU))]
+    assert acts and set(acts) == {torch.nn.GELU}
+
+
 def test_position_embedding_distinguishes_positions() -> None:
     pos = sincos_position_2d((4, 6), 16)
     assert pos.shape == (24, 16)
