@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from reconad.errors import ReconadError
 from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import sincos_position_2d
+from reconad.models.reconstruction import reconstruction_error, sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
-from reconad.models.trainer import feature_jitter, learning_rate
+from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.models.uniad import UniAD
 
 HW = (6, 8)
@@ -146,10 +146,45 @@ def test_runs_and_checkpoints_share_one_state_dict(tmp_path: Path) -> None:
     assert torch.equal(loaded.predict(feats), model.predict(feats))
 
 
-def test_features_are_standardised_per_channel() -> None:
-    """Scaling channels by powers of two (exact in floating point) changes neither training nor scores."""
+def test_jitter_is_drawn_in_raw_units_whatever_the_space() -> None:
+    """The net sees standardised features plus noise of per-token std ``scale · ‖f_raw‖ / C`` in raw units,
+    divided by ``feature_std`` (the official recipe's noise, whatever space the net works in)."""
+    model = RLR(**TINY, epochs=1)
+    model._build([(8, 12), (4, 6)])
+    raw = [torch.randn(3, 96, 6) * 5 + 2, torch.randn(3, 24, 10) * 3]
+    std = [torch.linspace(0.5, 4.0, 6), torch.linspace(1.0, 9.0, 10)]
+    seen = []
+    for net, s in zip(model.nets_, std, strict=True):
+        net.feature_mean.fill_(1.0)
+        net.feature_std.copy_(s)
+        net.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    BatchLoss(model.nets_, raw, model, torch.device("cpu"), None)(torch.arange(3), torch.Generator())
+    for net, x, got in zip(model.nets_, raw, seen, strict=True):
+        noise = (got - net.standardise(x)) * net.feature_std  # back in raw units
+        want = 4.0 * x.norm(dim=-1) / x.shape[-1]
+        ratio = noise.std(dim=-1) / want
+        assert abs(float(ratio.mean()) - 1) < 0.1
+
+
+def test_raw_features_when_not_standardised() -> None:
+    """``standardise=False``: no statistics (mean 0, std 1), so the loss and the score are on raw features."""
     feats = _features()
-    scale = 2.0 ** torch.randint(-3, 4, (1, 16, 1, 1), generator=torch.Generator().manual_seed(0)).float()
+    model = RLR(**TINY, epochs=1, standardise=False).fit(feats)
+    for net in model.nets_:
+        assert torch.equal(net.feature_mean, torch.zeros_like(net.feature_mean))
+        assert torch.equal(net.feature_std, torch.ones_like(net.feature_std))
+    levels = model.split_levels(feats)
+    with torch.no_grad():
+        want = [reconstruction_error(x, net(x)) for net, x in zip(model.nets_, levels, strict=True)]
+    for got, w, hw in zip(model.level_errors(feats), want, model.level_hw_, strict=True):
+        torch.testing.assert_close(got, w.view(-1, *hw))
+
+
+def test_features_are_standardised_per_channel() -> None:
+    """Scaling the features by a power of two (exact in floating point) changes neither training nor scores
+    (a per-channel scaling would: the jitter follows the raw token norm, as the official recipe)."""
+    feats = _features()
+    scale = 8.0
     a = RLR(**TINY, epochs=2).fit(feats)
     b = RLR(**TINY, epochs=2).fit(feats * scale)
     assert torch.equal(a.predict(feats), b.predict(feats * scale))

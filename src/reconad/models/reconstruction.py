@@ -2,12 +2,14 @@
 level, every category trained together (a *unified* model).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
-(stored with the weights): the network starts at the right scale, which matters on a short CPU schedule,
-and every channel counts alike in the loss and the score. Training (:mod:`reconad.models.trainer`) and its
-per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
+(stored with the weights; ``standardise=False`` keeps raw features, as the official code): the network
+starts at the right scale, which matters on a short CPU schedule, and every channel counts alike in the loss
+and the score. Training (:mod:`reconad.models.trainer`; its feature jitter is drawn in raw units either way)
+and its per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
 
-Score: per level, channel-mean squared error + (1 − cosine) between standardised features and their
-reconstruction, bilinearly upsampled to the finest grid and averaged over levels.
+Score: per level, channel-mean squared error + (1 − cosine) between the (standardised) features and their
+reconstruction, on the level's own grid; :func:`reconad.scoring.anomaly_maps` resizes each level's map to the
+image and averages them.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def default_window(side: int) -> int:
 class TokenReconstructor(nn.Module):
     """One level's network: linear embedding + fixed position embedding → :meth:`encode` → LayerNorm → linear
     projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens).
-    ``feature_mean`` / ``feature_std`` (buffers, set by the trainer) standardise the level's raw features."""
+    ``feature_mean`` / ``feature_std`` (buffers, set by :meth:`ReconstructionModel.fit`; 0 and 1 when the
+    model works on raw features) standardise the level's raw features."""
 
     def __init__(self, channels: int, width: int, hw: tuple[int, int]) -> None:
         super().__init__()
@@ -129,6 +132,9 @@ class ReconstructionModel:
         help="where to train and predict; auto = CUDA when available",
     )
     lr_schedule: str = param("cosine", choices=LR_SCHEDULES, help="learning rate over the training")
+    standardise: bool = param(
+        True, help="train and score on per-channel standardised features (false: raw features, as the paper)"
+    )
 
     def __post_init__(self) -> None:
         """Check the hyper-parameters (each alone, then together); no learned state yet."""
@@ -252,7 +258,7 @@ class ReconstructionModel:
         levels = self.split_levels(features)
         self._build(self._level_hw(features))
         assert self.nets_ is not None
-        for net, x in zip(self.nets_, levels, strict=True):
+        for net, x in zip(self.nets_, levels, strict=True) if self.standardise else ():
             flat = x.reshape(-1, x.shape[-1]).double()
             net.feature_mean.copy_(flat.mean(dim=0).float())
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
