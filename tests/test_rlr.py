@@ -16,6 +16,7 @@ from reconad.models.reconstruction import reconstruction_error, sincos_position_
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
 from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.models.uniad import UniAD
+from reconad.scoring import anomaly_maps
 
 HW = (6, 8)
 N = HW[0] * HW[1]
@@ -122,13 +123,14 @@ MODELS_UNDER_TEST = [
 def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: Path) -> None:
     feats = _features(h=8, w=12)
     model = cls(**TINY, epochs=1, **flags).fit(feats)
-    scores = model.predict(feats)
-    assert scores.shape == (6, 8, 12) and torch.isfinite(scores).all() and (scores >= 0).all()
+    scores = model.predict(feats)  # one error map per level, on the level's own grid
+    assert [tuple(s.shape) for s in scores] == [(6, 8, 12), (6, 4, 6)]
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in scores)
     assert model.level_hw_ == [(8, 12), (4, 6)]
     save_file(model.state_dict(), tmp_path / "m.safetensors")
     config = json.loads(json.dumps(model.get_config()))
     loaded = cls.from_state(config, load_file(tmp_path / "m.safetensors"))
-    assert torch.equal(loaded.predict(feats), scores)
+    assert all(map(torch.equal, loaded.predict(feats), scores))
     with pytest.raises(ReconadError):
         model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
 
@@ -143,7 +145,7 @@ def test_runs_and_checkpoints_share_one_state_dict(tmp_path: Path) -> None:
     assert {k for k in ckpt if k.startswith("net.")} == set(nets)
     assert all(torch.equal(ckpt[k], v) for k, v in nets.items())
     loaded = RLR.from_state(model.get_config(), {**ckpt, "level_hw": run["level_hw"]})
-    assert torch.equal(loaded.predict(feats), model.predict(feats))
+    assert all(map(torch.equal, loaded.predict(feats), model.predict(feats)))
 
 
 def test_jitter_is_drawn_in_raw_units_whatever_the_space() -> None:
@@ -187,7 +189,7 @@ def test_features_are_standardised_per_channel() -> None:
     scale = 8.0
     a = RLR(**TINY, epochs=2).fit(feats)
     b = RLR(**TINY, epochs=2).fit(feats * scale)
-    assert torch.equal(a.predict(feats), b.predict(feats * scale))
+    assert all(map(torch.equal, a.predict(feats), b.predict(feats * scale)))
     assert not torch.equal(b.nets_[0].feature_std, torch.ones(6))  # statistics stored with the weights
     assert "net.0.feature_mean" in b.state_dict()
 
@@ -205,7 +207,7 @@ def test_anomalous_patch_scores_higher() -> None:
     model = RLR(**TINY, epochs=30, lr=3e-3, lr_schedule="constant", jitter_scale=1.0).fit(feats)
     test = _features(n=1, seed=5)
     test[:, :, 2:4, 4:6] += 3.0 * torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(1))
-    scores = model.predict(test)[0]
+    scores = anomaly_maps(model.predict(test), (8, 12), sigma=0, align_corners=model.align_corners)[0]
     inside = scores[2:4, 4:6].mean()
     far = torch.cat([scores[:, :2].flatten(), scores[:, 8:].flatten()]).mean()
     assert inside > 2 * far

@@ -98,6 +98,7 @@ class ReconstructionModel:
 
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
+    align_corners: ClassVar[bool] = True  # how the level maps are resized to the image (official RLR)
     #: The version of what the saved state means (networks, features, units), stored in a run as
     #: ``model_format``: a run of another format is refused on load with one line to refit
     #: (:func:`reconad.runs.load_run`). 2: zero-border features, exact level split, GELU, separate reference
@@ -305,16 +306,13 @@ class ReconstructionModel:
                 out[k].append(reconstruction_error(x, net(x)).view(-1, *hw).float().cpu())
         return [torch.cat(o) for o in out]
 
-    def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
-        """Patch anomaly scores ``[N, h, w]`` on the finest grid: the level errors, upsampled and averaged."""
+    def predict(self, features: Tensor, categories: list[str] | None = None) -> list[Tensor]:
+        """Per level, the error map ``[N, h_l, w_l]`` on the level's own grid (:meth:`level_errors`): each is
+        resized once to the image, with ``align_corners=True`` as the official RLR, and the levels averaged
+        (:func:`reconad.scoring.anomaly_maps`)."""
         if features.shape[0] == 0:
-            return torch.zeros(0, *features.shape[-2:])
-        hw = tuple(features.shape[-2:])
-        maps = [
-            e if tuple(e.shape[-2:]) == hw else F.interpolate(e[:, None], size=hw, mode="bilinear")[:, 0]
-            for e in self.level_errors(features)
-        ]
-        return torch.stack(maps).mean(dim=0)
+            return [torch.zeros(0, *hw) for hw in self._level_hw(features)]
+        return self.level_errors(features)
 
     # --- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
