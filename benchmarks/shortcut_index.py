@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
@@ -24,18 +23,18 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.pipeline import extract
 from reconad.runs import Run, load_run
 from reconad.runtime import keep_freed_memory
+from reconad.scoring import anomaly_maps
 
 Extractors = dict[str, tuple[FeatureExtractor, FeatureCache]]
 
 
-def shortcut_index(patch_scores: torch.Tensor, masks: np.ndarray) -> float | None:
-    """Mean error inside defect masks ÷ mean error on defect-free pixels (errors upsampled bilinearly to the
-    mask size, no smoothing); ``None`` without defect pixels."""
+def shortcut_index(maps: torch.Tensor, masks: np.ndarray) -> float | None:
+    """Mean error inside defect masks ÷ mean error on defect-free pixels (``maps``: the model's errors resized
+    to the mask size as the library resizes them, no smoothing); ``None`` without defect pixels."""
     m = torch.from_numpy(masks)
     if not m.any():
         return None
-    up = F.interpolate(patch_scores[:, None].float(), size=m.shape[-2:], mode="bilinear")[:, 0]
-    return float(up[m].mean() / up[~m].mean())
+    return float(maps[m].mean() / maps[~m].mean())
 
 
 def run_extractor(run: Run, extractors: Extractors) -> tuple[FeatureExtractor, FeatureCache]:
@@ -57,10 +56,14 @@ def run_index(path: Path, extractors: Extractors) -> dict[str, float]:
         cat = next(c for c in load_sources([info["source"]]) if c.name == name)
         test = extract(cat.test, extractor, cache=cache, with_masks=True)
         model = run.model_for(name)
-        patch = torch.cat(
-            [model.predict(test.features[i : i + 32]) for i in range(0, len(test.features), 32)]
+        size = test.masks.shape[-2:]
+        maps = torch.cat(
+            [
+                anomaly_maps(model.predict(test.features[i : i + 32]), size, 0, model.align_corners)
+                for i in range(0, len(test.features), 32)
+            ]
         )
-        index = shortcut_index(patch, test.masks)
+        index = shortcut_index(maps, test.masks)
         if index is not None:
             out[name] = index
     return out

@@ -30,6 +30,7 @@ class MeanDistance:
 
     name = "test_mean_distance"
     unified = False
+    align_corners = False
 
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale

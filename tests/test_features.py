@@ -58,12 +58,29 @@ def test_extractor_levels_and_shapes(extractor):
     x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
     with torch.inference_mode():
         level2, level3 = extractor.model(x)
-    smooth = lambda t: F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)  # noqa: E731
+    smooth = lambda t: F.avg_pool2d(t, 3, stride=1, padding=1)  # noqa: E731  (the zero border counts)
     up = F.interpolate(smooth(level3), size=level2.shape[-2:], mode="bilinear", align_corners=False)
     torch.testing.assert_close(out[:, :40], smooth(level2), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[:, 40:], up, rtol=1e-5, atol=1e-5)
     # each image's features do not depend on the rest of the batch
     torch.testing.assert_close(extractor(images[1:2]), out[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_split_levels_recovers_each_level_at_its_own_grid(extractor):
+    """The unified models' level split undoes the extractor's bilinear upsampling exactly: level 3 comes back
+    as the backbone's smoothed 16-stride grid (no second blur)."""
+    from reconad.models.rlr import RLR
+
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8))
+    model = RLR(level_channels=extractor.level_channels, level_grids=extractor.level_grids)
+    level2, level3 = model.split_levels(extractor(images))
+    x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.inference_mode():
+        raw2, raw3 = extractor.model(x)
+    for got, raw in ((level2, raw2), (level3, raw3)):
+        want = F.avg_pool2d(raw, 3, stride=1, padding=1).flatten(2).transpose(1, 2)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_extractor_key_follows_the_config(extractor):

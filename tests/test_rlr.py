@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 from reconad.errors import ReconadError
 from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import sincos_position_2d
+from reconad.models.reconstruction import reconstruction_error, sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
-from reconad.models.trainer import feature_jitter, learning_rate
+from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.models.uniad import UniAD
+from reconad.scoring import anomaly_maps
 
 HW = (6, 8)
 N = HW[0] * HW[1]
@@ -73,6 +74,29 @@ def test_reference_is_a_learnable_parameter_per_position() -> None:
     assert "reference" in dict(level.named_parameters())
 
 
+def test_reference_has_its_own_embedding() -> None:
+    """As the official code: the reference is projected by its own linear map, not the inputs' one."""
+    level = RLRLevel(6, 8, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True).eval()
+    assert level.ref_embed is not level.embed
+    tokens = torch.randn(1, N, 8)
+    before = level.encode(tokens)
+    with torch.no_grad():
+        level.embed.weight.add_(1.0)  # the inputs' projection: encode() of given tokens does not use it
+    assert torch.equal(level.encode(tokens), before)
+    with torch.no_grad():
+        level.ref_embed.weight.add_(1.0)
+    assert not torch.allclose(level.encode(tokens), before)
+
+
+@pytest.mark.parametrize("cls", [RLR, UniAD])
+def test_feed_forward_uses_gelu(cls: type) -> None:
+    """The official ``Mlp`` activation, in RLR and in the UniAD-style ablation alike."""
+    model = cls(**TINY, epochs=1)
+    model._build([(8, 12), (4, 6)])
+    acts = [type(m) for m in model.nets_.modules() if isinstance(m, (torch.nn.GELU, torch.nn.ReLU))]
+    assert acts and set(acts) == {torch.nn.GELU}
+
+
 def test_position_embedding_distinguishes_positions() -> None:
     pos = sincos_position_2d((4, 6), 16)
     assert pos.shape == (24, 16)
@@ -99,13 +123,14 @@ MODELS_UNDER_TEST = [
 def test_non_square_grid_shapes_and_save_load(cls: type, flags: dict, tmp_path: Path) -> None:
     feats = _features(h=8, w=12)
     model = cls(**TINY, epochs=1, **flags).fit(feats)
-    scores = model.predict(feats)
-    assert scores.shape == (6, 8, 12) and torch.isfinite(scores).all() and (scores >= 0).all()
+    scores = model.predict(feats)  # one error map per level, on the level's own grid
+    assert [tuple(s.shape) for s in scores] == [(6, 8, 12), (6, 4, 6)]
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in scores)
     assert model.level_hw_ == [(8, 12), (4, 6)]
     save_file(model.state_dict(), tmp_path / "m.safetensors")
     config = json.loads(json.dumps(model.get_config()))
     loaded = cls.from_state(config, load_file(tmp_path / "m.safetensors"))
-    assert torch.equal(loaded.predict(feats), scores)
+    assert all(map(torch.equal, loaded.predict(feats), scores))
     with pytest.raises(ReconadError):
         model.predict(_features(h=8, w=8))  # other grid than the one it was fitted on
 
@@ -120,16 +145,51 @@ def test_runs_and_checkpoints_share_one_state_dict(tmp_path: Path) -> None:
     assert {k for k in ckpt if k.startswith("net.")} == set(nets)
     assert all(torch.equal(ckpt[k], v) for k, v in nets.items())
     loaded = RLR.from_state(model.get_config(), {**ckpt, "level_hw": run["level_hw"]})
-    assert torch.equal(loaded.predict(feats), model.predict(feats))
+    assert all(map(torch.equal, loaded.predict(feats), model.predict(feats)))
+
+
+def test_jitter_is_drawn_in_raw_units_whatever_the_space() -> None:
+    """The net sees standardised features plus noise of per-token std ``scale · ‖f_raw‖ / C`` in raw units,
+    divided by ``feature_std`` (the official recipe's noise, whatever space the net works in)."""
+    model = RLR(**TINY, epochs=1)
+    model._build([(8, 12), (4, 6)])
+    raw = [torch.randn(3, 96, 6) * 5 + 2, torch.randn(3, 24, 10) * 3]
+    std = [torch.linspace(0.5, 4.0, 6), torch.linspace(1.0, 9.0, 10)]
+    seen = []
+    for net, s in zip(model.nets_, std, strict=True):
+        net.feature_mean.fill_(1.0)
+        net.feature_std.copy_(s)
+        net.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    BatchLoss(model.nets_, raw, model, torch.device("cpu"), None)(torch.arange(3), torch.Generator())
+    for net, x, got in zip(model.nets_, raw, seen, strict=True):
+        noise = (got - net.standardise(x)) * net.feature_std  # back in raw units
+        want = 4.0 * x.norm(dim=-1) / x.shape[-1]
+        ratio = noise.std(dim=-1) / want
+        assert abs(float(ratio.mean()) - 1) < 0.1
+
+
+def test_raw_features_when_not_standardised() -> None:
+    """``standardise=False``: no statistics (mean 0, std 1), so the loss and the score are on raw features."""
+    feats = _features()
+    model = RLR(**TINY, epochs=1, standardise=False).fit(feats)
+    for net in model.nets_:
+        assert torch.equal(net.feature_mean, torch.zeros_like(net.feature_mean))
+        assert torch.equal(net.feature_std, torch.ones_like(net.feature_std))
+    levels = model.split_levels(feats)
+    with torch.no_grad():
+        want = [reconstruction_error(x, net(x)) for net, x in zip(model.nets_, levels, strict=True)]
+    for got, w, hw in zip(model.level_errors(feats), want, model.level_hw_, strict=True):
+        torch.testing.assert_close(got, w.view(-1, *hw))
 
 
 def test_features_are_standardised_per_channel() -> None:
-    """Scaling channels by powers of two (exact in floating point) changes neither training nor scores."""
+    """Scaling the features by a power of two (exact in floating point) changes neither training nor scores
+    (a per-channel scaling would: the jitter follows the raw token norm, as the official recipe)."""
     feats = _features()
-    scale = 2.0 ** torch.randint(-3, 4, (1, 16, 1, 1), generator=torch.Generator().manual_seed(0)).float()
+    scale = 8.0
     a = RLR(**TINY, epochs=2).fit(feats)
     b = RLR(**TINY, epochs=2).fit(feats * scale)
-    assert torch.equal(a.predict(feats), b.predict(feats * scale))
+    assert all(map(torch.equal, a.predict(feats), b.predict(feats * scale)))
     assert not torch.equal(b.nets_[0].feature_std, torch.ones(6))  # statistics stored with the weights
     assert "net.0.feature_mean" in b.state_dict()
 
@@ -147,7 +207,7 @@ def test_anomalous_patch_scores_higher() -> None:
     model = RLR(**TINY, epochs=30, lr=3e-3, lr_schedule="constant", jitter_scale=1.0).fit(feats)
     test = _features(n=1, seed=5)
     test[:, :, 2:4, 4:6] += 3.0 * torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(1))
-    scores = model.predict(test)[0]
+    scores = anomaly_maps(model.predict(test), (8, 12), sigma=0, align_corners=model.align_corners)[0]
     inside = scores[2:4, 4:6].mean()
     far = torch.cat([scores[:, :2].flatten(), scores[:, 8:].flatten()]).mean()
     assert inside > 2 * far
@@ -211,6 +271,10 @@ def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
         RLR(**TINY, epochs=2, lr=1e-3, lr_schedule="constant").fit(
             _features(seed=9), checkpoint_dir=tmp_path, resume=True
         )
+    meta = tmp_path / "rlr-checkpoint.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))  # before issue 19's nets
+    with pytest.raises(ReconadError, match="older reconad"):
+        _train(2, tmp_path, resume=True)
 
 
 def test_registry_and_contract_errors() -> None:

@@ -269,3 +269,39 @@ def test_python_predict_on_a_loaded_run_matches_the_cli(tmp_path, fitted_run, pa
         assert float(rows[s.path]["score"]) == pytest.approx(s.score, rel=1e-5)
         assert rows[s.path]["is_anomalous"] == str(int(s.is_anomalous))
         assert s.map.shape == s.image.shape[:2]
+
+
+def test_run_fitted_on_older_features_is_refused(tmp_path, copy_run):
+    """A run whose features config lacks ``border`` (saved before the 3×3 average counted its zero padding)
+    was fitted on other features: one line to refit, from Python and from the CLI (exit 2)."""
+    run = copy_run()
+    config = json.loads((run / "run.json").read_text())
+    del config["features"]["border"]
+    (run / "run.json").write_text(json.dumps(config))
+    with pytest.raises(ReconadError, match="refit it") as info:
+        load_run(run)
+    assert "\n" not in str(info.value)
+    assert_clean_error(invoke("test", run), "older reconad", "refit it")
+    image = next(iter((tmp_path / "run").parent.glob("*")))  # any path: the run is refused before reading
+    assert_clean_error(invoke("predict", run, image, "--out", tmp_path / "p"), "older reconad", "refit it")
+
+
+def test_unified_run_of_an_older_state_format_is_refused(tmp_path, parts, extractor):
+    """A unified run saved before the fidelity changes (no ``model_format``, or another one) holds networks
+    trained on other features and nets: one line to refit."""
+    data = load_sources([f"mvtec:{parts}"])
+    params = {"epochs": 1, "widths": [8, 8], "layers": 1, "heads": 2, "device": "cpu"}
+    out = tmp_path / "rlr"
+    save_run(pipeline.fit("rlr", data, extractor, params=params, holdout=0.2), out)
+    config = json.loads((out / "run.json").read_text())
+    assert config["model_format"] == 2
+    load_run(out)
+    for stale in (None, 1):
+        if stale is None:
+            del config["model_format"]
+        else:
+            config["model_format"] = stale
+        (out / "run.json").write_text(json.dumps(config))
+        with pytest.raises(ReconadError, match="older reconad.*refit it"):
+            load_run(out)
+    assert_clean_error(invoke("test", out), "state format 1", "refit it")

@@ -45,6 +45,19 @@ def test_maps_are_upsampling_then_blur(grid, size, sigma):
     torch.testing.assert_close(got, gaussian_blur(up, sigma), rtol=1e-5, atol=1e-5)  # float32 rounding
 
 
+@pytest.mark.parametrize("sigma", [4.0, 0.0])
+def test_level_maps_are_each_resized_once_then_averaged_then_blurred(sigma):
+    """The unified models' form (official RLR): every level's map resized once to the image with
+    ``align_corners=True``, the levels averaged, then the Gaussian blur."""
+    levels = [torch.rand(2, 32, 32, dtype=torch.float64), torch.rand(2, 16, 16, dtype=torch.float64)]
+    up = [F.interpolate(x[:, None], size=256, mode="bilinear", align_corners=True)[:, 0] for x in levels]
+    want = gaussian_blur(torch.stack(up).mean(dim=0), sigma)
+    got = anomaly_maps([x.float() for x in levels], 256, sigma, align_corners=True).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    one = anomaly_maps([levels[0].float()], 256, sigma, align_corners=True).double()
+    torch.testing.assert_close(one, gaussian_blur(up[0], sigma), rtol=1e-5, atol=1e-5)
+
+
 def test_constant_input_stays_constant():
     for size in (64, (5, 3)):
         maps = anomaly_maps(torch.full((2, 4, 4), 3.5), size, sigma=4.0)
@@ -78,6 +91,8 @@ def test_bad_inputs_raise_reconad_error():
         image_scores(torch.rand(1, 4, 4), "median")
     with pytest.raises(ReconadError, match=r"\[N, h, w\]"):
         anomaly_maps(torch.rand(4, 4), 8)
+    with pytest.raises(ReconadError, match=r"\[N, h, w\]"):
+        anomaly_maps([], 8)
     with pytest.raises(ReconadError, match="sigma"):
         anomaly_maps(torch.rand(1, 4, 4), 8, sigma=-1.0)
 

@@ -99,7 +99,7 @@ def test_a_model_blind_to_the_corruptions_scores_chance(data, extractor, monkeyp
     from reconad.models.base import MODELS
 
     class Constant:
-        name, unified = "test_constant", True
+        name, unified, align_corners = "test_constant", True, False
 
         def __init__(self, seed: int = 0) -> None:
             self.seed = seed

@@ -187,10 +187,10 @@ def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list
 def patch_maps(
     model: Model, features: Tensor, image_size: int, sigma: float, categories: list[str] | None = None
 ) -> Tensor:
-    """Anomaly maps ``[N, S, S]`` of one batch of feature tensors (the model's patch scores, upsampled and
-    smoothed)."""
+    """Anomaly maps ``[N, S, S]`` of one batch of feature tensors: the model's patch scores (or level maps),
+    resized to the image as the model says (``align_corners``), averaged and smoothed."""
     patch = model.predict(features, categories) if categories else model.predict(features)
-    return anomaly_maps(patch.float(), image_size, sigma)
+    return anomaly_maps(patch, image_size, sigma, align_corners=model.align_corners)
 
 
 def score_features(

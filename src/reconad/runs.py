@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from reconad.atomic import atomic_folder
 from reconad.errors import ReconadError
+from reconad.features.extractor import check_features_config
 from reconad.models.base import Model, model_class
 
 SCHEMA_VERSION = 1
@@ -70,8 +71,10 @@ def save_run(run: Run, path: Path) -> int:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(state, str(tmp / files[key]))
         model_bytes = sum((tmp / f).stat().st_size for f in files.values())
+        formats = {getattr(m, "state_format", None) for m in run.models.values()} - {None}
         config = {
             **run.config,
+            **({"model_format": formats.pop()} if formats else {}),
             "schema_version": SCHEMA_VERSION,
             "weights": files,
             "model_bytes": model_bytes,
@@ -104,7 +107,9 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def load_run(path: Path) -> Run:
-    """Load a run folder: JSON config + safetensors weights only (nothing is ever unpickled)."""
+    """Load a run folder: JSON config + safetensors weights only (nothing is ever unpickled). A run fitted on
+    other features, or a model whose class declares another ``state_format`` than the run's
+    ``model_format``, is refused with one line to refit."""
     path = Path(path)
     config = read_config(path)
     needed = {"model": str, "params": dict, "weights": dict, "categories": dict}
@@ -112,6 +117,13 @@ def load_run(path: Path) -> Run:
     if any(not isinstance(config.get(k), t) for k, t in needed.items()):
         raise ReconadError(f"{path / RUN_FILE} is incomplete: it needs {', '.join(needed)}")
     cls = model_class(config["model"])
+    check_features_config(config["features"], str(path))
+    state_format = getattr(cls, "state_format", None)
+    if state_format is not None and config.get("model_format") != state_format:
+        raise ReconadError(
+            f"{path} holds a {config['model']} model of an older reconad (state format "
+            f"{config.get('model_format', 1)}, this one reads {state_format}): refit it"
+        )
     models = {}
     for key, rel in config["weights"].items():
         file = (path / rel).resolve()

@@ -6,6 +6,7 @@ Everything works on batched CPU (or GPU) tensors; no per-image Python work and n
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reconad.errors import ReconadError
+from reconad.features.extractor import bilinear_matrix
 
 REDUCTIONS = ("max", "mean", "topk_mean")
 TOPK_FRACTION = 0.01  # "topk_mean": the mean of the top 1 % pixels of each map
@@ -62,47 +64,54 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     return torch.matmul(torch.matmul(bh, maps), bw.T)
 
 
-def bilinear_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The ``[n_out, n_in]`` matrix of 1-D linear resizing as ``F.interpolate`` does it
-    (``align_corners=False``): one axis of a bilinear resize, read off by resizing the identity."""
-    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.to(dtype)
+@lru_cache(maxsize=32)
+def map_operator(n_out: int, n_in: int, sigma: float, align_corners: bool = False) -> Tensor:
+    """``[n_out, n_in]``: one axis of "bilinear resize to ``n_out`` (``align_corners`` as ``F.interpolate``),
+    then the Gaussian blur" (``sigma > 0``; ``0``: the resize alone) as one matrix (:func:`blur_matrix` times
+    :func:`bilinear_matrix`, formed in float64)."""
+    resize = bilinear_matrix(n_out, n_in, align_corners=align_corners)
+    return (resize if sigma <= 0 else blur_matrix(n_out, sigma, torch.float64) @ resize).float()
 
 
-@lru_cache(maxsize=16)
-def map_operator(n_out: int, n_in: int, sigma: float) -> Tensor:
-    """``[n_out, n_in]``: one axis of "bilinear resize to ``n_out``, then the Gaussian blur" (``sigma > 0``)
-    as one matrix (:func:`blur_matrix` times :func:`bilinear_matrix`, formed in float64)."""
-    return (blur_matrix(n_out, sigma, torch.float64) @ bilinear_matrix(n_out, n_in)).float()
+def anomaly_maps(
+    scores: Tensor | Sequence[Tensor],
+    size: int | tuple[int, int],
+    sigma: float = 4.0,
+    align_corners: bool = False,
+) -> Tensor:
+    """Per-pixel anomaly maps ``[N, H, W]`` from a model's ``predict``: patch scores ``[N, h, w]``, or a list
+    of per-level maps ``[N, h_l, w_l]`` (the unified models), each resized once to ``size`` and averaged.
 
-
-def anomaly_maps(patch_scores: Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> Tensor:
-    """Per-pixel anomaly maps ``[N, H, W]`` from patch scores ``[N, h, w]``.
-
-    Bilinear upsampling (``align_corners=False``) to ``size`` (an int means a square), then a Gaussian
-    blur of standard deviation ``sigma`` pixels (radius 4σ, reflect padding); ``sigma=0`` skips the blur.
-    Both steps are linear and separable, so they are applied together as ``M_H @ x @ M_Wᵀ`` with one
-    ``[H, h]`` and one ``[W, w]`` matrix (:func:`map_operator`): for 32×32 patch scores and 256 px maps
-    that is 14× fewer multiply-adds than blurring the upsampled map, and equal to it up to float32
-    rounding.
+    Each map is resized bilinearly to ``size`` (an int means a square; ``align_corners`` as
+    ``F.interpolate``), the maps are averaged, then blurred by a Gaussian of standard deviation ``sigma``
+    pixels (radius 4σ, reflect padding; ``sigma=0`` skips it). Every step is linear and separable, so each
+    map goes through ``M_H @ x @ M_Wᵀ`` with one ``[H, h]`` and one ``[W, w]`` matrix (:func:`map_operator`)
+    and the results are averaged: for 32×32 patch scores and 256 px maps that is 14× fewer multiply-adds than
+    blurring the upsampled map, and equal to it up to float32 rounding.
     """
-    if patch_scores.ndim != 3:
-        raise ReconadError(f"patch scores must be [N, h, w], got shape {tuple(patch_scores.shape)}")
+    levels = [scores] if isinstance(scores, Tensor) else list(scores)
+    if not levels or any(x.ndim != 3 for x in levels):
+        shapes = [tuple(x.shape) for x in levels]
+        raise ReconadError(f"patch scores must be [N, h, w] (or a list of them), got shapes {shapes}")
     if sigma < 0 or not math.isfinite(sigma):
         raise ReconadError(f"sigma must be a finite number >= 0, got {sigma}")
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or min(hw) < 1:
         raise ReconadError(f"map size must be a positive int or (H, W), got {size!r}")
-    x = patch_scores if patch_scores.is_floating_point() else patch_scores.float()
-    h, w = x.shape[1:]
     with torch.no_grad():
-        if sigma == 0:
-            if (h, w) == hw:
-                return x
-            return F.interpolate(x.unsqueeze(1), size=hw, mode="bilinear", align_corners=False).squeeze(1)
-        mh = map_operator(hw[0], h, float(sigma)).to(x.device, x.dtype)
-        mw = map_operator(hw[1], w, float(sigma)).to(x.device, x.dtype)
-        return torch.matmul(torch.matmul(mh, x), mw.T)
+        maps = [_resized(x if x.is_floating_point() else x.float(), hw, sigma, align_corners) for x in levels]
+    return maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0)
+
+
+def _resized(x: Tensor, hw: tuple[int, int], sigma: float, align_corners: bool) -> Tensor:
+    """One ``[N, h, w]`` map resized to ``hw`` and blurred (:func:`map_operator` per axis)."""
+    if sigma == 0:
+        if tuple(x.shape[1:]) == hw:
+            return x
+        return F.interpolate(x[:, None], size=hw, mode="bilinear", align_corners=align_corners)[:, 0]
+    mh = map_operator(hw[0], x.shape[1], float(sigma), align_corners).to(x.device, x.dtype)
+    mw = map_operator(hw[1], x.shape[2], float(sigma), align_corners).to(x.device, x.dtype)
+    return torch.matmul(torch.matmul(mh, x), mw.T)
 
 
 def image_scores(maps: Tensor, reduce: str = "max") -> Tensor:

@@ -1,7 +1,7 @@
 """Torch modules that mirror each model's ``predict`` with operations ONNX has, for tracing into a graph.
 
 A *head* maps patch features ``[N, C, h, w]`` to patch scores ``[N, h, w]`` as the fitted model does;
-:class:`MapsAndScores` adds the library's scoring (upsampling, Gaussian blur, image score). A bank search is
+:class:`MapsAndScores` adds the library's scoring (resizing, Gaussian blur, image score). A bank search is
 brute force (distances by matrix products); where the model searches an IVF index, the distances to atoms
 outside the lists the query probes are masked out (:class:`IVFProbe`), so the graph finds the atoms FAISS
 finds.
@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
 from reconad.models.knn import NearestNeighbors
 from reconad.models.reconstruction import reconstruction_error
-from reconad.scoring import bilinear_matrix, image_scores, map_operator
+from reconad.scoring import image_scores, map_operator
 
 #: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
 #: holds, so memory stays bounded however large the bank is.
@@ -193,8 +192,8 @@ class SGFRHead(nn.Module):
 
 class ReconstructionHead(nn.Module):
     """RLR's and UniAD's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`): per
-    level, the reconstruction error of the standardised level tokens on the level's own grid, upsampled to the
-    finest grid (bilinear) and averaged over the levels. The fitted networks are used as they are."""
+    level, the reconstruction error of the (standardised) level tokens on the level's own grid, one map per
+    level. The fitted networks are used as they are."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -202,16 +201,12 @@ class ReconstructionHead(nn.Module):
         self.level_hw = [tuple(hw) for hw in model.level_hw_]
         self.split_levels = model.split_levels
 
-    def forward(self, features: Tensor) -> Tensor:
-        hw = tuple(features.shape[-2:])
+    def forward(self, features: Tensor) -> list[Tensor]:
         maps = []
         for net, x, level_hw in zip(self.nets, self.split_levels(features), self.level_hw):
             x = net.standardise(x)
-            error = reconstruction_error(x, net(x)).reshape(-1, *level_hw)
-            if level_hw != hw:
-                error = F.interpolate(error[:, None], size=hw, mode="bilinear")[:, 0]
-            maps.append(error)
-        return torch.stack(maps).mean(dim=0)
+            maps.append(reconstruction_error(x, net(x)).reshape(-1, *level_hw))
+        return maps
 
 
 def patch_head(model: Any) -> nn.Module:
@@ -227,24 +222,39 @@ def patch_head(model: Any) -> nn.Module:
 
 
 class MapsAndScores(nn.Module):
-    """Patch scores → anomaly maps ``[N, S, S]`` and image scores ``[N]``, as :mod:`reconad.scoring` computes
-    them: bilinear upsampling and the Gaussian blur as one matrix per axis, then the image score."""
+    """Patch scores (or level maps) → anomaly maps ``[N, S, S]`` and image scores ``[N]``, as
+    :func:`reconad.scoring.anomaly_maps` computes them: each map's resize and the Gaussian blur as one matrix
+    per axis (:func:`~reconad.scoring.map_operator`), averaged over the maps, then the image score. ``grids``:
+    the ``(h, w)`` of each map the head returns (one for patch scores); ``align_corners``: the model's."""
 
-    def __init__(self, head: nn.Module, grid: tuple[int, int], image_size: int, scoring: dict[str, Any]):
+    def __init__(
+        self,
+        head: nn.Module,
+        grids: list[tuple[int, int]],
+        image_size: int,
+        scoring: dict[str, Any],
+        align_corners: bool = False,
+    ):
         super().__init__()
         self.head = head
         self.reduce = scoring["reduce"]
         sigma = float(scoring["sigma"])
-        h, w = grid
-
-        def axis(n_in: int) -> Tensor:
-            if sigma > 0:
-                return map_operator(image_size, n_in, sigma)
-            return bilinear_matrix(image_size, n_in).float()
-
-        self.register_buffer("rows", axis(h))
-        self.register_buffer("cols_t", axis(w).T.contiguous())
+        self.levels = len(grids)
+        for i, (h, w) in enumerate(grids):
+            cols = map_operator(image_size, w, sigma, align_corners)
+            self.register_buffer(f"rows{i}", map_operator(image_size, h, sigma, align_corners))
+            self.register_buffer(f"cols_t{i}", cols.T.contiguous())
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        maps = self.rows @ self.head(features) @ self.cols_t
+        out = self.head(features)
+        levels = [out] if isinstance(out, Tensor) else out
+        each = [getattr(self, f"rows{i}") @ x @ getattr(self, f"cols_t{i}") for i, x in enumerate(levels)]
+        maps = each[0] if self.levels == 1 else torch.stack(each).mean(dim=0)
         return maps, image_scores(maps, self.reduce)
+
+
+def maps_and_scores(model: Any, grid: tuple[int, int], image_size: int, scoring: dict[str, Any]) -> nn.Module:
+    """The fitted ``model``'s head (:func:`patch_head`) with the library's maps and image scores on top;
+    ``grid``: the feature grid ``(h, w)``."""
+    grids = [tuple(hw) for hw in model.level_hw_] if getattr(model, "unified", False) else [grid]
+    return MapsAndScores(patch_head(model), grids, image_size, scoring, model.align_corners)

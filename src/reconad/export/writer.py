@@ -20,7 +20,7 @@ from typing import Any
 from reconad import __version__, imagefiles
 from reconad.errors import ReconadError
 from reconad.export.graphs import INPUT, MAPS, OPSET, SCORES, model_graph
-from reconad.export.heads import MapsAndScores, patch_head
+from reconad.export.heads import maps_and_scores
 from reconad.features.cache import file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.runs import UNIFIED, Run, load_run
@@ -62,12 +62,8 @@ def _write_graphs(
     keys = [UNIFIED] if UNIFIED in run.models else categories
     for i, key in enumerate(keys):
         progress("graphs", i, len(keys))
-        head = MapsAndScores(
-            patch_head(run.models[key]),
-            (extractor.grid, extractor.grid),
-            extractor.image_size,
-            run.config["scoring"],
-        )
+        grid = (extractor.grid, extractor.grid)
+        head = maps_and_scores(run.models[key], grid, extractor.image_size, run.config["scoring"])
         meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
         graph = model_graph(extractor, head, meta)
         (folder / graph_file(key)).write_bytes(graph.SerializeToString())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from reconad.params import check_value
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
 #: so a change to it never mixes old and new features.
-PREPROCESSING = "rgb8|torch-bilinear-antialias"
+PREPROCESSING = "rgb8|torch-bilinear-antialias|border-zeros"
+#: How the 3×3 average treats the border: the zero padding counts (``AvgPool2d(3, 1, 1)``, as the official
+#: PatchCore and RLR code). Stored in a run's features config; a run without it was fitted on other features.
+BORDER = "zeros"
 #: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
 #: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
 IMAGE_SIZES = (32, 2048)
@@ -37,11 +41,40 @@ def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ..
     return layers
 
 
+def bilinear_matrix(
+    n_out: int, n_in: int, dtype: torch.dtype = torch.float64, align_corners: bool = False
+) -> Tensor:
+    """The ``[n_out, n_in]`` matrix of 1-D linear resizing as ``F.interpolate`` does it: one axis of a
+    bilinear resize, read off by resizing the identity."""
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)
+    out = F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)
+    return out[0].T.to(dtype)
+
+
+@lru_cache(maxsize=16)
+def unsampling_matrix(n_fine: int, n_level: int) -> Tensor:
+    """``[n_level, n_fine]``: the exact inverse of the extractor's bilinear upsampling of a level from
+    ``n_level`` to ``n_fine`` along one axis (the pseudo-inverse of :func:`bilinear_matrix`, which has full
+    column rank, so ``P @ U = I``), formed in float64, returned in float32."""
+    return torch.linalg.pinv(bilinear_matrix(n_fine, n_level)).float()
+
+
+def check_features_config(config: dict[str, Any], where: str = "the run") -> None:
+    """Refuse, in one line, features computed before the border of the 3×3 average counted its zero padding
+    (a features config without ``"border": "zeros"``): the model was fitted on other features."""
+    if config.get("border") != BORDER:
+        raise ReconadError(
+            f"{where} was fitted on features of an older reconad (3×3 average without the zero border): "
+            "refit it"
+        )
+
+
 class PatchFeatures(nn.Module):
     """The pixels-to-features path as one module: uint8 ``[N, H, W, 3]`` → float ``[N, C, h, w]``.
 
     Normalise with the backbone's ``mean``/``std`` (given on the 0–255 scale, ``[1, 3, 1, 1]``), run the
-    backbone's levels, smooth each with a ``smooth``×``smooth`` local average, upsample every level to the
+    backbone's levels, smooth each with a ``smooth``×``smooth`` local average (the zero padding counts at
+    the border), upsample every level to the
     first one's grid (bilinear) and concatenate. :class:`FeatureExtractor` runs it; ``reconad export``
     traces it into the exported graph.
     """
@@ -59,9 +92,7 @@ class PatchFeatures(nn.Module):
         out = []
         for level in levels:
             if self.smooth > 1:
-                level = F.avg_pool2d(
-                    level, self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
-                )
+                level = F.avg_pool2d(level, self.smooth, stride=1, padding=self.smooth // 2)
             if level.shape[-2:] != levels[0].shape[-2:]:
                 level = F.interpolate(level, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
             out.append(level)
@@ -132,11 +163,14 @@ class FeatureExtractor:
             "image_size": self.image_size,
             "smooth": self.smooth,
             "weights": self.weights,
+            "border": BORDER,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:
-        """The extractor a run was fitted with (``run.config["features"]``, as :meth:`config` wrote it)."""
+        """The extractor a run was fitted with (``run.config["features"]``, as :meth:`config` wrote it); a
+        one-line error to refit where they are not this version's features (:func:`check_features_config`)."""
+        check_features_config(config)
         return cls(
             backbone=config["backbone"],
             layers=tuple(config["layers"]),

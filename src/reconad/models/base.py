@@ -2,8 +2,10 @@
 
 A model sees only feature tensors ``[N, C, h, w]`` (frozen backbone patch features of whole images).
 ``fit`` takes good images only and returns ``self``; ``predict`` returns patch anomaly scores ``[N, h, w]``
-(higher = more anomalous). Hyper-parameters are ``__init__`` arguments, declared with their type, range and
-help by :func:`reconad.params.param` (dataclass fields); learned state ends in ``_``.
+on the feature grid, or (the unified models) a list of per-level error maps ``[N, h_l, w_l]`` (higher = more
+anomalous); ``align_corners`` says how :func:`reconad.scoring.anomaly_maps` resizes them to the image.
+Hyper-parameters are ``__init__`` arguments, declared with their type, range and help by
+:func:`reconad.params.param` (dataclass fields); learned state ends in ``_``.
 Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
 (RLR, UniAD-style) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
@@ -25,10 +27,11 @@ from reconad.params import check_values, describe, is_declared
 class Model(Protocol):
     name: ClassVar[str]
     unified: ClassVar[bool]
+    align_corners: ClassVar[bool]
 
     def fit(self, features: Tensor, categories: list[str] | None = None) -> Model: ...
 
-    def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor: ...
+    def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor | list[Tensor]: ...
 
     def state_dict(self) -> dict[str, Tensor]: ...
 

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from reconad.atomic import atomic_file, atomic_path
 from reconad.errors import ReconadError
 
-CHECKPOINT_FORMAT = 1
+#: 2: the nets and features of state format 2 (:attr:`ReconstructionModel.state_format`); others are refused.
+CHECKPOINT_FORMAT = 2
 #: Hyper-parameters that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "device")
 
@@ -115,6 +116,8 @@ class Checkpoints:
             tensors = load_file(str(self.directory / meta["weights"]))
         except (OSError, ValueError, KeyError) as err:
             raise ReconadError(f"cannot resume from {path}: {err}") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ReconadError(f"cannot resume from {path}: written by an older reconad (start afresh)")
         config = json.loads(json.dumps(self._resumable_config()))
         if meta.get("model") != self.model or meta.get("config") != config:
             raise ReconadError(f"cannot resume from {path}: it was written with other hyper-parameters")

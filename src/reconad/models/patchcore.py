@@ -28,6 +28,7 @@ class PatchCore:
 
     name: ClassVar[str] = "patchcore"
     unified: ClassVar[bool] = False
+    align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
     coreset_ratio: float = param(
         0.1,

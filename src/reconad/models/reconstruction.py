@@ -2,12 +2,14 @@
 level, every category trained together (a *unified* model).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
-(stored with the weights): the network starts at the right scale, which matters on a short CPU schedule,
-and every channel counts alike in the loss and the score. Training (:mod:`reconad.models.trainer`) and its
-per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
+(stored with the weights; ``standardise=False`` keeps raw features, as the official code): the network
+starts at the right scale, which matters on a short CPU schedule, and every channel counts alike in the loss
+and the score. Training (:mod:`reconad.models.trainer`; its feature jitter is drawn in raw units either way)
+and its per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
 
-Score: per level, channel-mean squared error + (1 − cosine) between standardised features and their
-reconstruction, bilinearly upsampled to the finest grid and averaged over levels.
+Score: per level, channel-mean squared error + (1 − cosine) between the (standardised) features and their
+reconstruction, on the level's own grid; :func:`reconad.scoring.anomaly_maps` resizes each level's map to the
+image and averages them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from reconad.distributed import World
 from reconad.errors import ReconadError
+from reconad.features.extractor import unsampling_matrix
 from reconad.models.base import init_config
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
 from reconad.models.trainer import LR_SCHEDULES, Progress, train
@@ -53,7 +56,8 @@ def default_window(side: int) -> int:
 class TokenReconstructor(nn.Module):
     """One level's network: linear embedding + fixed position embedding → :meth:`encode` → LayerNorm → linear
     projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens).
-    ``feature_mean`` / ``feature_std`` (buffers, set by the trainer) standardise the level's raw features."""
+    ``feature_mean`` / ``feature_std`` (buffers, set by :meth:`ReconstructionModel.fit`; 0 and 1 when the
+    model works on raw features) standardise the level's raw features."""
 
     def __init__(self, channels: int, width: int, hw: tuple[int, int]) -> None:
         super().__init__()
@@ -94,6 +98,12 @@ class ReconstructionModel:
 
     name: ClassVar[str] = "reconstruction"
     unified: ClassVar[bool] = True
+    align_corners: ClassVar[bool] = True  # how the level maps are resized to the image (official RLR)
+    #: The version of what the saved state means (networks, features, units), stored in a run as
+    #: ``model_format``: a run of another format is refused on load with one line to refit
+    #: (:func:`reconad.runs.load_run`). 2: zero-border features, exact level split, GELU, separate reference
+    #: embedding, raw-unit jitter, per-level maps.
+    state_format: ClassVar[int] = 2
 
     level_channels: Sequence[int] = param(
         (40, 112), low=1, help="channels of each feature level (set from the features)"
@@ -123,6 +133,9 @@ class ReconstructionModel:
         help="where to train and predict; auto = CUDA when available",
     )
     lr_schedule: str = param("cosine", choices=LR_SCHEDULES, help="learning rate over the training")
+    standardise: bool = param(
+        True, help="train and score on per-channel standardised features (false: raw features, as the paper)"
+    )
 
     def __post_init__(self) -> None:
         """Check the hyper-parameters (each alone, then together); no learned state yet."""
@@ -187,16 +200,19 @@ class ReconstructionModel:
     def split_levels(self, features: Tensor) -> list[Tensor]:
         """``[N, C, h, w]`` → per level ``[N, h_l·w_l, C_l]`` tokens on the level's own grid.
 
-        The extractor upsampled coarser levels (bilinear) to the finest grid; ``avg_pool2d`` by the grid ratio
-        is its near-inverse (for 2×: exact up to a [1/8, 3/4, 1/8] blur per axis), recovering the level's own
-        resolution, where its window sizes and token count were meant."""
+        The extractor upsampled coarser levels (bilinear, ``align_corners=False``) to the finest grid; per
+        axis the pseudo-inverse of that linear map undoes it exactly (:func:`unsampling_matrix`), so each
+        level is seen at its own resolution, where its window sizes and token count were meant."""
+        h, w = features.shape[-2:]
         out, start = [], 0
         for c, g in zip(self.level_channels, self.level_grids, strict=True):
             x = features[:, start : start + c].float()
             start += c
             ratio = self.level_grids[0] // g
             if ratio > 1:
-                x = F.avg_pool2d(x, ratio)
+                rows = unsampling_matrix(h, h // ratio).to(x.device)
+                cols = unsampling_matrix(w, w // ratio).to(x.device)
+                x = rows @ x @ cols.T
             out.append(x.flatten(2).transpose(1, 2).contiguous())
         return out
 
@@ -243,7 +259,7 @@ class ReconstructionModel:
         levels = self.split_levels(features)
         self._build(self._level_hw(features))
         assert self.nets_ is not None
-        for net, x in zip(self.nets_, levels, strict=True):
+        for net, x in zip(self.nets_, levels, strict=True) if self.standardise else ():
             flat = x.reshape(-1, x.shape[-1]).double()
             net.feature_mean.copy_(flat.mean(dim=0).float())
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
@@ -290,16 +306,13 @@ class ReconstructionModel:
                 out[k].append(reconstruction_error(x, net(x)).view(-1, *hw).float().cpu())
         return [torch.cat(o) for o in out]
 
-    def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
-        """Patch anomaly scores ``[N, h, w]`` on the finest grid: the level errors, upsampled and averaged."""
+    def predict(self, features: Tensor, categories: list[str] | None = None) -> list[Tensor]:
+        """Per level, the error map ``[N, h_l, w_l]`` on the level's own grid (:meth:`level_errors`): each is
+        resized once to the image, with ``align_corners=True`` as the official RLR, and the levels averaged
+        (:func:`reconad.scoring.anomaly_maps`)."""
         if features.shape[0] == 0:
-            return torch.zeros(0, *features.shape[-2:])
-        hw = tuple(features.shape[-2:])
-        maps = [
-            e if tuple(e.shape[-2:]) == hw else F.interpolate(e[:, None], size=hw, mode="bilinear")[:, 0]
-            for e in self.level_errors(features)
-        ]
-        return torch.stack(maps).mean(dim=0)
+            return [torch.zeros(0, *hw) for hw in self._level_hw(features)]
+        return self.level_errors(features)
 
     # --- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

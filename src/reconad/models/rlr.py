@@ -1,7 +1,8 @@
 """RLR: reconstruction from a learned unified reference (He et al., ECCV 2024), one model for all categories.
 
 Per feature level, a learnable *reference* (one token per grid position, random normal init, in feature space,
-embedded like the inputs) stands for "normal" and every layer reconstructs the tokens through it:
+embedded by its own linear projection plus the inputs' position embedding, as the official code does) stands
+for "normal" and every layer reconstructs the tokens through it:
 
 * Local Cross Attention (LCA): query = tokens, key = value = reference, only inside a local window — the
   output is a mix of reference tokens, so an anomaly cannot be copied through;
@@ -9,7 +10,7 @@ embedded like the inputs) stands for "normal" and every layer reconstructs the t
   masked out — a position is rebuilt from *other* positions' features, never from its own neighbourhood.
 
 A layer is ``LayerNorm(2·LCA + MLKA)`` (no residual from the input tokens: the identity shortcut UniAD
-suffers from is closed) followed by a feed-forward block with residual and LayerNorm. ``use_lca`` /
+suffers from is closed) followed by a feed-forward block (GELU) with residual and LayerNorm. ``use_lca`` /
 ``use_mlka`` switch either branch off for the ablation. Training and scoring are
 :class:`ReconstructionModel`'s.
 """
@@ -48,7 +49,7 @@ class RLRLayer(nn.Module):
         self.mlka = _Projections(width) if mlka else None
         self.norm1 = nn.LayerNorm(width)
         self.ff = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.ReLU(), nn.Linear(ff_mult * width, width)
+            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
         )
         self.norm2 = nn.LayerNorm(width)
 
@@ -77,7 +78,8 @@ class RLRLayer(nn.Module):
 
 
 class RLRLevel(TokenReconstructor):
-    """One level: embedded tokens → RLR layers against the embedded learnable reference."""
+    """One level: embedded tokens → RLR layers against the learnable reference, embedded by its own projection
+    (``ref_embed``) plus the position embedding."""
 
     def __init__(
         self,
@@ -93,12 +95,13 @@ class RLRLevel(TokenReconstructor):
     ) -> None:
         super().__init__(channels, width, hw)
         self.reference = nn.Parameter(torch.randn(hw[0] * hw[1], channels))
+        self.ref_embed = nn.Linear(channels, width)
         self.layers = nn.ModuleList(
             RLRLayer(width, heads, ff_mult, hw, window, lca, mlka) for _ in range(layers)
         )
 
     def encode(self, tokens: Tensor) -> Tensor:
-        ref = self.embed(self.reference) + self.pos
+        ref = self.ref_embed(self.reference) + self.pos
         for layer in self.layers:
             tokens = layer(tokens, ref)
         return tokens

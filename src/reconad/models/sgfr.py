@@ -66,6 +66,7 @@ class SGFR:
 
     name: ClassVar[str] = "sgfr"
     unified: ClassVar[bool] = False
+    align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
     sampling_ratio: float = param(
         0.1, low=0, high=1, low_inclusive=False, help="fraction of the training patches kept as atoms"

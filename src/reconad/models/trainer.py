@@ -1,7 +1,9 @@
 """The training loop of the unified feature-reconstruction models (RLR, UniAD-style).
 
-The clean standardised features are the target; the input is the same features plus feature jitter (Gaussian
-noise, per-token std ``jitter_scale · ‖f‖ / C``, applied with probability ``jitter_prob``); the loss is
+The clean (standardised) features are the target; the input is the same features plus feature jitter
+(Gaussian noise drawn in raw feature units, per-token std ``jitter_scale · ‖f_raw‖ / C`` as the official
+recipe, applied with probability ``jitter_prob``, then standardised with the features, i.e. divided by
+``feature_std``: the same noise whatever space the network works in); the loss is
 ``MSE + mean(1 − cosine)`` per level, summed over levels; Adam, fixed epochs, a constant or cosine learning
 rate. Every random draw comes from one generator seeded with ``seed`` whose state the checkpoints save, so a
 resumed run ends with exactly the weights an uninterrupted one would have.
@@ -112,8 +114,10 @@ class BatchLoss(nn.Module):
         p = self.params
         loss = torch.zeros((), device=self.device)
         for net, x in zip(self.nets, self.levels, strict=True):
-            clean = net.standardise(x[idx].to(self.device))
-            rec = net(feature_jitter(clean, p.jitter_scale, p.jitter_prob, generator, self.world))
+            raw = x[idx].to(self.device)
+            clean = net.standardise(raw)
+            noisy = feature_jitter(raw, p.jitter_scale, p.jitter_prob, generator, self.world)
+            rec = net(net.standardise(noisy))
             cos = F.cosine_similarity(rec, clean, dim=-1, eps=1e-6)
             loss = loss + F.mse_loss(rec, clean) + (1 - cos).mean()
         return loss
@@ -181,10 +185,11 @@ def train(
     progress: Progress | None = None,
     world: World | None = None,
 ) -> None:
-    """Train ``nets`` (one per level, each with a ``standardise`` method) to reconstruct the raw level
-    tokens ``levels`` (``[N, tokens, C_l]`` each) from their jittered copies; the mean loss of every epoch is
-    appended to ``losses``. With ``checkpoints`` a checkpoint is written after every epoch (by rank 0 in a
-    ``world``), and ``resume=True`` continues from the last one (``losses`` then starts with its losses)."""
+    """Train ``nets`` (one per level, each with a ``standardise`` method) to reconstruct the level tokens
+    ``levels`` (raw, ``[N, tokens, C_l]`` each; target and input pass through ``standardise``) from their
+    jittered copies; the mean loss of every epoch is appended to ``losses``. With ``checkpoints`` a checkpoint
+    is written after every epoch (by rank 0 in a ``world``), and ``resume=True`` continues from the last one
+    (``losses`` then starts with its losses)."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=params.lr)
     generator = torch.Generator().manual_seed(params.seed)
     writer = world is None or world.main

@@ -20,7 +20,7 @@ from reconad.models.reconstruction import ReconstructionModel, TokenReconstructo
 
 
 class UniADLayer(nn.Module):
-    """``x ← LN(x + NeighbourMaskedSelfAttention(x))``, then ``x ← LN(x + FFN(x))``."""
+    """``x ← LN(x + NeighbourMaskedSelfAttention(x))``, then ``x ← LN(x + FFN(x))`` (GELU, as RLR's)."""
 
     def __init__(self, width: int, heads: int, ff_mult: int, hw: tuple[int, int], window: int) -> None:
         super().__init__()
@@ -29,7 +29,7 @@ class UniADLayer(nn.Module):
         self.o = nn.Linear(width, width)
         self.norm1 = nn.LayerNorm(width)
         self.ff = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.ReLU(), nn.Linear(ff_mult * width, width)
+            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
         )
         self.norm2 = nn.LayerNorm(width)
 
