@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,6 @@ from reconad.errors import ReconadError
 from reconad.models import model_class
 from reconad.models.self_expressive import elastic_net_gram, residual_from_gram
 from reconad.models.sgfr import SGFR
-from reconad.runs import Run, load_run, save_run
 
 DIM, SUB_DIM = 24, 3
 
@@ -150,45 +147,3 @@ def test_registered_and_validates() -> None:
 def test_parameters_are_the_ten_that_serve_users() -> None:
     names = "sampling_ratio n_candidates lam alpha iters rounds pool_size metric nprobe seed"
     assert list(SGFR().get_config()) == names.split()
-
-
-#: ``params`` of a run saved before the measured-and-lost options were dropped (their values: all off).
-OLD_PARAMS = {
-    "sampling_ratio": 0.3, "n_candidates": 16, "lam": 0.02, "alpha": 0.5, "iters": 15,
-    "sampling": "coverage", "rounds": 4, "pool_size": 131072, "metric": "abscos", "nprobe": 8,
-    "nonneg": False, "affine": False, "score": "residual", "channel_rms": False, "coder": "solver",
-    "coder_steps": 200, "locality": 0.0, "seed": 0,
-}  # fmt: skip
-
-
-def saved_run(tmp_path, params: dict) -> tuple[SGFR, torch.Tensor, object]:
-    """A fitted SGFR saved as a run whose ``params`` are ``params``; the model, test features and run path."""
-    gen = torch.Generator().manual_seed(18)
-    train, test = torch.randn(4, 8, 4, 4, generator=gen), torch.randn(2, 8, 4, 4, generator=gen)
-    model = SGFR(sampling_ratio=0.3).fit(train)
-    config = {"model": "sgfr", "categories": {"part": {}}, "features": {}, "scoring": {}}
-    save_run(Run(config, {"part": model}), tmp_path / "run")
-    run_json = tmp_path / "run" / "run.json"
-    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "params": params}))
-    return model, test, tmp_path / "run"
-
-
-def test_old_run_with_the_dropped_options_off_loads_and_scores_the_same(tmp_path) -> None:
-    model, test, path = saved_run(tmp_path, OLD_PARAMS)
-    loaded = load_run(path).models["part"]
-    assert torch.equal(loaded.predict(test), model.predict(test))
-    bare = {k: v for k, v in model.state_dict().items() if k in ("bank", "centroids", "scale")}
-    assert torch.equal(SGFR.from_state(OLD_PARAMS, bare).predict(test), model.predict(test))  # older still
-
-
-@pytest.mark.parametrize(
-    "option",
-    [{"nonneg": True}, {"affine": True}, {"score": "objective"}, {"score": "whitened"}, {"channel_rms": True}]
-    + [{"coder": "network"}, {"locality": 3.0}, {"sampling": "random"}, {"sampling": "usage"}],
-)
-def test_old_run_that_used_a_dropped_option_is_refused_in_one_line(tmp_path, option) -> None:
-    _, _, path = saved_run(tmp_path, {**OLD_PARAMS, **option})
-    with pytest.raises(ReconadError) as err:
-        load_run(path)
-    message = str(err.value)
-    assert next(iter(option)) in message and "refit" in message and "\n" not in message

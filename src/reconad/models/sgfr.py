@@ -21,32 +21,6 @@ from reconad.models.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centro
 from reconad.models.self_expressive import coverage_select, sparse_codes
 from reconad.params import MAX_SEED, param, validate
 
-#: Options of older versions, measured and dropped (docs/sgfr.md), with the value that left each one off
-#: (``None``: any value, a setting of a dropped option). A saved run with them at that value loads as this
-#: model; a run that used one cannot be scored any more.
-DROPPED_OPTIONS: dict[str, Any] = {
-    "nonneg": False,
-    "affine": False,
-    "score": "residual",
-    "channel_rms": False,
-    "coder": "solver",
-    "coder_steps": None,
-    "locality": 0,
-    "sampling": "coverage",
-}
-
-
-def _without_dropped_options(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` less the :data:`DROPPED_OPTIONS` (a :class:`ReconadError` where one was switched on)."""
-    kept = dict(config)
-    for key, off in DROPPED_OPTIONS.items():
-        value = kept.pop(key, off)
-        if off is not None and value != off:
-            raise ReconadError(
-                f"this run was fitted with SGFR's {key}={value!r}, an option reconad no longer has: refit it"
-            )
-    return kept
-
 
 def _patches(features: Tensor) -> Tensor:
     if features.ndim != 4:
@@ -165,15 +139,10 @@ class SGFR:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:
-        channels = self.bank_.shape[1]
         return {
             "bank": self.bank_,
             "centroids": self.centroids_,
             "scale": self.scale_.reshape(1),
-            # the neutral state of dropped options, kept so that a run's weights file is the same as before
-            "channel_scale": torch.ones(channels),
-            "residual_scale": torch.ones(channels),
-            "locality_scale": torch.ones(1),
         }
 
     def get_config(self) -> dict[str, Any]:
@@ -181,7 +150,7 @@ class SGFR:
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> SGFR:
-        model = cls(**_without_dropped_options(config))
+        model = cls(**config)
         model.bank_ = state["bank"].float().contiguous()
         model.centroids_ = state["centroids"].float().contiguous()
         model.scale_ = state["scale"].float().reshape(())
