@@ -1,4 +1,5 @@
-"""RLR and the UniAD-style baseline: layer semantics, shapes, persistence, checkpoints, resume, learning."""
+"""RLR and its ablation RLR-selfref (no learnable reference): layer semantics, shapes, persistence,
+checkpoints, resume, learning."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
 from reconad.models.reconstruction import sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.rlr_selfref import RLRSelfRef
 from reconad.models.trainer import feature_jitter, learning_rate
-from reconad.models.uniad import UniAD
 
 HW = (6, 8)
 N = HW[0] * HW[1]
@@ -91,7 +92,7 @@ MODELS_UNDER_TEST = [
     (RLR, {}),
     (RLR, {"use_lca": False}),
     (RLR, {"use_mlka": False}),
-    (UniAD, {}),
+    (RLRSelfRef, {}),
 ]
 
 
@@ -214,10 +215,11 @@ def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
 
 
 def test_registry_and_contract_errors() -> None:
-    assert MODELS["rlr"] is RLR and MODELS["uniad"] is UniAD
+    assert MODELS["rlr"] is RLR and MODELS["rlr-selfref"] is RLRSelfRef
     model = create_model("rlr", level_channels=(6, 10), level_grids=(8, 4), k=5, use_mlka=False)
-    assert model.get_config()["use_mlka"] is False and RLR.unified and UniAD.unified
-    assert list(RLR().get_config()) == [*UniAD().get_config(), "use_lca", "use_mlka"]  # by name, in order
+    assert model.get_config()["use_mlka"] is False and RLR.unified and RLRSelfRef.unified
+    # the same parameters by name, in order
+    assert list(RLR().get_config()) == [*RLRSelfRef().get_config(), "use_lca", "use_mlka"]
     with pytest.raises(ReconadError):
         RLR(use_lca=False, use_mlka=False)
     with pytest.raises(ReconadError, match="not fitted"):

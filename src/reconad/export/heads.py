@@ -139,7 +139,7 @@ class SGFRHead(nn.Module):
 
 
 class ReconstructionHead(nn.Module):
-    """RLR's and UniAD's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`): per
+    """RLR's and RLR-selfref's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`): per
     level, the reconstruction error of the standardised level tokens on the level's own grid, upsampled to the
     finest grid (bilinear) and averaged over the levels. The fitted networks are used as they are."""
 
@@ -168,7 +168,7 @@ def patch_head(model: Any) -> nn.Module:
         return PatchCoreHead(model.bank_, model.k).eval()
     if name == "sgfr":
         return SGFRHead(model).eval()
-    if name in ("rlr", "uniad"):
+    if name in ("rlr", "rlr-selfref"):
         return ReconstructionHead(model).cpu().eval()
     raise ReconadError(f"model {name!r} cannot be exported yet")
 

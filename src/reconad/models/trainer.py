@@ -1,4 +1,4 @@
-"""The training loop of the unified feature-reconstruction models (RLR, UniAD-style).
+"""The training loop of the unified feature-reconstruction models (RLR, RLR-selfref, UniAD).
 
 The clean standardised features are the target; the input is the same features plus feature jitter (Gaussian
 noise, per-token std ``jitter_scale · ‖f‖ / C``, applied with probability ``jitter_prob``); the loss is

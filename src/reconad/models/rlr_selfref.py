@@ -1,11 +1,12 @@
-"""UniAD-style baseline: the tokens reconstruct themselves, one model for all categories.
+"""RLR without the learnable reference (the ablation): the tokens reconstruct themselves, one model for all
+categories.
 
-Per level, a stack of post-norm transformer layers whose self-attention carries UniAD's *neighbour mask* (a
-query cannot attend to keys inside its local window), trained with the same feature jitter, loss, epochs and
+Per level, a stack of post-norm transformer layers whose self-attention carries a *neighbour mask* (a query
+cannot attend to keys inside its local window), trained with the same feature jitter, loss, epochs and
 scoring as RLR (:class:`ReconstructionModel`). There is no learnable reference, and every layer keeps the
 residual connection from its input — the identity shortcut through which an anomaly can be copied to the
-output, which RLR is designed to close. A simplification of UniAD: encoder layers only (no decoder with
-learned queries), the same width and depth as the RLR it is compared with.
+output, which RLR's reference is designed to close. Same width and depth as the RLR it is compared with.
+(Not UniAD: that is :mod:`reconad.models.uniad`.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from reconad.models.base import register
 from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
 
 
-class UniADLayer(nn.Module):
+class SelfRefLayer(nn.Module):
     """``x ← LN(x + NeighbourMaskedSelfAttention(x))``, then ``x ← LN(x + FFN(x))``."""
 
     def __init__(self, width: int, heads: int, ff_mult: int, hw: tuple[int, int], window: int) -> None:
@@ -39,7 +40,7 @@ class UniADLayer(nn.Module):
         return self.norm2(x + self.ff(x))
 
 
-class UniADLevel(TokenReconstructor):
+class SelfRefLevel(TokenReconstructor):
     def __init__(
         self,
         channels: int,
@@ -51,7 +52,7 @@ class UniADLevel(TokenReconstructor):
         ff_mult: int,
     ) -> None:
         super().__init__(channels, width, hw)
-        self.layers = nn.ModuleList(UniADLayer(width, heads, ff_mult, hw, window) for _ in range(layers))
+        self.layers = nn.ModuleList(SelfRefLayer(width, heads, ff_mult, hw, window) for _ in range(layers))
 
     def encode(self, tokens: Tensor) -> Tensor:
         for layer in self.layers:
@@ -61,12 +62,13 @@ class UniADLevel(TokenReconstructor):
 
 @register
 @dataclass(eq=False, kw_only=True)
-class UniAD(ReconstructionModel):
-    """Unified UniAD-style reconstruction; hyper-parameters as :class:`ReconstructionModel`."""
+class RLRSelfRef(ReconstructionModel):
+    """RLR without the learnable reference (the ablation); hyper-parameters as
+    :class:`ReconstructionModel`."""
 
-    name = "uniad"
+    name = "rlr-selfref"
 
     def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return UniADLevel(
+        return SelfRefLevel(
             channels, width, hw, window, layers=self.layers, heads=self.heads, ff_mult=self.ff_mult
         )
