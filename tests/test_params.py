@@ -188,7 +188,7 @@ def test_patchcore_refuses_bad_values_from_python(values, words):
         ("rlr-selfref", {"windows": [4, 3]}, "windows must be odd"),
         ("rlr-selfref", {"windows": [3]}, "windows must give one value per level (2)"),
         ("rlr-selfref", {"level_grids": [32, 12]}, "every level grid must divide the finest one"),
-        ("rlr-selfref", {"lr_schedule": "step"}, "lr_schedule must be one of 'constant', 'cosine'"),
+        ("rlr-selfref", {"lr_schedule": "linear"}, "lr_schedule must be one of 'constant', 'cosine', 'step'"),
     ],
 )
 def test_unified_models_refuse_bad_values_and_combinations(name, values, words):

@@ -32,7 +32,18 @@ UNIFIED_CHEAP = {
     "ff_mult": "1",
     "batch_size": "8",
 }
-CHEAP = {"rlr": UNIFIED_CHEAP, "rlr-selfref": UNIFIED_CHEAP}
+#: UniAD's: also a neighbour mask that fits the 4×4 grid of 64 px images.
+UNIAD_CHEAP = {
+    "epochs": "1",
+    "width": "8",
+    "heads": "2",
+    "encoder_layers": "1",
+    "decoder_layers": "1",
+    "ff_dim": "8",
+    "window": "3",
+    "batch_size": "8",
+}
+CHEAP = {"rlr": UNIFIED_CHEAP, "rlr-selfref": UNIFIED_CHEAP, "uniad": UNIAD_CHEAP}
 
 
 @pytest.fixture
@@ -221,6 +232,7 @@ def test_mostly_valid_values_are_accepted_or_refused_in_one_line(extractor, case
 @example(case=("patchcore", {"coreset_ratio": "0.5", "nprobe": "0", "k": "2"}))  # surely valid ones
 @example(case=("sgfr", {"sampling_ratio": "0.3", "metric": "l2", "rounds": "2"}))
 @example(case=("rlr-selfref", {"jitter_prob": "0.5", "lr_schedule": "constant"}))
+@example(case=("uniad", {"dropout": "0.2", "lr_schedule": "cosine"}))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, tmp_path_factory):
     name, raw = case

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
 from reconad.models.reconstruction import reconstruction_error
+from reconad.models.uniad import reconstruction_distance, upsample
 from reconad.scoring import bilinear_matrix, image_scores, map_operator
 
 #: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
@@ -161,6 +162,22 @@ class ReconstructionHead(nn.Module):
         return torch.stack(maps).mean(dim=0)
 
 
+class UniADHead(nn.Module):
+    """UniAD's ``predict`` (:class:`~reconad.models.uniad.UniAD`): the features on the model's grid (its
+    neck: constant matrices), ‖reconstruction − features‖₂ per position, resized to the features' grid
+    (``align_corners=True``, as matrix products). The fitted network is used as it is."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.net = model.net_[0]
+        self.grid_hw = tuple(model.grid_hw_)
+        self.tokens = model.tokens
+
+    def forward(self, features: Tensor) -> Tensor:
+        scores = reconstruction_distance(self.net, self.tokens(features)).reshape(-1, *self.grid_hw)
+        return upsample(scores, tuple(features.shape[-2:]))
+
+
 def patch_head(model: Any) -> nn.Module:
     """The head of a fitted model (one of the registered methods), in eval mode, on the CPU."""
     name = getattr(model, "name", type(model).__name__)
@@ -170,6 +187,8 @@ def patch_head(model: Any) -> nn.Module:
         return SGFRHead(model).eval()
     if name in ("rlr", "rlr-selfref"):
         return ReconstructionHead(model).cpu().eval()
+    if name == "uniad":
+        return UniADHead(model).cpu().eval()
     raise ReconadError(f"model {name!r} cannot be exported yet")
 
 

@@ -44,7 +44,15 @@ from reconad.params import MAX_SEED, param, validate
 from reconad.scoring import bilinear_matrix
 
 
-# --- the neck: the extractor's concatenated levels → one grid ---------------------------------------------
+# --- the neck: the extractor's concatenated levels → one grid, and the score back ---------------------------
+@lru_cache(maxsize=32)
+def corners_matrix(n_out: int, n_in: int) -> Tensor:
+    """``[n_out, n_in]`` float64: one axis of a bilinear resize with ``align_corners=True`` (the official
+    ``UpsamplingBilinear2d``'s mode), read off by resizing the identity."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T
+
+
 @lru_cache(maxsize=32)
 def neck_matrix(n_out: int, n_level: int, n_in: int) -> Tensor:
     """``[n_out, n_in]``: one axis of a level from the extractor's grid (``n_in``) to the model's (``n_out``).
@@ -56,10 +64,22 @@ def neck_matrix(n_out: int, n_level: int, n_in: int) -> Tensor:
     if n_level != n_in:
         out = torch.linalg.pinv(bilinear_matrix(n_in, n_level)) @ out
     if n_out != n_level:
-        eye = torch.eye(n_level, dtype=torch.float64)[None]
-        resize = F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T
-        out = resize @ out
+        out = corners_matrix(n_out, n_level) @ out
     return out.float()
+
+
+def upsample(scores: Tensor, hw: tuple[int, int]) -> Tensor:
+    """``[N, g_h, g_w]`` → ``[N, h, w]``: bilinear with ``align_corners=True``, as two matrix products."""
+    if tuple(scores.shape[-2:]) == tuple(hw):
+        return scores
+    rows = corners_matrix(hw[0], scores.shape[-2]).float().to(scores.device)
+    cols = corners_matrix(hw[1], scores.shape[-1]).float().to(scores.device)
+    return rows @ scores @ cols.T
+
+
+def reconstruction_distance(net: nn.Module, tokens: Tensor) -> Tensor:
+    """``[B, N]``: ‖net(tokens) − tokens‖₂ per token (the score)."""
+    return (net(tokens) - tokens).norm(dim=-1)
 
 
 # --- the network -------------------------------------------------------------------------------------------
@@ -213,7 +233,7 @@ class UniAD:
     window: int = param(7, low=1, help="odd neighbour-mask side: keys inside it are masked out (official 7)")
     jitter_scale: float = param(20.0, low=0, high=1000, help="feature jitter: noise std per token, × ‖f‖ / C")
     jitter_prob: float = param(1.0, low=0, high=1, help="feature jitter: share of the images jittered")
-    epochs: int = param(20, low=1, high=10000, help="training epochs (official 1000)")
+    epochs: int = param(6, low=1, high=10000, help="training epochs (official 1000)")
     batch_size: int = param(8, low=1, high=1024, help="images per optimizer step and process (official 8)")
     lr: float = param(1e-4, low=0, high=1, low_inclusive=False, help="AdamW learning rate (official 1e-4)")
     weight_decay: float = param(1e-4, low=0, high=1, help="AdamW weight decay (official 1e-4)")
@@ -391,7 +411,7 @@ class UniAD:
         out = []
         for i in range(0, features.shape[0], batch_size):
             x = self.tokens(features[i : i + batch_size].to(device))
-            out.append((self.net_[0](x) - x).norm(dim=-1).view(-1, *self.grid_hw_).float().cpu())
+            out.append(reconstruction_distance(self.net_[0], x).view(-1, *self.grid_hw_).float().cpu())
         return torch.cat(out)
 
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor:
@@ -399,11 +419,7 @@ class UniAD:
         with ``align_corners=True`` (the official upsampling's mode)."""
         if features.shape[0] == 0:
             return torch.zeros(0, *features.shape[-2:])
-        scores = self.grid_scores(features)
-        hw = tuple(features.shape[-2:])
-        if tuple(scores.shape[-2:]) == hw:
-            return scores
-        return F.interpolate(scores[:, None], size=hw, mode="bilinear", align_corners=True)[:, 0]
+        return upsample(self.grid_scores(features), tuple(features.shape[-2:]))
 
     # --- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
