@@ -41,16 +41,16 @@ from reconad.models.base import init_config, register
 from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
 from reconad.models.trainer import LR_SCHEDULES, Progress, Recipe, feature_jitter, train
 from reconad.params import MAX_SEED, param, validate
-from reconad.scoring import bilinear_matrix
 
 
 # --- the neck: the extractor's concatenated levels → one grid, and the score back ---------------------------
 @lru_cache(maxsize=32)
-def corners_matrix(n_out: int, n_in: int) -> Tensor:
-    """``[n_out, n_in]`` float64: one axis of a bilinear resize with ``align_corners=True`` (the official
-    ``UpsamplingBilinear2d``'s mode), read off by resizing the identity."""
+def resize_matrix(n_out: int, n_in: int, align_corners: bool) -> Tensor:
+    """``[n_out, n_in]`` float64: one axis of ``F.interpolate``'s bilinear resize, read off by resizing the
+    identity (``align_corners=False``: the extractor's upsampling, as :func:`reconad.scoring.bilinear_matrix`;
+    ``True``: the official ``UpsamplingBilinear2d``'s mode)."""
     eye = torch.eye(n_in, dtype=torch.float64)[None]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0].T
 
 
 @lru_cache(maxsize=32)
@@ -62,9 +62,9 @@ def neck_matrix(n_out: int, n_level: int, n_in: int) -> Tensor:
     model's grid, the official neck's bilinear resize (``align_corners=True``)."""
     out = torch.eye(n_in, dtype=torch.float64)
     if n_level != n_in:
-        out = torch.linalg.pinv(bilinear_matrix(n_in, n_level)) @ out
+        out = torch.linalg.pinv(resize_matrix(n_in, n_level, False)) @ out
     if n_out != n_level:
-        out = corners_matrix(n_out, n_level) @ out
+        out = resize_matrix(n_out, n_level, True) @ out
     return out.float()
 
 
@@ -72,8 +72,8 @@ def upsample(scores: Tensor, hw: tuple[int, int]) -> Tensor:
     """``[N, g_h, g_w]`` → ``[N, h, w]``: bilinear with ``align_corners=True``, as two matrix products."""
     if tuple(scores.shape[-2:]) == tuple(hw):
         return scores
-    rows = corners_matrix(hw[0], scores.shape[-2]).float().to(scores.device)
-    cols = corners_matrix(hw[1], scores.shape[-1]).float().to(scores.device)
+    rows = resize_matrix(hw[0], scores.shape[-2], True).float().to(scores.device)
+    cols = resize_matrix(hw[1], scores.shape[-1], True).float().to(scores.device)
     return rows @ scores @ cols.T
 
 
