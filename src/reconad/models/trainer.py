@@ -14,6 +14,10 @@ same permutation and the jitter noise of the whole effective batch from the one 
 own rows, so W processes follow the draws of one process training with the effective batch (the same model
 up to float rounding) and one generator state, saved by rank 0, resumes them all. On CUDA the forward runs
 under autocast (bf16, or fp16 with gradient scaling where the GPU has no bf16); on the CPU in float32.
+
+A model may bring its own loss, optimizer and gradient clipping (:class:`Recipe`; UniAD: MSE on raw features,
+AdamW, clipped gradients), and ``lr_schedule="step"`` keeps ``lr`` until the last fifth of the steps, then
+``lr / 10`` (UniAD's StepLR).
 """
 
 from __future__ import annotations
