@@ -177,8 +177,9 @@ def test_learning_rate_schedules() -> None:
     rates = [learning_rate(1e-3, "cosine", s, 100) for s in range(100)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert RLR(**TINY).get_config()["lr_schedule"] == "cosine"
+    assert [learning_rate(1e-3, "step", s, 100) for s in (0, 79, 80, 99)] == [1e-3, 1e-3, 1e-4, 1e-4]
     with pytest.raises(ReconadError, match="lr_schedule"):
-        RLR(**TINY, lr_schedule="step")
+        RLR(**TINY, lr_schedule="linear")
 
 
 def test_cosine_schedule_changes_training() -> None:
