@@ -8,7 +8,7 @@ with a CUDA GPU (never needed by the tests); prints one JSON document of figures
    backbone's images/s on each.
 2. PatchCore and SGFR: the same fitted model predicting with its search on the CPU and on the GPU (FAISS-GPU
    where installed, else the exact torch search): score agreement and images/s.
-3. RLR and UniAD-style: training on the GPU with mixed precision (bf16 autocast) for ``--epochs``: the
+3. RLR and UniAD: training on the GPU with mixed precision (bf16 autocast) for ``--epochs``: the
    losses (they must fall), seconds per epoch, pixel AUROC of the result.
 4. End to end: ``reconad fit rlr --device cuda`` and ``reconad test --device cuda`` in subprocesses, and
    with 2+ GPUs ``torchrun --nproc-per-node N -m reconad fit rlr --device cuda`` (NCCL).

@@ -38,7 +38,7 @@ def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, help="FORMAT:PATH; repeatable")
     ap.add_argument("--category", action="append", help="restrict to these categories; repeatable")
-    ap.add_argument("--model", required=True, help="patchcore, sgfr, rlr, uniad")
+    ap.add_argument("--model", required=True, help="patchcore, sgfr, rlr, rlr-selfref, uniad")
     ap.add_argument("--param", action="append", default=[], help="model hyper-parameter key=value")
     ap.add_argument("--foreign", action="store_true", help="add the foreign-texture corruption")
     ap.add_argument("--seed", type=int, default=0, help="the validation set's seed")

@@ -33,7 +33,12 @@ SCORE_TOL = 1e-4  # relative
 
 #: The parameters of each model's small test run (patchcore is conftest's ``fitted_run``). On this data every
 #: bank is too small for an IVF index: the library searches exactly, as the graphs do.
-PARAMS = {"sgfr": {}, "rlr": {"epochs": 1}, "uniad": {"epochs": 1}}
+PARAMS = {
+    "sgfr": {},
+    "rlr": {"epochs": 1},
+    "rlr-selfref": {"epochs": 1},
+    "uniad": {"epochs": 1, "window": 3},  # 64 px: a 4×4 grid
+}
 
 
 class Lazy(dict):
@@ -122,7 +127,7 @@ def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
     return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
 
 
-@pytest.mark.parametrize("model", ["patchcore", "sgfr", "rlr", "uniad"])
+@pytest.mark.parametrize("model", ["patchcore", "sgfr", "rlr", "rlr-selfref", "uniad"])
 def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts, model):
     assert_parity(runs[model], exports[model], resized_test_images(parts))
 

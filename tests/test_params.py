@@ -137,13 +137,13 @@ CONFIGS_BEFORE = {
         "sampling_ratio": 0.1, "n_candidates": 16, "lam": 0.02, "alpha": 0.5, "iters": 15, "rounds": 4,
         "pool_size": 131072, "metric": "abscos", "nprobe": 8, "seed": 0,
     },
-    "uniad": {
+    "rlr-selfref": {
         "level_channels": [40, 112], "level_grids": [32, 16], "widths": None, "layers": 2, "heads": 4,
         "ff_mult": 2, "windows": None, "jitter_scale": 4.0, "jitter_prob": 1.0, "epochs": 30, "batch_size": 4,
         "lr": 0.001, "seed": 0, "device": "auto", "lr_schedule": "cosine", "standardise": True,
     },
 }  # fmt: skip
-CONFIGS_BEFORE["rlr"] = {**CONFIGS_BEFORE["uniad"], "use_lca": True, "use_mlka": True}
+CONFIGS_BEFORE["rlr"] = {**CONFIGS_BEFORE["rlr-selfref"], "use_lca": True, "use_mlka": True}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS_BEFORE))
@@ -179,13 +179,17 @@ def test_patchcore_refuses_bad_values_from_python(values, words):
     [
         ("rlr", {"epochs": -1}, "model rlr: epochs must be an integer from 1 to 10000, got -1"),
         ("rlr", {"use_lca": False, "use_mlka": "false"}, "rlr needs at least one of use_lca and use_mlka"),
-        ("uniad", {"device": "gpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
-        ("uniad", {"widths": [64, 64], "heads": 3}, "token widths must be multiples of 4 and of heads=3"),
-        ("uniad", {"heads": 3}, "token widths must be multiples of 4 and of heads=3, got 64"),
-        ("uniad", {"windows": [4, 3]}, "windows must be odd"),
-        ("uniad", {"windows": [3]}, "windows must give one value per level (2)"),
-        ("uniad", {"level_grids": [32, 12]}, "every level grid must divide the finest one"),
-        ("uniad", {"lr_schedule": "step"}, "lr_schedule must be one of 'constant', 'cosine'"),
+        ("rlr-selfref", {"device": "gpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        (
+            "rlr-selfref",
+            {"widths": [64, 64], "heads": 3},
+            "token widths must be multiples of 4 and of heads=3",
+        ),
+        ("rlr-selfref", {"heads": 3}, "token widths must be multiples of 4 and of heads=3, got 64"),
+        ("rlr-selfref", {"windows": [4, 3]}, "windows must be odd"),
+        ("rlr-selfref", {"windows": [3]}, "windows must give one value per level (2)"),
+        ("rlr-selfref", {"level_grids": [32, 12]}, "every level grid must divide the finest one"),
+        ("rlr-selfref", {"lr_schedule": "linear"}, "lr_schedule must be one of 'constant', 'cosine', 'step'"),
     ],
 )
 def test_unified_models_refuse_bad_values_and_combinations(name, values, words):
@@ -197,7 +201,9 @@ def test_unified_models_refuse_bad_values_and_combinations(name, values, words):
 def test_a_window_larger_than_its_level_grid_is_a_clear_error():
     import torch
 
-    model = MODELS["uniad"](level_channels=(4, 4), level_grids=(4, 2), widths=(8, 8), layers=1, epochs=1)
+    model = MODELS["rlr-selfref"](
+        level_channels=(4, 4), level_grids=(4, 2), widths=(8, 8), layers=1, epochs=1
+    )
     with pytest.raises(ReconadError, match="a 3×3 attention window does not fit a 2×2 level grid"):
         model.fit(torch.randn(2, 8, 4, 4))
 

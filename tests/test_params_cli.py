@@ -32,7 +32,18 @@ UNIFIED_CHEAP = {
     "ff_mult": "1",
     "batch_size": "8",
 }
-CHEAP = {"rlr": UNIFIED_CHEAP, "uniad": UNIFIED_CHEAP}
+#: UniAD's: also a neighbour mask that fits the 4×4 grid of 64 px images.
+UNIAD_CHEAP = {
+    "epochs": "1",
+    "width": "8",
+    "heads": "2",
+    "encoder_layers": "1",
+    "decoder_layers": "1",
+    "ff_dim": "8",
+    "window": "3",
+    "batch_size": "8",
+}
+CHEAP = {"rlr": UNIFIED_CHEAP, "rlr-selfref": UNIFIED_CHEAP, "uniad": UNIAD_CHEAP}
 
 
 @pytest.fixture
@@ -95,7 +106,7 @@ def test_bench_checks_parameters_and_options_before_any_work(tmp_path, parts, no
 
 
 def test_unified_models_need_an_image_size_that_their_levels_divide(tmp_path, parts, monkeypatch):
-    """RLR and UniAD-style build one network per level from ``size // stride``: 100 px would give a 12×12
+    """RLR and RLR-selfref build one network per level from ``size // stride``: 100 px would give a 12×12
     grid where the backbone gives 13×13. Refused before the data is read; per-patch models take any size."""
 
     def work(*args: object, **kwargs: object) -> None:
@@ -103,7 +114,7 @@ def test_unified_models_need_an_image_size_that_their_levels_divide(tmp_path, pa
 
     monkeypatch.setattr(reconad.cli, "load_sources", work)
     out = tmp_path / "run"
-    result = fit(parts, out, "uniad", "--image-size", 100)
+    result = fit(parts, out, "rlr-selfref", "--image-size", 100)
     assert_clean_error(result, "image size 100 is not a multiple of 16", "e.g. 96 or 112")
     assert_nothing_written(out)
 
@@ -122,7 +133,7 @@ def test_parameters_that_clash_fail_before_the_data(tmp_path, parts, monkeypatch
 
     monkeypatch.setattr(reconad.cli, "load_sources", work)
     out = tmp_path / "run"
-    result = fit(parts, out, "uniad", *[f"--param={p}" for p in params])
+    result = fit(parts, out, "rlr-selfref", *[f"--param={p}" for p in params])
     assert_clean_error(result, words)
     assert_nothing_written(out)
 
@@ -220,7 +231,8 @@ def test_mostly_valid_values_are_accepted_or_refused_in_one_line(extractor, case
 @given(case=model_values(junk=False))
 @example(case=("patchcore", {"coreset_ratio": "0.5", "nprobe": "0", "k": "2"}))  # surely valid ones
 @example(case=("sgfr", {"sampling_ratio": "0.3", "metric": "l2", "rounds": "2"}))
-@example(case=("uniad", {"jitter_prob": "0.5", "lr_schedule": "constant"}))
+@example(case=("rlr-selfref", {"jitter_prob": "0.5", "lr_schedule": "constant"}))
+@example(case=("uniad", {"dropout": "0.2", "lr_schedule": "cosine"}))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, tmp_path_factory):
     name, raw = case

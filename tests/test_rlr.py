@@ -1,4 +1,5 @@
-"""RLR and the UniAD-style baseline: layer semantics, shapes, persistence, checkpoints, resume, learning."""
+"""RLR and its ablation RLR-selfref (no learnable reference): layer semantics, shapes, persistence,
+checkpoints, resume, learning."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
 from reconad.models.reconstruction import reconstruction_error, sincos_position_2d
 from reconad.models.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.rlr_selfref import RLRSelfRef
 from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
-from reconad.models.uniad import UniAD
 from reconad.scoring import anomaly_maps
 
 HW = (6, 8)
@@ -88,9 +89,9 @@ def test_reference_has_its_own_embedding() -> None:
     assert not torch.allclose(level.encode(tokens), before)
 
 
-@pytest.mark.parametrize("cls", [RLR, UniAD])
+@pytest.mark.parametrize("cls", [RLR, RLRSelfRef])
 def test_feed_forward_uses_gelu(cls: type) -> None:
-    """The official ``Mlp`` activation, in RLR and in the UniAD-style ablation alike."""
+    """The official ``Mlp`` activation, in RLR and in the RLR-selfref ablation alike."""
     model = cls(**TINY, epochs=1)
     model._build([(8, 12), (4, 6)])
     acts = [type(m) for m in model.nets_.modules() if isinstance(m, (torch.nn.GELU, torch.nn.ReLU))]
@@ -115,7 +116,7 @@ MODELS_UNDER_TEST = [
     (RLR, {}),
     (RLR, {"use_lca": False}),
     (RLR, {"use_mlka": False}),
-    (UniAD, {}),
+    (RLRSelfRef, {}),
 ]
 
 
@@ -236,8 +237,9 @@ def test_learning_rate_schedules() -> None:
     rates = [learning_rate(1e-3, "cosine", s, 100) for s in range(100)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert RLR(**TINY).get_config()["lr_schedule"] == "cosine"
+    assert [learning_rate(1e-3, "step", s, 100) for s in (0, 79, 80, 99)] == [1e-3, 1e-3, 1e-4, 1e-4]
     with pytest.raises(ReconadError, match="lr_schedule"):
-        RLR(**TINY, lr_schedule="step")
+        RLR(**TINY, lr_schedule="linear")
 
 
 def test_cosine_schedule_changes_training() -> None:
@@ -278,10 +280,11 @@ def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
 
 
 def test_registry_and_contract_errors() -> None:
-    assert MODELS["rlr"] is RLR and MODELS["uniad"] is UniAD
+    assert MODELS["rlr"] is RLR and MODELS["rlr-selfref"] is RLRSelfRef
     model = create_model("rlr", level_channels=(6, 10), level_grids=(8, 4), k=5, use_mlka=False)
-    assert model.get_config()["use_mlka"] is False and RLR.unified and UniAD.unified
-    assert list(RLR().get_config()) == [*UniAD().get_config(), "use_lca", "use_mlka"]  # by name, in order
+    assert model.get_config()["use_mlka"] is False and RLR.unified and RLRSelfRef.unified
+    # the same parameters by name, in order
+    assert list(RLR().get_config()) == [*RLRSelfRef().get_config(), "use_lca", "use_mlka"]
     with pytest.raises(ReconadError):
         RLR(use_lca=False, use_mlka=False)
     with pytest.raises(ReconadError, match="not fitted"):

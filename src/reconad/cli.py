@@ -70,7 +70,7 @@ def main(
     debug: Annotated[bool, typer.Option(help="show full tracebacks")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """reconad: unsupervised visual anomaly detection and localization (SGFR, RLR, PatchCore, UniAD-style)."""
+    """reconad: unsupervised visual anomaly detection and localization (SGFR, RLR, PatchCore, UniAD)."""
     STATE["debug"], STATE["quiet"] = debug, quiet
     keep_freed_memory()
 
@@ -313,7 +313,7 @@ def do_fit(
 @app.command()
 @clean_errors
 def fit(
-    model: Annotated[str, typer.Argument(help="patchcore, sgfr, rlr, uniad")],
+    model: Annotated[str, typer.Argument(help="patchcore, sgfr, rlr, rlr-selfref, uniad")],
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")],
     category: CategoryOpt = None,

@@ -238,7 +238,7 @@ def fit(
     if world is not None and not model_class(model_name).unified:
         raise ReconadError(
             f"{model_name} fits each category without training: run it in one process, not under torchrun "
-            "(torchrun trains the unified models, rlr and uniad)"
+            "(torchrun trains the unified models: rlr, rlr-selfref, uniad)"
         )
     probe = new_model(model_name, params, extractor, seed)  # parameters checked together, before any work
     if world is not None:

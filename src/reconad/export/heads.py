@@ -18,6 +18,7 @@ from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
 from reconad.models.knn import NearestNeighbors
 from reconad.models.reconstruction import reconstruction_error
+from reconad.models.uniad import reconstruction_distance
 from reconad.scoring import image_scores, map_operator
 
 #: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
@@ -191,9 +192,9 @@ class SGFRHead(nn.Module):
 
 
 class ReconstructionHead(nn.Module):
-    """RLR's and UniAD's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`): per
-    level, the reconstruction error of the (standardised) level tokens on the level's own grid, one map per
-    level. The fitted networks are used as they are."""
+    """RLR's and RLR-selfref's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`):
+    per level, the reconstruction error of the (standardised) level tokens on the level's own grid, one map
+    per level. The fitted networks are used as they are."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -209,6 +210,21 @@ class ReconstructionHead(nn.Module):
         return maps
 
 
+class UniADHead(nn.Module):
+    """UniAD's ``predict`` (:class:`~reconad.models.uniad.UniAD`): the features on the model's grid (its
+    neck: constant matrices), ‖reconstruction − features‖₂ per position, one map on that grid. The fitted
+    network is used as it is."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.net = model.net_[0]
+        self.grid_hw = tuple(model.grid_hw_)
+        self.tokens = model.tokens
+
+    def forward(self, features: Tensor) -> Tensor:
+        return [reconstruction_distance(self.net, self.tokens(features)).reshape(-1, *self.grid_hw)]
+
+
 def patch_head(model: Any) -> nn.Module:
     """The head of a fitted model (one of the registered methods), in eval mode, on the CPU."""
     name = getattr(model, "name", type(model).__name__)
@@ -216,8 +232,10 @@ def patch_head(model: Any) -> nn.Module:
         return PatchCoreHead(model).eval()
     if name == "sgfr":
         return SGFRHead(model).eval()
-    if name in ("rlr", "uniad"):
+    if name in ("rlr", "rlr-selfref"):
         return ReconstructionHead(model).cpu().eval()
+    if name == "uniad":
+        return UniADHead(model).cpu().eval()
     raise ReconadError(f"model {name!r} cannot be exported yet")
 
 

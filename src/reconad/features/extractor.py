@@ -104,7 +104,8 @@ class FeatureExtractor:
 
     Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context,
     as in PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
-    ``level_channels`` says which channels came from which level (RLR/UniAD reconstruct each level apart).
+    ``level_channels`` says which channels came from which level (RLR reconstructs each level apart; UniAD
+    brings them to one grid).
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class FeatureExtractor:
     def check_whole_grids(self) -> None:
         """Fail unless ``image_size`` is a multiple of every level's stride. Otherwise :attr:`level_grids`
         (size // stride) is not the grid the backbone gives (its padding rounds up), which the models that
-        work per level (``level_grids``: RLR, UniAD-style) need; per-patch models take any size."""
+        work per level (``level_grids``: RLR, RLR-selfref, UniAD) need; per-patch models take any size."""
         stride, level = max(zip(self.model.feature_info.reduction(), self.layers))
         size = self.image_size
         if size % stride:

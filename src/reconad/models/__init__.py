@@ -4,7 +4,7 @@ from importlib import import_module
 
 from reconad.models.base import MODELS, Model, create_model, model_class, register
 
-for _module in ("patchcore", "sgfr", "rlr", "uniad"):
+for _module in ("patchcore", "sgfr", "rlr", "rlr_selfref", "uniad"):
     try:
         import_module(f"reconad.models.{_module}")
     except ModuleNotFoundError as _err:  # a method not written yet

@@ -1,4 +1,4 @@
-"""Local-window masks and windowed attention on a 2-D token grid, shared by RLR and the UniAD-style model.
+"""Local-window masks and windowed attention on a 2-D token grid, shared by RLR, RLR-selfref and UniAD.
 
 Tokens are a row-major ``h×w`` grid flattened to ``N = h·w``. The *window* of a query position is the
 ``k×k`` square of grid positions centred on it (``k`` odd), cut at the grid border.

@@ -7,7 +7,7 @@ anomalous); ``align_corners`` says how :func:`reconad.scoring.anomaly_maps` resi
 Hyper-parameters are ``__init__`` arguments, declared with their type, range and help by
 :func:`reconad.params.param` (dataclass fields); learned state ends in ``_``.
 Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
-(RLR, UniAD-style) take every category's features at once and have ``unified = True``.
+(RLR, RLR-selfref, UniAD) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
 """
 

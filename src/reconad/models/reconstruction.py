@@ -1,5 +1,5 @@
-"""The shared base of the feature-reconstruction transformers (RLR, UniAD-style): one network per feature
-level, every category trained together (a *unified* model).
+"""The shared base of the feature-reconstruction transformers (RLR and its ablation RLR-selfref): one network
+per feature level, every category trained together (a *unified* model).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
 (stored with the weights; ``standardise=False`` keeps raw features, as the official code): the network

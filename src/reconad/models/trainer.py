@@ -1,4 +1,4 @@
-"""The training loop of the unified feature-reconstruction models (RLR, UniAD-style).
+"""The training loop of the unified feature-reconstruction models (RLR, RLR-selfref, UniAD).
 
 The clean (standardised) features are the target; the input is the same features plus feature jitter
 (Gaussian noise drawn in raw feature units, per-token std ``jitter_scale · ‖f_raw‖ / C`` as the official
@@ -16,14 +16,19 @@ same permutation and the jitter noise of the whole effective batch from the one 
 own rows, so W processes follow the draws of one process training with the effective batch (the same model
 up to float rounding) and one generator state, saved by rank 0, resumes them all. On CUDA the forward runs
 under autocast (bf16, or fp16 with gradient scaling where the GPU has no bf16); on the CPU in float32.
+
+A model may bring its own loss, optimizer and gradient clipping (:class:`Recipe`; UniAD: MSE on raw features,
+AdamW, clipped gradients), and ``lr_schedule="step"`` keeps ``lr`` until the last fifth of the steps, then
+``lr / 10`` (UniAD's StepLR).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -39,7 +44,10 @@ from reconad.models.checkpoints import Checkpoints
 #: ``progress(epoch, epochs, mean_loss)``, called after every epoch.
 Progress = Callable[[int, int, float], None]
 #: How the learning rate moves over training (see :func:`learning_rate`).
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
+#: ``"step"``: the learning rate times 0.1 from this fraction of the steps on (UniAD's StepLR: epoch 800 of
+#: 1000).
+STEP_AT = 0.8
 
 
 class TrainingParams(Protocol):
@@ -57,11 +65,14 @@ class TrainingParams(Protocol):
 
 def learning_rate(lr: float, schedule: str, step: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` of ``total``: ``lr`` throughout (``"constant"``), or
-    ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed towards zero over the training).
+    ``lr · ½(1 + cos(π·step/total))`` (``"cosine"``, annealed towards zero over the training), or ``lr`` and
+    ``lr / 10`` from :data:`STEP_AT` of the steps on (``"step"``).
 
     It depends only on the step index, so a resumed run follows the same schedule."""
     if schedule == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    if schedule == "step":
+        return lr * 0.1 if step >= STEP_AT * total else lr
     return lr
 
 
@@ -86,6 +97,21 @@ def feature_jitter(
     return x + noise * (x.norm(dim=-1, keepdim=True) / c) * scale * keep
 
 
+#: ``loss(nets, batch, generator, world)``: the training loss of one batch; ``batch`` holds each level's rows
+#: of the step, on the device.
+LossFn = Callable[[nn.ModuleList, list[Tensor], torch.Generator, World | None], Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a model may set of the training step; ``None`` keeps RLR's: the jittered standardised
+    reconstruction loss (:class:`BatchLoss`), Adam at ``lr``, no gradient clipping."""
+
+    loss: LossFn | None = None
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None
+    clip_norm: float | None = None  # the gradients' largest global L2 norm
+
+
 #: Buffers (the feature standardisation) are equal everywhere and fixed: DDP need not send them every step
 #: (``forward_sync_buffers`` replaces ``broadcast_buffers`` in newer torch).
 NO_BUFFER_SYNC = (
@@ -106,11 +132,15 @@ class BatchLoss(nn.Module):
         params: TrainingParams,
         device: torch.device,
         world: World | None,
+        loss: LossFn | None = None,
     ) -> None:
         super().__init__()
         self.nets, self.levels, self.params, self.device, self.world = nets, levels, params, device, world
+        self.loss = loss
 
     def forward(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        if self.loss is not None:  # the model's own (:class:`Recipe`)
+            return self.loss(self.nets, [x[idx].to(self.device) for x in self.levels], generator, self.world)
         p = self.params
         loss = torch.zeros((), device=self.device)
         for net, x in zip(self.nets, self.levels, strict=True):
@@ -136,15 +166,28 @@ class Precision:
     def autocast(self) -> AbstractContextManager:
         return torch.autocast("cuda", dtype=self.dtype) if self.cuda else nullcontext()
 
-    def step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward and optimizer step (scaled where fp16 needs it)."""
+    def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, clip_norm: float | None = None) -> None:
+        """Backward and optimizer step (scaled where fp16 needs it), the gradients first clipped to a global
+        L2 norm of ``clip_norm`` when given."""
         if self.scaler is None:
             loss.backward()
+            clip_gradients(optimizer, clip_norm)
             optimizer.step()
         else:
             self.scaler.scale(loss).backward()
+            if clip_norm is not None:
+                self.scaler.unscale_(optimizer)
+            clip_gradients(optimizer, clip_norm)
             self.scaler.step(optimizer)
             self.scaler.update()
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, clip_norm: float | None) -> None:
+    """Scale the gradients of every parameter ``optimizer`` steps to a global L2 norm of at most
+    ``clip_norm`` (``None``: leave them)."""
+    if clip_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
 
 
 def positions(n: int, world: World | None) -> Tensor:
@@ -184,13 +227,19 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     world: World | None = None,
+    recipe: Recipe | None = None,
 ) -> None:
     """Train ``nets`` (one per level, each with a ``standardise`` method) to reconstruct the level tokens
     ``levels`` (raw, ``[N, tokens, C_l]`` each; target and input pass through ``standardise``) from their
     jittered copies; the mean loss of every epoch is appended to ``losses``. With ``checkpoints`` a checkpoint
     is written after every epoch (by rank 0 in a ``world``), and ``resume=True`` continues from the last one
-    (``losses`` then starts with its losses)."""
-    optimizer = torch.optim.Adam(nets.parameters(), lr=params.lr)
+    (``losses`` then starts with its losses).
+    ``recipe``: a model's own loss, optimizer and gradient clipping (:class:`Recipe`; default RLR's)."""
+    recipe = recipe or Recipe()
+    if recipe.optimizer is not None:
+        optimizer = recipe.optimizer(nets.parameters())
+    else:
+        optimizer = torch.optim.Adam(nets.parameters(), lr=params.lr)
     generator = torch.Generator().manual_seed(params.seed)
     writer = world is None or world.main
     start = 0
@@ -203,7 +252,7 @@ def train(
     n = levels[0].shape[0]
     mine = positions(n, world)
     steps = math.ceil(len(mine) / params.batch_size)
-    loss_of = BatchLoss(nets, levels, params, device, world)
+    loss_of = BatchLoss(nets, levels, params, device, world, recipe.loss)
     if world is not None:  # DDP starts every process from rank 0's weights (a resumed rank 0's too)
         with distributed.collective("the start of training"):
             loss_of = DistributedDataParallel(loss_of, device_ids=None, **NO_BUFFER_SYNC)
@@ -224,7 +273,7 @@ def train(
                 loss = loss_of(idx, generator)
             optimizer.zero_grad(set_to_none=True)
             with distributed.collective("training") if world is not None else nullcontext():
-                precision.step(loss, optimizer)
+                precision.step(loss, optimizer, recipe.clip_norm)
             total += float(loss.detach())
             batches += 1
         losses.append(total / batches if world is None else distributed.mean(total / batches, world))

@@ -1,72 +1,441 @@
-"""UniAD-style baseline: the tokens reconstruct themselves, one model for all categories.
+"""UniAD (You et al., *A Unified Model for Multi-class Anomaly Detection*, NeurIPS 2022): one transformer
+reconstructs the features of every category; the reconstruction error is the anomaly score.
 
-Per level, a stack of post-norm transformer layers whose self-attention carries UniAD's *neighbour mask* (a
-query cannot attend to keys inside its local window), trained with the same feature jitter, loss, epochs and
-scoring as RLR (:class:`ReconstructionModel`). There is no learnable reference, and every layer keeps the
-residual connection from its input — the identity shortcut through which an anomaly can be copied to the
-output, which RLR is designed to close. A simplification of UniAD: encoder layers only (no decoder with
-learned queries), the same width and depth as the RLR it is compared with.
+As the official code (zhiyuanyou/UniAD) runs it, on our features:
+
+* **one grid** (the official MFCN neck): every level resized to the coarsest level's grid and concatenated.
+  Our extractor upsampled the coarser levels to the finest grid (bilinear, ``align_corners=False``); that
+  upsampling has full column rank, so its pseudo-inverse recovers a level's own grid exactly. A finer level
+  is then resized down as the neck does (bilinear, ``align_corners=True``). Default features: 40 + 112 = 152
+  channels on 16×16.
+* input projection, learned position embedding (a row and a column table, half the width each), an encoder
+  of post-norm layers whose self-attention carries the *neighbour mask* (a query never attends to keys inside
+  its ``window×window`` neighbourhood), a decoder whose every layer starts from its own learned queries
+  (layer-wise queries: attention to the encoder output, then to the previous layer's output, both
+  neighbour-masked), output projection.
+* training: feature jitter on the raw features (Gaussian, per-token std ``jitter_scale · ‖f‖ / C``), MSE to
+  the clean features, AdamW, gradients clipped to a global norm, the learning rate ×0.1 for the last fifth.
+* score: ‖reconstruction − features‖₂ per position.
+
+Training runs on the shared trainer (:func:`reconad.models.trainer.train` with this model's
+:class:`~reconad.models.trainer.Recipe`), so checkpoints, ``--resume`` and torchrun work as for RLR.
+docs/uniad.md has our CPU recipe next to the official one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reconad.models.attention import masked_attention, merge_heads, split_heads
-from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
+from reconad.distributed import World
+from reconad.errors import ReconadError
+from reconad.features.extractor import bilinear_matrix
+from reconad.models.attention import merge_heads, outside_window_mask, split_heads
+from reconad.models.base import init_config, register
+from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
+from reconad.models.trainer import LR_SCHEDULES, Progress, Recipe, feature_jitter, train
+from reconad.params import MAX_SEED, param, validate
 
 
-class UniADLayer(nn.Module):
-    """``x ← LN(x + NeighbourMaskedSelfAttention(x))``, then ``x ← LN(x + FFN(x))`` (GELU, as RLR's)."""
+# --- the neck: the extractor's concatenated levels → one grid, and the score back ---------------------------
+@lru_cache(maxsize=32)
+def neck_matrix(n_out: int, n_level: int, n_in: int) -> Tensor:
+    """``[n_out, n_in]``: one axis of a level from the extractor's grid (``n_in``) to the model's (``n_out``).
 
-    def __init__(self, width: int, heads: int, ff_mult: int, hw: tuple[int, int], window: int) -> None:
+    First the level's own grid (``n_level``) back: the pseudo-inverse of the extractor's bilinear upsampling
+    (``align_corners=False``; exact, the upsampling has full column rank); then, for a level finer than the
+    model's grid, the official neck's bilinear resize (``align_corners=True``)."""
+    out = torch.eye(n_in, dtype=torch.float64)
+    if n_level != n_in:
+        out = torch.linalg.pinv(bilinear_matrix(n_in, n_level)) @ out
+    if n_out != n_level:
+        out = bilinear_matrix(n_out, n_level, align_corners=True) @ out
+    return out.float()
+
+
+def reconstruction_distance(net: nn.Module, tokens: Tensor) -> Tensor:
+    """``[B, N]``: ‖net(tokens) − tokens‖₂ per token (the score)."""
+    return (net(tokens) - tokens).norm(dim=-1)
+
+
+# --- the network -------------------------------------------------------------------------------------------
+class NeighbourMaskedAttention(nn.Module):
+    """Multi-head attention in which a query sees every key *outside* its ``window×window`` neighbourhood.
+    One ``[3·width, width]`` input projection split into query, key and value parts (as
+    ``nn.MultiheadAttention`` holds it), dropout on the attention weights while training."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.hw, self.window = heads, hw, window
-        self.qkv = nn.Linear(width, 3 * width)
-        self.o = nn.Linear(width, width)
-        self.norm1 = nn.LayerNorm(width)
-        self.ff = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
-        )
-        self.norm2 = nn.LayerNorm(width)
+        self.heads, self.dropout = heads, dropout
+        self.in_proj = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        x = self.norm1(x + self.o(merge_heads(masked_attention(q, k, v, self.hw, self.window))))
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, hw: tuple[int, int], window: int) -> Tensor:
+        weights, biases = self.in_proj.weight.chunk(3), self.in_proj.bias.chunk(3)
+        q, k, v = (
+            split_heads(F.linear(x, w, b), self.heads)
+            for x, w, b in zip((query, key, value), weights, biases, strict=True)
+        )
+        allowed = outside_window_mask(hw[0], hw[1], window).to(q.device)
+        p = self.dropout if self.training else 0.0
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=p)))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(width, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, width),
+            nn.Dropout(dropout),
+        )
+
+
+class EncoderLayer(nn.Module):
+    """``x ← LN(x + Attn(q = k = x + pos, v = x))``, ``x ← LN(x + FFN(x))`` (post-norm)."""
+
+    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = NeighbourMaskedAttention(width, heads, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.ff = FeedForward(width, ff_dim, dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, hw: tuple[int, int], window: int) -> Tensor:
+        x = self.norm1(x + self.drop(self.attn(x + pos, x + pos, x, hw, window)))
         return self.norm2(x + self.ff(x))
 
 
-class UniADLevel(TokenReconstructor):
+class DecoderLayer(nn.Module):
+    """From the layer's learned queries ``t``: ``t ← LN(t + Attn(q = t + pos, k = mem + pos, v = mem))``,
+    ``t ← LN(t + Attn(q = t + pos, k = prev + pos, v = prev))``, ``t ← LN(t + FFN(t))``; ``mem`` is the
+    encoder's output, ``prev`` the previous decoder layer's (the encoder's for the first)."""
+
+    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float, tokens: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(tokens, width))
+        self.attn_memory = NeighbourMaskedAttention(width, heads, dropout)
+        self.attn_prev = NeighbourMaskedAttention(width, heads, dropout)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(width) for _ in range(3))
+        self.ff = FeedForward(width, ff_dim, dropout)
+
+    def forward(self, prev: Tensor, memory: Tensor, pos: Tensor, hw: tuple[int, int], window: int) -> Tensor:
+        t = self.queries.expand(memory.shape[0], -1, -1)
+        t = self.norm1(t + self.drop1(self.attn_memory(t + pos, memory + pos, memory, hw, window)))
+        t = self.norm2(t + self.drop2(self.attn_prev(t + pos, prev + pos, prev, hw, window)))
+        return self.norm3(t + self.ff(t))
+
+
+class UniADNet(nn.Module):
+    """Tokens ``[B, h·w, C]`` (raw features on the model's grid) → their reconstruction ``[B, h·w, C]``."""
+
     def __init__(
         self,
         channels: int,
-        width: int,
         hw: tuple[int, int],
-        window: int,
-        layers: int,
+        width: int,
         heads: int,
-        ff_mult: int,
+        encoder_layers: int,
+        decoder_layers: int,
+        ff_dim: int,
+        dropout: float,
+        window: int,
     ) -> None:
-        super().__init__(channels, width, hw)
-        self.layers = nn.ModuleList(UniADLayer(width, heads, ff_mult, hw, window) for _ in range(layers))
+        super().__init__()
+        self.hw, self.window = hw, window
+        self.input_proj = nn.Linear(channels, width)
+        self.row_embed = nn.Parameter(torch.rand(hw[0], width // 2))  # learned position: uniform [0, 1) init
+        self.col_embed = nn.Parameter(torch.rand(hw[1], width - width // 2))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(width, heads, ff_dim, dropout) for _ in range(encoder_layers)
+        )
+        tokens = hw[0] * hw[1]
+        self.decoder = nn.ModuleList(
+            DecoderLayer(width, heads, ff_dim, dropout, tokens) for _ in range(decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(width)
+        self.output_proj = nn.Linear(width, channels)
+        for m in self.modules():  # the official initializer: xavier-uniform weights, zero biases
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
-    def encode(self, tokens: Tensor) -> Tensor:
-        for layer in self.layers:
-            tokens = layer(tokens)
-        return tokens
+    def position(self) -> Tensor:
+        """``[h·w, width]``: the column embedding, then the row embedding, of each position."""
+        h, w = self.hw
+        cols = self.col_embed[None].expand(h, -1, -1)
+        rows = self.row_embed[:, None].expand(-1, w, -1)
+        return torch.cat([cols, rows], dim=-1).flatten(0, 1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        pos = self.position()
+        memory = self.input_proj(tokens)
+        for layer in self.encoder:
+            memory = layer(memory, pos, self.hw, self.window)
+        out = memory
+        for layer in self.decoder:
+            out = layer(out, memory, pos, self.hw, self.window)
+        return self.output_proj(self.decoder_norm(out))
 
 
+# --- the model ---------------------------------------------------------------------------------------------
 @register
 @dataclass(eq=False, kw_only=True)
-class UniAD(ReconstructionModel):
-    """Unified UniAD-style reconstruction; hyper-parameters as :class:`ReconstructionModel`."""
+class UniAD:
+    """Unified UniAD; ``level_channels`` / ``level_grids`` come from the features. Defaults: our CPU recipe
+    (docs/uniad.md gives the official values and the GPU command)."""
 
-    name = "uniad"
+    name: ClassVar[str] = "uniad"
+    unified: ClassVar[bool] = True
+    align_corners: ClassVar[bool] = True  # the map's resize to the image (official)
 
-    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return UniADLevel(
-            channels, width, hw, window, layers=self.layers, heads=self.heads, ff_mult=self.ff_mult
+    level_channels: Sequence[int] = param(
+        (40, 112), low=1, help="channels of each feature level (set from the features)"
+    )
+    level_grids: Sequence[int] = param(
+        (32, 16), low=1, help="grid side of each feature level, finest first (set from the features)"
+    )
+    width: int = param(128, low=4, high=2048, help="transformer width (official 256)")
+    heads: int = param(8, low=1, high=32, help="attention heads; divide width (official 8)")
+    encoder_layers: int = param(2, low=1, high=16, help="encoder layers (official 4)")
+    decoder_layers: int = param(
+        2, low=1, high=16, help="decoder layers, each with learned queries (official 4)"
+    )
+    ff_dim: int = param(512, low=1, high=8192, help="feed-forward hidden width (official 1024)")
+    dropout: float = param(
+        0.1, low=0, high=1, high_inclusive=False, help="dropout while training (official 0.1)"
+    )
+    window: int = param(7, low=1, help="odd neighbour-mask side: keys inside it are masked out (official 7)")
+    jitter_scale: float = param(20.0, low=0, high=1000, help="feature jitter: noise std per token, × ‖f‖ / C")
+    jitter_prob: float = param(1.0, low=0, high=1, help="feature jitter: share of the images jittered")
+    epochs: int = param(6, low=1, high=10000, help="training epochs (official 1000)")
+    batch_size: int = param(8, low=1, high=1024, help="images per optimizer step and process (official 8)")
+    lr: float = param(1e-4, low=0, high=1, low_inclusive=False, help="AdamW learning rate (official 1e-4)")
+    weight_decay: float = param(1e-4, low=0, high=1, help="AdamW weight decay (official 1e-4)")
+    clip_norm: float = param(
+        0.1, low=0, high=1e6, low_inclusive=False, help="gradients' largest global L2 norm (official 0.1)"
+    )
+    lr_schedule: str = param(
+        "step", choices=LR_SCHEDULES, help="learning rate over the training (official step)"
+    )
+    seed: int = param(
+        0, low=0, high=MAX_SEED, help="seeds the weights, the batches, the jitter and the dropout"
+    )
+    device: str = param(
+        "auto",
+        pattern=r"auto|cpu|cuda(:[0-9]+)?",
+        shown="'auto', 'cpu', 'cuda' or 'cuda:N'",
+        help="where to train and predict; auto = CUDA when available",
+    )
+
+    def __post_init__(self) -> None:
+        """Check the hyper-parameters (each alone, then together); no learned state yet."""
+        validate(self)
+        if len(self.level_grids) != len(self.level_channels):
+            raise ReconadError("level_channels and level_grids must name the same number of levels")
+        if any(self.level_grids[0] % g for g in self.level_grids):
+            raise ReconadError(f"every level grid must divide the finest one, got {self.level_grids}")
+        if self.width % self.heads:
+            raise ReconadError(f"uniad: width must be a multiple of heads={self.heads}, got {self.width}")
+        if self.window % 2 == 0:
+            raise ReconadError(f"uniad: window must be odd, got {self.window}")
+        self._placed: torch.device | None = None  # set by :meth:`to`: overrides ``device``
+        self.net_: nn.ModuleList | None = None  # one network (a list, as the trainer takes one per level)
+        self.grid_hw_: tuple[int, int] | None = None
+        self.loss_history_: list[float] = []
+
+    # --- features → tokens on the model's grid -----------------------------------------------------------
+    def _device(self) -> torch.device:
+        if self._placed is not None:
+            return self._placed
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ReconadError(f"uniad: device={self.device!r} but no CUDA GPU is available here")
+        return torch.device(self.device)
+
+    def _grids(self, features: Tensor) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """The model's grid (the coarsest level's) and each level's own grid, for ``features``' grid."""
+        channels = sum(self.level_channels)
+        if features.dim() != 4 or features.shape[1] != channels:
+            raise ReconadError(f"uniad expects features [N, {channels}, h, w], got {list(features.shape)}")
+        h, w = features.shape[-2:]
+        ratios = [self.level_grids[0] // g for g in self.level_grids]
+        if any(h % r or w % r for r in ratios):
+            raise ReconadError(f"a {h}×{w} grid cannot hold levels at the grid ratios {ratios}")
+        levels = [(h // r, w // r) for r in ratios]
+        grid = (h // max(ratios), w // max(ratios))
+        if self.grid_hw_ is not None and grid != self.grid_hw_:
+            raise ReconadError(f"uniad was fitted on {self.grid_hw_} grids, got features giving {grid}")
+        if self.window >= min(grid):
+            raise ReconadError(
+                f"uniad: a {self.window}×{self.window} neighbour mask does not fit the {grid[0]}×{grid[1]} "
+                "grid (each token needs keys outside it): use a larger image size or a smaller window"
+            )
+        return grid, levels
+
+    def tokens(self, features: Tensor) -> Tensor:
+        """``[N, C, h, w]`` extractor features → ``[N, g_h·g_w, C]`` raw tokens on the model's grid (the
+        official neck: each level on the coarsest level's grid, concatenated)."""
+        grid, levels = self._grids(features)
+        h, w = features.shape[-2:]
+        out, start = [], 0
+        for c, (lh, lw) in zip(self.level_channels, levels, strict=True):
+            x = features[:, start : start + c].float()
+            start += c
+            rows = neck_matrix(grid[0], lh, h).to(x.device)
+            cols = neck_matrix(grid[1], lw, w).to(x.device)
+            out.append(rows @ x @ cols.T)
+        return torch.cat(out, dim=1).flatten(2).transpose(1, 2).contiguous()
+
+    # --- training ----------------------------------------------------------------------------------------
+    def _build(self, grid: tuple[int, int]) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = UniADNet(
+                sum(self.level_channels),
+                grid,
+                self.width,
+                self.heads,
+                self.encoder_layers,
+                self.decoder_layers,
+                self.ff_dim,
+                self.dropout,
+                self.window,
+            )
+        self.net_ = nn.ModuleList([net]).to(self._device())
+        self.grid_hw_ = grid
+
+    def batch_loss(
+        self, nets: nn.ModuleList, batch: list[Tensor], generator: torch.Generator, world: World | None
+    ) -> Tensor:
+        """MSE between the clean raw tokens and the reconstruction of their jittered copy. Dropout draws from
+        a seed taken from ``generator`` (plus the rank), so a resumed run repeats it."""
+        (clean,) = batch
+        noisy = feature_jitter(clean, self.jitter_scale, self.jitter_prob, generator, world)
+        seed = int(torch.randint(0, 2**62, (), generator=generator)) + (world.rank if world else 0)
+        cuda = [clean.device] if clean.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            return F.mse_loss(nets[0](noisy).float(), clean)
+
+    def recipe(self) -> Recipe:
+        """UniAD's training step for :func:`~reconad.models.trainer.train`."""
+        return Recipe(
+            loss=self.batch_loss,
+            optimizer=lambda ps: torch.optim.AdamW(ps, lr=self.lr, weight_decay=self.weight_decay),
+            clip_norm=self.clip_norm,
         )
+
+    def fit(
+        self,
+        features: Tensor,
+        categories: list[str] | None = None,
+        checkpoint_dir: Path | None = None,
+        resume: bool = False,
+        progress: Progress | None = None,
+        world: World | None = None,
+    ) -> UniAD:
+        """Train on the good ``features`` ``[N, C, h, w]`` of every category at once (``categories`` is
+        ignored: the model is unified); checkpoints, ``resume``, ``progress`` and ``world`` as
+        :meth:`reconad.models.reconstruction.ReconstructionModel.fit`."""
+        if features.shape[0] == 0:
+            raise ReconadError("uniad needs at least one training image")
+        self.grid_hw_ = None
+        grid, _ = self._grids(features)
+        tokens = self.tokens(features)
+        self._build(grid)
+        assert self.net_ is not None
+        ckpt = None
+        if checkpoint_dir is not None:
+            size = world.size if world is not None else 1
+            ckpt = Checkpoints(
+                Path(checkpoint_dir), self.name, self.get_config(), fingerprint([tokens]), size
+            )
+        self.loss_history_ = []
+        train(
+            self.net_,
+            [tokens],
+            self,
+            device=self._device(),
+            losses=self.loss_history_,
+            checkpoints=ckpt,
+            resume=resume,
+            progress=progress,
+            world=world,
+            recipe=self.recipe(),
+        )
+        return self
+
+    def to(self, device: str | torch.device) -> UniAD:
+        """Predict (and train) on ``device`` from now on, whatever ``device`` says (the run keeps it)."""
+        self._placed = torch.device(device)
+        if self.net_ is not None:
+            self.net_.to(self._placed)
+        return self
+
+    # --- inference ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def grid_scores(self, features: Tensor, batch_size: int = 16) -> Tensor:
+        """``[N, g_h, g_w]``: ‖reconstruction − features‖₂ per position of the model's grid."""
+        if self.net_ is None or self.grid_hw_ is None:
+            raise ReconadError("uniad is not fitted")
+        self._grids(features)
+        self.net_.eval()
+        device = self._device()
+        out = []
+        for i in range(0, features.shape[0], batch_size):
+            x = self.tokens(features[i : i + batch_size].to(device))
+            out.append(reconstruction_distance(self.net_[0], x).view(-1, *self.grid_hw_).float().cpu())
+        return torch.cat(out)
+
+    def predict(self, features: Tensor, categories: list[str] | None = None) -> list[Tensor]:
+        """The anomaly map on the model's grid, ``[[N, g_h, g_w]]`` (one map): the pipeline resizes it once to
+        the image, bilinearly with ``align_corners=True`` as the official upsampling does."""
+        if features.shape[0] == 0:
+            return [torch.zeros(0, *features.shape[-2:])]
+        return [self.grid_scores(features)]
+
+    @property
+    def level_hw_(self) -> list[tuple[int, int]] | None:
+        """The grid of each map :meth:`predict` returns (one: the model's grid), as per-level models say."""
+        return None if self.grid_hw_ is None else [self.grid_hw_]
+
+    # --- persistence -------------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return init_config(self)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.net_ is None or self.grid_hw_ is None:
+            raise ReconadError("uniad is not fitted")
+        state = nets_state(self.net_)
+        state["grid_hw"] = torch.tensor(self.grid_hw_, dtype=torch.int64)
+        state["loss_history"] = torch.tensor(self.loss_history_, dtype=torch.float64)
+        return state
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> UniAD:
+        if "grid_hw" not in state:  # saved by the self-reconstruction model that was called uniad
+            raise ReconadError(
+                "this uniad run was saved by an older reconad (the model now called rlr-selfref): refit it"
+            )
+        model = cls(**config)
+        try:
+            h, w = (int(v) for v in state["grid_hw"].tolist())
+            model._build((h, w))
+            assert model.net_ is not None
+            load_nets_state(model.net_, state)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ReconadError(f"uniad state does not match its config: {err}") from None
+        model.loss_history_ = [float(x) for x in state.get("loss_history", torch.zeros(0)).tolist()]
+        model.net_.eval()
+        return model
