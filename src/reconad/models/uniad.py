@@ -402,7 +402,7 @@ class UniAD:
         """The anomaly map on the model's grid, ``[[N, g_h, g_w]]`` (one map): the pipeline resizes it once to
         the image, bilinearly with ``align_corners=True`` as the official upsampling does."""
         if features.shape[0] == 0:
-            return [torch.zeros(0, *features.shape[-2:])]
+            return [torch.zeros(0, *(self.grid_hw_ or features.shape[-2:]))]
         return [self.grid_scores(features)]
 
     @property
