@@ -192,6 +192,9 @@ def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run,
     )
     for row in ours:
         assert (tmp_path / "export" / row["overlay"]).is_file()
+    for name in ["scores.csv", ours[0]["overlay"]]:  # the umask's permissions, not mkstemp's 0600
+        mode = (tmp_path / "export" / name).stat().st_mode & 0o777
+        assert mode == (tmp_path / "library" / name).stat().st_mode & 0o777
 
 
 def test_predict_script_skips_unreadable_images(tmp_path, exported, parts):
