@@ -132,6 +132,18 @@ def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts,
     assert_parity(runs[model], exports[model], resized_test_images(parts))
 
 
+def test_export_of_a_process_that_never_predicted(runs, tmp_path):
+    """A fresh ``reconad export`` process has no attention mask cached yet: building one reads tensor values,
+    which the trace refuses: the graphs are traced once the masks exist (an UniAD-style run failed)."""
+    from reconad.models import attention
+
+    runs["uniad"]  # fitted first: fitting builds the masks
+    for cached in (attention.window_mask, attention.window_blocks, attention.outside_window_mask):
+        cached.cache_clear()
+    result = invoke("export", runs["uniad"], "--out", tmp_path / "uniad")
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("model", ["patchcore", "rlr"])
 def test_manifest_and_graphs(runs, exports, model):
     exported = exports[model]
@@ -185,6 +197,9 @@ def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run,
     )
     for row in ours:
         assert (tmp_path / "export" / row["overlay"]).is_file()
+    for name in ["scores.csv", ours[0]["overlay"]]:  # the umask's permissions, not mkstemp's 0600
+        mode = (tmp_path / "export" / name).stat().st_mode & 0o777
+        assert mode == (tmp_path / "library" / name).stat().st_mode & 0o777
 
 
 def test_predict_script_skips_unreadable_images(tmp_path, exported, parts):

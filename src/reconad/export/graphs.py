@@ -78,7 +78,10 @@ def model_graph(
     float32 ``[N]``; ``head`` maps features to (maps, scores) (:class:`~.heads.MapsAndScores`)."""
     grid = extractor.grid
     example = torch.zeros(2, extractor.channels, grid, grid)
-    scored = to_onnx(head.cpu(), example, [_FEATURES], [MAPS, SCORES])
+    head = head.cpu().eval()
+    with torch.no_grad():  # one eager call first: heads build some constants on first use (attention masks,
+        head(example)  # cached once a check has read their values), which a trace cannot do
+    scored = to_onnx(head, example, [_FEATURES], [MAPS, SCORES])
     features = compose.add_prefix(feature_graph(extractor), "features/")
     merged = compose.merge_models(features, scored, io_map=[(f"features/{_FEATURES}", _FEATURES)])
     _renamed(merged, f"features/{INPUT}", INPUT)

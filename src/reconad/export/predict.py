@@ -107,9 +107,13 @@ def overlay_png(image: np.ndarray, amap: np.ndarray, threshold: float, normal_le
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` appears at ``path`` only complete (a temporary file beside it, then a rename)."""
+    """``data`` appears at ``path`` only complete (a temporary file beside it, then a rename), with the
+    permissions the umask gives a new file (``mkstemp`` makes it 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
