@@ -66,14 +66,14 @@ def test_extractor_levels_and_shapes(extractor):
     torch.testing.assert_close(extractor(images[1:2]), out[1:2], rtol=1e-5, atol=1e-5)
 
 
-def test_split_levels_recovers_each_level_at_its_own_grid(extractor):
+def test_level_tokens_recover_each_level_at_its_own_grid(extractor):
     """The unified models' level split undoes the extractor's bilinear upsampling exactly: level 3 comes back
     as the backbone's smoothed 16-stride grid (no second blur)."""
     from reconad.models.rlr import RLR
 
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8))
     model = RLR(level_channels=extractor.level_channels, level_grids=extractor.level_grids)
-    level2, level3 = model.split_levels(extractor(images))
+    level2, level3 = model.tokens(extractor(images))
     x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
     with torch.inference_mode():
         raw2, raw3 = extractor.model(x)

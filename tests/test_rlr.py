@@ -176,10 +176,10 @@ def test_raw_features_when_not_standardised() -> None:
     for net in model.nets_:
         assert torch.equal(net.feature_mean, torch.zeros_like(net.feature_mean))
         assert torch.equal(net.feature_std, torch.ones_like(net.feature_std))
-    levels = model.split_levels(feats)
+    levels = model.tokens(feats)
     with torch.no_grad():
         want = [reconstruction_error(x, net(x)) for net, x in zip(model.nets_, levels, strict=True)]
-    for got, w, hw in zip(model.level_errors(feats), want, model.level_hw_, strict=True):
+    for got, w, hw in zip(model.predict(feats), want, model.level_hw_, strict=True):
         torch.testing.assert_close(got, w.view(-1, *hw))
 
 

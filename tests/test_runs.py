@@ -286,13 +286,23 @@ def test_run_fitted_on_older_features_is_refused(tmp_path, copy_run):
     assert_clean_error(invoke("predict", run, image, "--out", tmp_path / "p"), "older reconad", "refit it")
 
 
-def test_unified_run_of_an_older_state_format_is_refused(tmp_path, parts, extractor):
+UNIFIED_TINY = {
+    "rlr": {"epochs": 1, "widths": [8, 8], "layers": 1, "heads": 2, "device": "cpu"},
+    "uniad": {
+        "epochs": 1, "width": 8, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ff_dim": 16,
+        "window": 1, "device": "cpu",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(UNIFIED_TINY))
+def test_unified_run_of_an_older_state_format_is_refused(tmp_path, parts, extractor, name):
     """A unified run saved before the fidelity changes (no ``model_format``, or another one) holds networks
-    trained on other features and nets: one line to refit."""
+    trained on other features and nets (UniAD: before its state was the unified models' one): one line to
+    refit."""
     data = load_sources([f"mvtec:{parts}"])
-    params = {"epochs": 1, "widths": [8, 8], "layers": 1, "heads": 2, "device": "cpu"}
-    out = tmp_path / "rlr"
-    save_run(pipeline.fit("rlr", data, extractor, params=params, holdout=0.2), out)
+    out = tmp_path / name
+    save_run(pipeline.fit(name, data, extractor, params=UNIFIED_TINY[name], holdout=0.2), out)
     config = json.loads((out / "run.json").read_text())
     assert config["model_format"] == 2
     load_run(out)

@@ -54,7 +54,7 @@ def test_the_neck_recovers_a_coarse_level_exactly_and_resizes_a_fine_one_as_the_
 def test_tokens_are_the_levels_on_the_coarsest_grid_concatenated():
     model = UniAD(**TINY)
     feats = _features(n=2)
-    tokens = model.tokens(feats)
+    (tokens,) = model.tokens(feats)
     assert tokens.shape == (2, 4 * 6, 16)
     fine = F.interpolate(feats[:, :6], size=(4, 6), mode="bilinear", align_corners=True)
     assert torch.allclose(tokens[..., :6], fine.flatten(2).transpose(1, 2), atol=1e-5)
@@ -91,10 +91,10 @@ def test_a_decoder_layer_starts_from_its_learned_queries_and_never_sees_the_neig
 def test_shapes_on_a_non_square_grid_and_save_load_gives_identical_predictions(tmp_path: Path):
     feats = _features(h=8, w=12)
     model = UniAD(**TINY, epochs=1).fit(feats)
-    assert model.grid_hw_ == (4, 6) and model.grid_scores(feats[:3]).shape == (3, 4, 6)
+    assert model.level_hw_ == [(4, 6)]
     (scores,) = model.predict(feats[:3])  # one map, on the model's grid: the pipeline resizes it once
     assert scores.shape == (3, 4, 6) and torch.isfinite(scores).all() and (scores >= 0).all()
-    assert [m.shape for m in model.predict(feats[:0])] == [(0, 4, 6)] and model.level_hw_ == [(4, 6)]
+    assert [m.shape for m in model.predict(feats[:0])] == [(0, 4, 6)]
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = UniAD.from_state(model.get_config(), load_file(str(tmp_path / "w.safetensors")))
     assert torch.equal(loaded.predict(feats[:3])[0], scores)
@@ -108,10 +108,10 @@ def test_the_loss_falls_and_the_score_is_the_reconstruction_distance():
     model = UniAD(**TINY, epochs=8, lr=1e-3, batch_size=4, jitter_scale=4.0).fit(feats)
     losses = model.loss_history_
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
-    x = model.tokens(feats[:2])
+    (x,) = model.tokens(feats[:2])
     with torch.no_grad():
-        want = (model.net_[0](x) - x).norm(dim=-1).view(2, 4, 6)
-    assert torch.allclose(model.grid_scores(feats[:2]), want, atol=1e-5)
+        want = (model.nets_[0](x) - x).norm(dim=-1).view(2, 4, 6)
+    assert torch.allclose(model.predict(feats[:2])[0], want, atol=1e-5)
 
 
 def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path):
@@ -163,5 +163,5 @@ def test_registry_and_declared_parameters_refuse_bad_values():
 
 def test_a_run_of_the_model_once_called_uniad_is_refused_with_a_refit_hint():
     old = {"net.0.embed.weight": torch.zeros(4, 6), "level_hw": torch.tensor([[8, 8], [4, 4]])}
-    with pytest.raises(ReconadError, match="rlr-selfref.*refit"):
+    with pytest.raises(ReconadError, match="older reconad: refit"):
         UniAD.from_state({"widths": None, "layers": 2}, old)

@@ -17,8 +17,6 @@ from torch import Tensor, nn
 from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
 from reconad.models.knn import NearestNeighbors
-from reconad.models.reconstruction import reconstruction_error
-from reconad.models.uniad import reconstruction_distance
 from reconad.scoring import image_scores, map_operator
 
 #: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
@@ -191,38 +189,23 @@ class SGFRHead(nn.Module):
         return (residual.sqrt() * self.scale).reshape(n, h, w)
 
 
-class ReconstructionHead(nn.Module):
-    """RLR's and RLR-selfref's ``predict`` (:class:`~reconad.models.reconstruction.ReconstructionModel`):
-    per level, the reconstruction error of the (standardised) level tokens on the level's own grid, one map
-    per level. The fitted networks are used as they are."""
+class UnifiedHead(nn.Module):
+    """The unified models' ``predict`` (:class:`~reconad.models.unified.UnifiedModel`: RLR, RLR-selfref,
+    UniAD): the model's tokens (constant matrices on the features), each network's token errors, one map per
+    network on its grid. The fitted networks are used as they are."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.nets = model.nets_
-        self.level_hw = [tuple(hw) for hw in model.level_hw_]
-        self.split_levels = model.split_levels
+        self.grids = [tuple(hw) for hw in model.level_hw_]
+        self.tokens, self.token_errors = model.tokens, model.token_errors
 
     def forward(self, features: Tensor) -> list[Tensor]:
-        maps = []
-        for net, x, level_hw in zip(self.nets, self.split_levels(features), self.level_hw):
-            x = net.standardise(x)
-            maps.append(reconstruction_error(x, net(x)).reshape(-1, *level_hw))
-        return maps
-
-
-class UniADHead(nn.Module):
-    """UniAD's ``predict`` (:class:`~reconad.models.uniad.UniAD`): the features on the model's grid (its
-    neck: constant matrices), ‖reconstruction − features‖₂ per position, one map on that grid. The fitted
-    network is used as it is."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.net = model.net_[0]
-        self.grid_hw = tuple(model.grid_hw_)
-        self.tokens = model.tokens
-
-    def forward(self, features: Tensor) -> Tensor:
-        return [reconstruction_distance(self.net, self.tokens(features)).reshape(-1, *self.grid_hw)]
+        inputs = self.tokens(features)
+        return [
+            self.token_errors(net, x).reshape(-1, *hw)
+            for net, x, hw in zip(self.nets, inputs, self.grids, strict=True)
+        ]
 
 
 def patch_head(model: Any) -> nn.Module:
@@ -232,10 +215,8 @@ def patch_head(model: Any) -> nn.Module:
         return PatchCoreHead(model).eval()
     if name == "sgfr":
         return SGFRHead(model).eval()
-    if name in ("rlr", "rlr-selfref"):
-        return ReconstructionHead(model).cpu().eval()
-    if name == "uniad":
-        return UniADHead(model).cpu().eval()
+    if getattr(model, "unified", False):
+        return UnifiedHead(model).cpu().eval()
     raise ReconadError(f"model {name!r} cannot be exported yet")
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from reconad.atomic import atomic_file, atomic_path
 from reconad.errors import ReconadError
 
-#: 2: the nets and features of state format 2 (:attr:`ReconstructionModel.state_format`); others are refused.
+#: 2: the nets and features of state format 2 (:attr:`UnifiedModel.state_format`); others are refused.
 CHECKPOINT_FORMAT = 2
 #: Hyper-parameters that may differ between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "device")

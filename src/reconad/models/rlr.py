@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from reconad.errors import ReconadError
 from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
+from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
 from reconad.params import param
 
 
@@ -48,9 +48,7 @@ class RLRLayer(nn.Module):
         self.lca = _Projections(width) if lca else None
         self.mlka = _Projections(width) if mlka else None
         self.norm1 = nn.LayerNorm(width)
-        self.ff = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
-        )
+        self.ff = feed_forward(width, ff_mult)
         self.norm2 = nn.LayerNorm(width)
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:

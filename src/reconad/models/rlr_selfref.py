@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from reconad.models.attention import masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor
+from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
 
 
 class SelfRefLayer(nn.Module):
@@ -29,9 +29,7 @@ class SelfRefLayer(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.o = nn.Linear(width, width)
         self.norm1 = nn.LayerNorm(width)
-        self.ff = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
-        )
+        self.ff = feed_forward(width, ff_mult)
         self.norm2 = nn.LayerNorm(width)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ STEP_AT = 0.8
 
 
 class TrainingParams(Protocol):
-    """The hyper-parameters the trainer reads (a :class:`~reconad.models.reconstruction.ReconstructionModel`
+    """The hyper-parameters the trainer reads (a :class:`~reconad.models.unified.UnifiedModel`
     has them all)."""
 
     epochs: int

@@ -24,11 +24,9 @@ docs/uniad.md has our CPU recipe next to the official one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +34,12 @@ from torch import Tensor, nn
 
 from reconad.distributed import World
 from reconad.errors import ReconadError
-from reconad.features.extractor import bilinear_matrix
+from reconad.features.extractor import bilinear_matrix, unsampling_matrix
 from reconad.models.attention import merge_heads, outside_window_mask, split_heads
-from reconad.models.base import init_config, register
-from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
-from reconad.models.trainer import LR_SCHEDULES, Progress, Recipe, feature_jitter, train
-from reconad.params import MAX_SEED, param, validate
+from reconad.models.base import register
+from reconad.models.trainer import LR_SCHEDULES, Recipe, feature_jitter
+from reconad.models.unified import UnifiedModel, device_param
+from reconad.params import MAX_SEED, param
 
 
 # --- the neck: the extractor's concatenated levels → one grid, and the score back ---------------------------
@@ -54,7 +52,7 @@ def neck_matrix(n_out: int, n_level: int, n_in: int) -> Tensor:
     model's grid, the official neck's bilinear resize (``align_corners=True``)."""
     out = torch.eye(n_in, dtype=torch.float64)
     if n_level != n_in:
-        out = torch.linalg.pinv(bilinear_matrix(n_in, n_level)) @ out
+        out = unsampling_matrix(n_in, n_level).double() @ out
     if n_out != n_level:
         out = bilinear_matrix(n_out, n_level, align_corners=True) @ out
     return out.float()
@@ -190,20 +188,13 @@ class UniADNet(nn.Module):
 # --- the model ---------------------------------------------------------------------------------------------
 @register
 @dataclass(eq=False, kw_only=True)
-class UniAD:
+class UniAD(UnifiedModel):
     """Unified UniAD; ``level_channels`` / ``level_grids`` come from the features. Defaults: our CPU recipe
-    (docs/uniad.md gives the official values and the GPU command)."""
+    (docs/uniad.md gives the official values and the GPU command). One network, one map on the model's grid
+    (the coarsest level's)."""
 
     name: ClassVar[str] = "uniad"
-    unified: ClassVar[bool] = True
-    align_corners: ClassVar[bool] = True  # the map's resize to the image (official)
 
-    level_channels: Sequence[int] = param(
-        (40, 112), low=1, help="channels of each feature level (set from the features)"
-    )
-    level_grids: Sequence[int] = param(
-        (32, 16), low=1, help="grid side of each feature level, finest first (set from the features)"
-    )
     width: int = param(128, low=4, high=2048, help="transformer width (official 256)")
     heads: int = param(8, low=1, high=32, help="attention heads; divide width (official 8)")
     encoder_layers: int = param(2, low=1, high=16, help="encoder layers (official 4)")
@@ -230,78 +221,51 @@ class UniAD:
     seed: int = param(
         0, low=0, high=MAX_SEED, help="seeds the weights, the batches, the jitter and the dropout"
     )
-    device: str = param(
-        "auto",
-        pattern=r"auto|cpu|cuda(:[0-9]+)?",
-        shown="'auto', 'cpu', 'cuda' or 'cuda:N'",
-        help="where to train and predict; auto = CUDA when available",
-    )
+    device: str = device_param()
 
-    def __post_init__(self) -> None:
-        """Check the hyper-parameters (each alone, then together); no learned state yet."""
-        validate(self)
-        if len(self.level_grids) != len(self.level_channels):
-            raise ReconadError("level_channels and level_grids must name the same number of levels")
-        if any(self.level_grids[0] % g for g in self.level_grids):
-            raise ReconadError(f"every level grid must divide the finest one, got {self.level_grids}")
+    def check_together(self) -> None:
         if self.width % self.heads:
             raise ReconadError(f"uniad: width must be a multiple of heads={self.heads}, got {self.width}")
         if self.window % 2 == 0:
             raise ReconadError(f"uniad: window must be odd, got {self.window}")
-        self._placed: torch.device | None = None  # set by :meth:`to`: overrides ``device``
-        self.net_: nn.ModuleList | None = None  # one network (a list, as the trainer takes one per level)
-        self.grid_hw_: tuple[int, int] | None = None
-        self.loss_history_: list[float] = []
 
     # --- features → tokens on the model's grid -----------------------------------------------------------
-    def _device(self) -> torch.device:
-        if self._placed is not None:
-            return self._placed
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ReconadError(f"uniad: device={self.device!r} but no CUDA GPU is available here")
-        return torch.device(self.device)
-
-    def _grids(self, features: Tensor) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-        """The model's grid (the coarsest level's) and each level's own grid, for ``features``' grid."""
-        channels = sum(self.level_channels)
-        if features.dim() != 4 or features.shape[1] != channels:
-            raise ReconadError(f"uniad expects features [N, {channels}, h, w], got {list(features.shape)}")
+    def _level_grids(self, features: Tensor) -> list[tuple[int, int]]:
+        """Each level's own grid, for ``features``' grid."""
         h, w = features.shape[-2:]
         ratios = [self.level_grids[0] // g for g in self.level_grids]
         if any(h % r or w % r for r in ratios):
             raise ReconadError(f"a {h}×{w} grid cannot hold levels at the grid ratios {ratios}")
-        levels = [(h // r, w // r) for r in ratios]
-        grid = (h // max(ratios), w // max(ratios))
-        if self.grid_hw_ is not None and grid != self.grid_hw_:
-            raise ReconadError(f"uniad was fitted on {self.grid_hw_} grids, got features giving {grid}")
+        return [(h // r, w // r) for r in ratios]
+
+    def map_grids(self, features: Tensor) -> list[tuple[int, int]]:
+        """The model's grid, the coarsest level's (one map)."""
+        grid = min(self._level_grids(features))
         if self.window >= min(grid):
             raise ReconadError(
                 f"uniad: a {self.window}×{self.window} neighbour mask does not fit the {grid[0]}×{grid[1]} "
                 "grid (each token needs keys outside it): use a larger image size or a smaller window"
             )
-        return grid, levels
+        return [grid]
 
-    def tokens(self, features: Tensor) -> Tensor:
-        """``[N, C, h, w]`` extractor features → ``[N, g_h·g_w, C]`` raw tokens on the model's grid (the
-        official neck: each level on the coarsest level's grid, concatenated)."""
-        grid, levels = self._grids(features)
+    def tokens(self, features: Tensor) -> list[Tensor]:
+        """``[N, C, h, w]`` extractor features → ``[[N, g_h·g_w, C]]``, the raw tokens on the model's grid
+        (the official neck: each level on the coarsest level's grid, concatenated)."""
+        (grid,) = self.map_grids(features)
         h, w = features.shape[-2:]
         out, start = [], 0
-        for c, (lh, lw) in zip(self.level_channels, levels, strict=True):
+        for c, (lh, lw) in zip(self.level_channels, self._level_grids(features), strict=True):
             x = features[:, start : start + c].float()
             start += c
             rows = neck_matrix(grid[0], lh, h).to(x.device)
             cols = neck_matrix(grid[1], lw, w).to(x.device)
             out.append(rows @ x @ cols.T)
-        return torch.cat(out, dim=1).flatten(2).transpose(1, 2).contiguous()
+        return [torch.cat(out, dim=1).flatten(2).transpose(1, 2).contiguous()]
 
-    # --- training ----------------------------------------------------------------------------------------
-    def _build(self, grid: tuple[int, int]) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = UniADNet(
+    def make_nets(self, grids: list[tuple[int, int]]) -> list[nn.Module]:
+        (grid,) = grids
+        return [
+            UniADNet(
                 sum(self.level_channels),
                 grid,
                 self.width,
@@ -312,9 +276,12 @@ class UniAD:
                 self.dropout,
                 self.window,
             )
-        self.net_ = nn.ModuleList([net]).to(self._device())
-        self.grid_hw_ = grid
+        ]
 
+    def token_errors(self, net: nn.Module, tokens: Tensor) -> Tensor:
+        return reconstruction_distance(net, tokens)
+
+    # --- training ----------------------------------------------------------------------------------------
     def batch_loss(
         self, nets: nn.ModuleList, batch: list[Tensor], generator: torch.Generator, world: World | None
     ) -> Tensor:
@@ -335,107 +302,3 @@ class UniAD:
             optimizer=lambda ps: torch.optim.AdamW(ps, lr=self.lr, weight_decay=self.weight_decay),
             clip_norm=self.clip_norm,
         )
-
-    def fit(
-        self,
-        features: Tensor,
-        categories: list[str] | None = None,
-        checkpoint_dir: Path | None = None,
-        resume: bool = False,
-        progress: Progress | None = None,
-        world: World | None = None,
-    ) -> UniAD:
-        """Train on the good ``features`` ``[N, C, h, w]`` of every category at once (``categories`` is
-        ignored: the model is unified); checkpoints, ``resume``, ``progress`` and ``world`` as
-        :meth:`reconad.models.reconstruction.ReconstructionModel.fit`."""
-        if features.shape[0] == 0:
-            raise ReconadError("uniad needs at least one training image")
-        self.grid_hw_ = None
-        grid, _ = self._grids(features)
-        tokens = self.tokens(features)
-        self._build(grid)
-        assert self.net_ is not None
-        ckpt = None
-        if checkpoint_dir is not None:
-            size = world.size if world is not None else 1
-            ckpt = Checkpoints(
-                Path(checkpoint_dir), self.name, self.get_config(), fingerprint([tokens]), size
-            )
-        self.loss_history_ = []
-        train(
-            self.net_,
-            [tokens],
-            self,
-            device=self._device(),
-            losses=self.loss_history_,
-            checkpoints=ckpt,
-            resume=resume,
-            progress=progress,
-            world=world,
-            recipe=self.recipe(),
-        )
-        return self
-
-    def to(self, device: str | torch.device) -> UniAD:
-        """Predict (and train) on ``device`` from now on, whatever ``device`` says (the run keeps it)."""
-        self._placed = torch.device(device)
-        if self.net_ is not None:
-            self.net_.to(self._placed)
-        return self
-
-    # --- inference ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def grid_scores(self, features: Tensor, batch_size: int = 16) -> Tensor:
-        """``[N, g_h, g_w]``: ‖reconstruction − features‖₂ per position of the model's grid."""
-        if self.net_ is None or self.grid_hw_ is None:
-            raise ReconadError("uniad is not fitted")
-        self._grids(features)
-        self.net_.eval()
-        device = self._device()
-        out = []
-        for i in range(0, features.shape[0], batch_size):
-            x = self.tokens(features[i : i + batch_size].to(device))
-            out.append(reconstruction_distance(self.net_[0], x).view(-1, *self.grid_hw_).float().cpu())
-        return torch.cat(out)
-
-    def predict(self, features: Tensor, categories: list[str] | None = None) -> list[Tensor]:
-        """The anomaly map on the model's grid, ``[[N, g_h, g_w]]`` (one map): the pipeline resizes it once to
-        the image, bilinearly with ``align_corners=True`` as the official upsampling does."""
-        if features.shape[0] == 0:
-            return [torch.zeros(0, *(self.grid_hw_ or features.shape[-2:]))]
-        return [self.grid_scores(features)]
-
-    @property
-    def level_hw_(self) -> list[tuple[int, int]] | None:
-        """The grid of each map :meth:`predict` returns (one: the model's grid), as per-level models say."""
-        return None if self.grid_hw_ is None else [self.grid_hw_]
-
-    # --- persistence -------------------------------------------------------------------------------------
-    def get_config(self) -> dict[str, Any]:
-        return init_config(self)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        if self.net_ is None or self.grid_hw_ is None:
-            raise ReconadError("uniad is not fitted")
-        state = nets_state(self.net_)
-        state["grid_hw"] = torch.tensor(self.grid_hw_, dtype=torch.int64)
-        state["loss_history"] = torch.tensor(self.loss_history_, dtype=torch.float64)
-        return state
-
-    @classmethod
-    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> UniAD:
-        if "grid_hw" not in state:  # saved by the self-reconstruction model that was called uniad
-            raise ReconadError(
-                "this uniad run was saved by an older reconad (the model now called rlr-selfref): refit it"
-            )
-        model = cls(**config)
-        try:
-            h, w = (int(v) for v in state["grid_hw"].tolist())
-            model._build((h, w))
-            assert model.net_ is not None
-            load_nets_state(model.net_, state)
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise ReconadError(f"uniad state does not match its config: {err}") from None
-        model.loss_history_ = [float(x) for x in state.get("loss_history", torch.zeros(0)).tolist()]
-        model.net_.eval()
-        return model
