@@ -82,6 +82,9 @@ def test_saved_run_and_reports_get_the_usual_permissions(tmp_path, fitted_run):
     os.umask(umask)
     save_run(load_run(fitted_run), tmp_path / "run")
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)  # safetensors alone would make these 0600
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o666 & ~umask}
     result = invoke("test", tmp_path / "run", "--json", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask

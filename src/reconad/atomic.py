@@ -59,11 +59,12 @@ def atomic_file(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """The name of an empty temporary file, for writers that take a file name (``safetensors.save_file``);
-    it replaces ``path`` when the block ends without error."""
+    it replaces ``path``, with the usual permissions, when the block ends without error (a writer may have
+    made the file anew: safetensors makes it 0600)."""
     with _temp_file_beside(Path(path)) as (fd, tmp):
         os.close(fd)
-        usual_permissions(tmp)
         yield tmp
+        usual_permissions(tmp)
 
 
 @contextmanager
