@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reconad.export import heads
+from reconad.export import search
 from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
 from reconad.export.linalg import spd_inverse
+from reconad.export.search import IVFSearch
 from reconad.models.patchcore import PatchCore
 from reconad.models.sgfr import SGFR
 
@@ -30,7 +31,7 @@ def test_spd_inverse():
 
 @pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 8192), (1, 7), (3, 7)])
 def test_patchcore_head(monkeypatch, k, block):
-    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)  # several blocks: the merge across blocks is exact too
+    monkeypatch.setattr(search, "SEARCH_BLOCK", block)  # several blocks: the merge across blocks is exact too
     feats = _features()
     model = PatchCore(coreset_ratio=0.1, k=k, nprobe=0).fit(feats[:4])
     head = patch_head(model)
@@ -41,12 +42,12 @@ def test_patchcore_head(monkeypatch, k, block):
 @pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 100)])
 def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, block):
     """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones."""
-    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
     feats = _features(n=40, side=8)
     model = PatchCore(coreset_ratio=0.5, k=k, nprobe=2).fit(feats[:30])
     exact = PatchCore(coreset_ratio=0.5, k=k, nprobe=0).fit(feats[:30])
     head = patch_head(model)
-    assert head.search.probe is not None and len(model.centroids_) > model.nprobe_
+    assert isinstance(head.search, IVFSearch) and len(model.centroids_) > model.nprobe_
     expected = model.predict(feats[30:])
     assert not torch.allclose(expected, exact.predict(feats[30:]), atol=1e-2)  # the probe matters here
     torch.testing.assert_close(head(feats[30:]), expected, rtol=1e-4, atol=1e-4)
@@ -57,7 +58,7 @@ def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, block):
     [({}, 8192), ({}, 5), ({"metric": "cosine"}, 8192), ({"metric": "l2"}, 5), ({"lam": 1e-4}, 8192)],
 )
 def test_sgfr_head(monkeypatch, params, block):
-    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
     feats = _features()
     model = SGFR(sampling_ratio=0.2, nprobe=0, pool_size=1000, **params).fit(feats[:4])
     head = patch_head(model)
@@ -72,11 +73,10 @@ def test_sgfr_head(monkeypatch, params, block):
     ("metric", "block"), [("abscos", 8192), ("abscos", 100), ("cosine", 8192), ("l2", 100)]
 )
 def test_sgfr_head_searches_the_ivf_lists(monkeypatch, metric, block):
-    monkeypatch.setattr(heads, "SEARCH_BLOCK", block)
+    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
     feats = _features(n=40, side=8)
     model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
     head = patch_head(model)
-    probe = (head.search if metric == "l2" else head).probe
-    assert len(model.centroids_) > model.nprobe and probe is not None
+    assert len(model.centroids_) > model.nprobe and isinstance(head.search, IVFSearch)
     expected = model.predict(feats[30:])
     torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))

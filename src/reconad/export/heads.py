@@ -1,10 +1,8 @@
 """Torch modules that mirror each model's ``predict`` with operations ONNX has, for tracing into a graph.
 
 A *head* maps patch features ``[N, C, h, w]`` to patch scores ``[N, h, w]`` as the fitted model does;
-:class:`MapsAndScores` adds the library's scoring (resizing, Gaussian blur, image score). A bank search is
-brute force (distances by matrix products); where the model searches an IVF index, the distances to atoms
-outside the lists the query probes are masked out (:class:`IVFProbe`), so the graph finds the atoms FAISS
-finds.
+:class:`MapsAndScores` adds the library's scoring (resizing, Gaussian blur, image score). Bank searches
+(:mod:`reconad.export.search`) find the atoms the model's own search finds, IVF lists included.
 """
 
 from __future__ import annotations
@@ -16,80 +14,8 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.export.linalg import spd_inverse
-from reconad.models.knn import NearestNeighbors
+from reconad.export.search import bank_search
 from reconad.scoring import image_scores, map_operator
-
-#: Atoms per block of a bank search: the ``[N·h·w, block]`` distance matrix is the largest tensor a search
-#: holds, so memory stays bounded however large the bank is.
-SEARCH_BLOCK = 8192
-
-
-class IVFProbe(nn.Module):
-    """Which index entries an IVF search looks at: for each query the ``nprobe`` lists of the nearest
-    centroids (smallest squared L2, or largest inner product with the unit query for the cosine metrics, as
-    FAISS's flat quantizer ranks them), as a mask ``[P, entries]`` per block of entries."""
-
-    def __init__(self, index: NearestNeighbors, centroids: Tensor, nprobe: int) -> None:
-        super().__init__()
-        lists = index.entry_lists()
-        assert lists is not None, "an IVF probe needs an IVF index"
-        self.l2, self.nprobe = index.metric == "l2", nprobe
-        c = centroids.detach().float()
-        self.register_buffer("centroids_t", c.T.contiguous() * (-2 if self.l2 else 1))
-        self.register_buffer("centroid_sq", c.pow(2).sum(1) if self.l2 else torch.zeros(len(c)))
-        self.register_buffer("lists", lists)
-
-    def probed(self, q: Tensor) -> Tensor:
-        """``[P, lists]`` bool: the lists each (unit, for the cosine metrics) query probes."""
-        d = q @ self.centroids_t + self.centroid_sq
-        if self.l2:
-            return d <= d.topk(self.nprobe, dim=1, largest=False).values[:, -1:]
-        return d >= d.topk(self.nprobe, dim=1).values[:, -1:]
-
-    def entries(self, probed: Tensor, start: int, stop: int) -> Tensor:
-        """``[P, stop − start]`` bool: whether the query's search looks at each entry of the block."""
-        return probed.index_select(1, self.lists[start:stop])
-
-
-class BankSearch(nn.Module):
-    """Nearest-atom search over a fixed bank, block by block: ``(squared L2 distances [P, k], indices
-    [P, k])`` of the ``k`` nearest atoms, nearest first (``‖q‖² + ‖a‖² − 2⟨q, a⟩``, as FAISS computes it);
-    with ``probe``, among the atoms of the probed IVF lists only."""
-
-    def __init__(self, bank: Tensor, k: int, probe: IVFProbe | None = None) -> None:
-        super().__init__()
-        bank = bank.detach().float()
-        self.k = min(k, len(bank))
-        self.probe = probe
-        self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
-        for i, block in enumerate(bank.split(SEARCH_BLOCK)):
-            # [C, m], times −2 (exact): ‖a‖² − 2⟨q, a⟩ is one matrix product and a broadcast add
-            self.register_buffer(f"atoms_t{i}", -2 * block.T.contiguous())
-            self.register_buffer(f"sq{i}", block.pow(2).sum(1))
-
-    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:
-        probed = self.probe.probed(q) if self.probe is not None else None
-        dists, found = [], []
-        for i in range(self.blocks):
-            d = q @ getattr(self, f"atoms_t{i}") + getattr(self, f"sq{i}")
-            if probed is not None:
-                start = i * SEARCH_BLOCK
-                d = torch.where(self.probe.entries(probed, start, start + d.shape[1]), d, torch.inf)
-            k = min(self.k, d.shape[1])
-            best = d.topk(k, dim=1, largest=False) if k > 1 else d.min(dim=1, keepdim=True)
-            dists.append(best[0])
-            found.append(best[1] + i * SEARCH_BLOCK)
-        d, idx = torch.cat(dists, dim=1), torch.cat(found, dim=1)
-        if self.blocks > 1:
-            d, pick = d.topk(self.k, dim=1, largest=False) if self.k > 1 else d.min(dim=1, keepdim=True)
-            idx = idx.gather(1, pick)
-        return d + q.pow(2).sum(1, keepdim=True), idx
-
-
-def ivf_probe(bank: Tensor, centroids: Tensor, nprobe: int, metric: str) -> IVFProbe | None:
-    """The probe of the IVF index a model searches its ``bank`` with (None where it searches exactly)."""
-    index = NearestNeighbors(bank, centroids, nprobe, metric)
-    return IVFProbe(index, centroids, nprobe) if index.entry_lists() is not None else None
 
 
 class PatchCoreHead(nn.Module):
@@ -97,20 +23,21 @@ class PatchCoreHead(nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        probe = ivf_probe(model.bank_, model.centroids_, model.nprobe_, "l2")
-        self.search = BankSearch(model.bank_, model.k, probe)
+        self.search = bank_search(model.bank_, model.centroids_, model.nprobe_, "l2", model.k)
 
     def forward(self, features: Tensor) -> Tensor:
         n, c, h, w = features.shape
-        d, _ = self.search(features.permute(0, 2, 3, 1).reshape(-1, c))
+        q = features.permute(0, 2, 3, 1).reshape(-1, c)
+        key, _, _ = self.search(q)
+        d = q.pow(2).sum(1, keepdim=True) - key
         return d.clamp(min=0).sqrt().mean(dim=1).reshape(n, h, w)
 
 
 class SGFRHead(nn.Module):
     """SGFR's ``predict``: each patch, scaled to the bank's units, is coded over its ``n_candidates``
-    nearest atoms (exact search by the model's metric) with the elastic net, solved by the same ADMM steps
-    as :func:`~reconad.models.self_expressive.elastic_net_gram`; its score is the residual norm in feature
-    units. The solver's one Cholesky inverse becomes :func:`~.linalg.spd_inverse`.
+    nearest atoms (found by the model's search and metric) with the elastic net, solved by the same ADMM
+    steps as :func:`~reconad.models.self_expressive.elastic_net_gram`; its score is the residual norm in
+    feature units. The solver's one Cholesky inverse becomes :func:`~.linalg.spd_inverse`.
 
     The ADMM step size ``ρ = max(5λ, 10⁻³ · mean Gram diagonal)`` is a constant where the bank's largest
     squared norm already gives ``5λ`` (the default λ on unit-scale atoms); otherwise it is taken from the
@@ -126,50 +53,24 @@ class SGFRHead(nn.Module):
         norms = bank.norm(dim=1)
         self.rho = 5.0 * self.lam if 1e-3 * float(norms.max()) ** 2 <= 5.0 * self.lam else None
         self.register_buffer("norms", norms)
-        probe = ivf_probe(bank, model.centroids_, model.nprobe, self.metric)
-        if self.metric == "l2":
-            self.search = BankSearch(bank, self.k, probe)
-            self.register_buffer("bank", bank)
-        else:  # one copy of the bank on disk: unit atoms, rescaled by their norms where gathered
-            self.probe = probe
-            self.register_buffer("unit", bank / norms.clamp_min(1e-12)[:, None])
+        self.register_buffer("bank", bank)
+        self.search = bank_search(bank, model.centroids_, model.nprobe, self.metric, self.k)
 
     def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
         """The ``k`` nearest atoms' indices ``[P, k]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search
         as the library does."""
         if self.metric == "l2":
-            d, idx = self.search(y)
-            return idx, 0.5 * (yy[:, None] + self.norms[idx].pow(2) - d)
-        unit = y / yy.sqrt().clamp_min(1e-12)[:, None]
-        probed = self.probe.probed(unit) if self.probe is not None else None
-        m = len(self.unit)
-        keys, cos, found = [], [], []
-        for start in range(0, m, SEARCH_BLOCK):
-            c = unit @ self.unit[start : start + SEARCH_BLOCK].T  # a constant: folded when a runtime loads it
-            stop = start + c.shape[1]
-            if probed is None:
-                key = c.abs() if self.metric == "abscos" else c
-            else:  # an atom is found by its own entry (key cos) or, for abscos, its negative's (key −cos)
-                key = torch.where(self.probe.entries(probed, start, stop), c, -torch.inf)
-                if self.metric == "abscos":
-                    negative = torch.where(self.probe.entries(probed, start + m, stop + m), -c, -torch.inf)
-                    key = torch.maximum(key, negative)
-            best, pick = key.topk(min(self.k, key.shape[1]), dim=1)
-            keys.append(best)
-            cos.append(c.gather(1, pick))
-            found.append(pick + start)
-        key, c, idx = torch.cat(keys, dim=1), torch.cat(cos, dim=1), torch.cat(found, dim=1)
-        if len(keys) > 1:
-            pick = key.topk(self.k, dim=1).indices
-            c, idx = c.gather(1, pick), idx.gather(1, pick)
-        return idx, c * self.norms[idx] * yy.sqrt()[:, None]
+            key, idx, _ = self.search(y)
+            return idx, 0.5 * (key + self.norms[idx].pow(2))
+        key, idx, sign = self.search(y / yy.sqrt().clamp_min(1e-12)[:, None])
+        return idx, key * sign * self.norms[idx] * yy.sqrt()[:, None]
 
     def forward(self, features: Tensor) -> Tensor:
         n, ch, h, w = features.shape
         y = features.permute(0, 2, 3, 1).reshape(-1, ch) / self.scale
         yy = y.pow(2).sum(1)
         idx, b = self.candidates(y, yy)
-        atoms = self.bank[idx] if self.metric == "l2" else self.unit[idx] * self.norms[idx][:, :, None]
+        atoms = self.bank[idx]
         gram = atoms @ atoms.transpose(1, 2)
         l1, l2 = self.lam * self.alpha, self.lam * (1.0 - self.alpha)
         rho = self.rho
