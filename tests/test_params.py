@@ -127,8 +127,7 @@ def test_an_undeclarable_type_is_a_programming_error():
 
 # --- the declared models ------------------------------------------------------------------------------------
 
-#: Each declared model's config as it was before the declarations (the same keys, order and values), plus the
-#: unified models' ``standardise`` (issue 19).
+#: Each declared model's config as it was before the declarations (the same keys, order and values).
 CONFIGS_BEFORE = {
     "patchcore": {
         "coreset_ratio": 0.1, "k": 1, "projection_dim": 128, "nprobe": "auto", "min_recall": 0.99, "seed": 0,
@@ -140,7 +139,7 @@ CONFIGS_BEFORE = {
     "rlr-selfref": {
         "level_channels": [40, 112], "level_grids": [32, 16], "widths": None, "layers": 2, "heads": 4,
         "ff_mult": 2, "windows": None, "jitter_scale": 4.0, "jitter_prob": 1.0, "epochs": 30, "batch_size": 4,
-        "lr": 0.001, "seed": 0, "device": "auto", "lr_schedule": "cosine", "standardise": True,
+        "lr": 0.001, "seed": 0, "device": "auto", "lr_schedule": "cosine",
     },
 }  # fmt: skip
 CONFIGS_BEFORE["rlr"] = {**CONFIGS_BEFORE["rlr-selfref"], "use_lca": True, "use_mlka": True}

@@ -2,10 +2,11 @@
 per feature level, every category trained together (a :class:`~reconad.models.unified.UnifiedModel`).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
-(stored with the weights; ``standardise=False`` keeps raw features, as the official code): the network
-starts at the right scale, which matters on a short CPU schedule, and every channel counts alike in the loss
-and the score. Training (:mod:`reconad.models.trainer`; its feature jitter is drawn in raw units either way)
-and its per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live apart.
+(stored with the weights; the official code works on raw features, which scored 0.3 pt lower on the
+validation set, docs/rlr.md): the network starts at the right scale, which matters on a short CPU schedule,
+and every channel counts alike in the loss and the score. Training (:mod:`reconad.models.trainer`; its
+feature jitter is drawn in raw units) and its per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live
+apart.
 
 Score: per level, channel-mean squared error + (1 − cosine) between the (standardised) features and their
 reconstruction, on the level's own grid; :func:`reconad.scoring.anomaly_maps` resizes each level's map to the
@@ -53,8 +54,8 @@ def default_window(side: int) -> int:
 class TokenReconstructor(nn.Module):
     """One level's network: linear embedding + fixed position embedding → :meth:`encode` → LayerNorm → linear
     projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens).
-    ``feature_mean`` / ``feature_std`` (buffers, set by :meth:`ReconstructionModel.fit`; 0 and 1 when the
-    model works on raw features) standardise the level's raw features."""
+    ``feature_mean`` / ``feature_std`` (buffers, set from the training tokens by
+    :meth:`ReconstructionModel.prepare`) standardise the level's raw features."""
 
     def __init__(self, channels: int, width: int, hw: tuple[int, int]) -> None:
         super().__init__()
@@ -118,9 +119,6 @@ class ReconstructionModel(UnifiedModel):
     seed: int = param(0, low=0, high=MAX_SEED, help="seeds the initial weights, the batches and the jitter")
     device: str = device_param()
     lr_schedule: str = param("cosine", choices=LR_SCHEDULES, help="learning rate over the training")
-    standardise: bool = param(
-        True, help="train and score on per-channel standardised features (false: raw features, as the paper)"
-    )
 
     def check_together(self) -> None:
         n = len(self.level_channels)
@@ -187,9 +185,9 @@ class ReconstructionModel(UnifiedModel):
         ]
 
     def prepare(self, tokens: list[Tensor]) -> None:
-        """Each level's channel mean and standard deviation over the training tokens (``standardise``)."""
+        """Each level's channel mean and standard deviation over the training tokens."""
         assert self.nets_ is not None
-        for net, x in zip(self.nets_, tokens, strict=True) if self.standardise else ():
+        for net, x in zip(self.nets_, tokens, strict=True):
             flat = x.reshape(-1, x.shape[-1]).double()
             net.feature_mean.copy_(flat.mean(dim=0).float())
             net.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6).float())
