@@ -7,7 +7,8 @@ For each run: ``reconad export RUN`` (timed), then ``reconad predict RUN DIR`` a
 ``predict.py DIR``, each as its own process, timed from start to exit (process start, model or graph
 loading, decoding, scoring, overlays and scores.csv included), and the CPU seconds each used (user + system:
 on a shared machine the wall time measures the other load as much as the command). Both must give the same
-verdicts; the scores' largest relative difference is reported. Writes ``OUT/results.json`` after each run and prints a Markdown table.
+verdicts; the scores' largest relative difference is reported. Writes ``OUT/results.json`` after each run
+and prints a Markdown table.
 """
 
 from __future__ import annotations
