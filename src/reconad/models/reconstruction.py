@@ -145,11 +145,7 @@ class ReconstructionModel(UnifiedModel):
     # --- the unified model's parts -----------------------------------------------------------------------
     def map_grids(self, features: Tensor) -> list[tuple[int, int]]:
         """Each level's own grid (one map per level)."""
-        h, w = features.shape[-2:]
-        ratios = [self.level_grids[0] // g for g in self.level_grids]
-        if any(h % r or w % r for r in ratios):
-            raise ReconadError(f"a {h}×{w} grid cannot be pooled by the level ratios {ratios}")
-        return [(h // r, w // r) for r in ratios]
+        return self.level_grids_of(features)
 
     def tokens(self, features: Tensor) -> list[Tensor]:
         """``[N, C, h, w]`` → per level ``[N, h_l·w_l, C_l]`` raw tokens on the level's own grid.

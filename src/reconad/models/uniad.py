@@ -230,17 +230,9 @@ class UniAD(UnifiedModel):
             raise ReconadError(f"uniad: window must be odd, got {self.window}")
 
     # --- features → tokens on the model's grid -----------------------------------------------------------
-    def _level_grids(self, features: Tensor) -> list[tuple[int, int]]:
-        """Each level's own grid, for ``features``' grid."""
-        h, w = features.shape[-2:]
-        ratios = [self.level_grids[0] // g for g in self.level_grids]
-        if any(h % r or w % r for r in ratios):
-            raise ReconadError(f"a {h}×{w} grid cannot hold levels at the grid ratios {ratios}")
-        return [(h // r, w // r) for r in ratios]
-
     def map_grids(self, features: Tensor) -> list[tuple[int, int]]:
         """The model's grid, the coarsest level's (one map)."""
-        grid = min(self._level_grids(features))
+        grid = min(self.level_grids_of(features))
         if self.window >= min(grid):
             raise ReconadError(
                 f"uniad: a {self.window}×{self.window} neighbour mask does not fit the {grid[0]}×{grid[1]} "
@@ -254,7 +246,7 @@ class UniAD(UnifiedModel):
         (grid,) = self.map_grids(features)
         h, w = features.shape[-2:]
         out, start = [], 0
-        for c, (lh, lw) in zip(self.level_channels, self._level_grids(features), strict=True):
+        for c, (lh, lw) in zip(self.level_channels, self.level_grids_of(features), strict=True):
             x = features[:, start : start + c].float()
             start += c
             rows = neck_matrix(grid[0], lh, h).to(x.device)

@@ -126,6 +126,14 @@ class UnifiedModel:
             )
         return grids
 
+    def level_grids_of(self, features: Tensor) -> list[tuple[int, int]]:
+        """Each feature level's own grid, for extractor features of this grid (finest first)."""
+        h, w = features.shape[-2:]
+        ratios = [self.level_grids[0] // g for g in self.level_grids]
+        if any(h % r or w % r for r in ratios):
+            raise ReconadError(f"a {h}×{w} grid cannot hold levels at the grid ratios {ratios}")
+        return [(h // r, w // r) for r in ratios]
+
     def _build(self, grids: list[tuple[int, int]]) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
