@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reconad.atomic import atomic_folder, usual_permissions
+from reconad.atomic import atomic_folder, atomic_path
 from reconad.errors import ReconadError
 from reconad.features.extractor import check_features_config
 from reconad.models.base import Model, model_class
@@ -69,8 +69,8 @@ def save_run(run: Run, path: Path) -> int:
         for key, model in run.models.items():
             files[key] = weights_file(key)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp / files[key]))
-            usual_permissions(tmp / files[key])  # safetensors makes its files 0600
+            with atomic_path(tmp / files[key]) as weights:
+                save_file(state, str(weights))
         model_bytes = sum((tmp / f).stat().st_size for f in files.values())
         formats = {getattr(m, "state_format", None) for m in run.models.values()} - {None}
         config = {
