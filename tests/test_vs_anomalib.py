@@ -56,7 +56,8 @@ def test_anomalib_patchcore_sees_reconads_features() -> None:
     extractor = FeatureExtractor(image_size=64)
     model = patchcore(extractor.backbone, extractor.layers, 64, coreset_ratio=0.1)
     image = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
-    ours = extractor.model((image.permute(0, 3, 1, 2).float() - extractor.mean) / extractor.std)
+    net = extractor.net  # normalisation on the 0-255 scale, then the backbone's levels
+    ours = extractor.model((image.permute(0, 3, 1, 2).float() - net.mean) / net.std)
     x = model.pre_processor.transform(image.permute(0, 3, 1, 2).float() / 255)
     theirs = model.model.feature_extractor(x)
     assert list(theirs) == list(extractor.layers)
