@@ -75,9 +75,51 @@ def test_interrupted_predict_leaves_no_scores_file(tmp_path, fitted_run, monkeyp
 def test_progress_rate_column(speed, unit, shown):
     from rich.progress import Progress
 
-    from reconad.cli import RateColumn
+    from reconad.progress import RateColumn
 
     bars = Progress()
     task = bars.add_task("x", total=10, unit=unit)
     bars.tasks[task].finished_speed = speed
     assert RateColumn().render(bars.tasks[task]).plain == shown
+
+
+def test_progress_lines_in_a_log_start_tenths_and_end():
+    """Without a terminal: a line at the start, at each tenth (not every update), and one at the end."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from reconad.progress import ProgressLines
+
+    log = StringIO()
+    now = [0.0]
+    lines = ProgressLines(Console(file=log, width=200), every=60.0, clock=lambda: now[0])
+    for done in range(0, 101):
+        now[0] = done * 0.5  # 2 images/s
+        lines("features", done, 100)
+    now[0] = 200.0
+    lines("features", 100, 100)  # a repeated final update prints nothing more
+    shown = log.getvalue().splitlines()
+    assert len(shown) == 11 and shown[0] == "features: 0/100 images"
+    assert shown[5] == "features: 50/100 images, 2.0 images/s, 0:00:25 left"
+    assert shown[-1] == "features: 100/100 images, 2.0 images/s, 0:00:50 in all"
+
+
+def test_progress_lines_after_a_quiet_minute_and_slow_units():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from reconad.progress import ProgressLines
+
+    log = StringIO()
+    now = [0.0]
+    lines = ProgressLines(Console(file=log, width=200), every=60.0, clock=lambda: now[0])
+    lines("fit rlr", 0, 1000, unit="epochs")
+    now[0] = 90.0
+    lines("fit rlr", 1, 1000, info="loss 0.5", unit="epochs")  # no new tenth, but 90 s since the last line
+    now[0] = 100.0
+    lines("fit rlr", 2, 1000, unit="epochs")  # 10 s later, same tenth: nothing
+    shown = log.getvalue().splitlines()
+    assert shown[1] == "fit rlr: 1/1000 epochs, 90.0 s/epoch, 1 day, 0:58:30 left, loss 0.5"
+    assert len(shown) == 2

@@ -17,18 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from reconad import distributed, pipeline
 from reconad.atomic import atomic_file
@@ -42,6 +31,7 @@ from reconad.imagefiles import overlay_name
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import check_params, describe_params, model_class, model_names
 from reconad.params import is_declared
+from reconad.progress import progress_display
 from reconad.runs import Run, load_run, save_run
 from reconad.runtime import keep_freed_memory
 
@@ -110,46 +100,10 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class RateColumn(ProgressColumn):
-    """A task's speed over its recent updates: ``41.2 images/s``, or ``12.5 s/epoch`` when below one per
-    second (the unit is the task's ``unit`` field)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        unit = task.fields.get("unit", "images")
-        if not speed:
-            return Text("")
-        rate = f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{unit.removesuffix('s')}"
-        return Text(rate, style="progress.data.speed")
-
-
 @contextmanager
 def progress_bars() -> Iterator[pipeline.Progress]:
-    """A rich progress display fed by the pipeline's ``progress(description, done, total)`` callback, with
-    the rate (images/s) and the time left. ``unit`` names what is counted (default images)."""
-    if STATE["quiet"]:
-        yield lambda description, done, total, info="", unit="images": None
-        return
-    bars = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err,
-        transient=False,
-        speed_estimate_period=300,  # an epoch can take minutes: keep enough updates for a rate and an ETA
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
-        if description not in tasks:
-            tasks[description] = bars.add_task(description, total=total, info=info, unit=unit)
-        bars.update(tasks[description], completed=done, total=total, info=info)
-
-    with bars:
+    """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
+    with progress_display(err, quiet=STATE["quiet"]) as update:
         yield update
 
 
