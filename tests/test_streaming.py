@@ -83,8 +83,8 @@ def test_progress_rate_column(speed, unit, shown):
     assert RateColumn().render(bars.tasks[task]).plain == shown
 
 
-def test_progress_lines_in_a_log_start_tenths_and_end():
-    """Without a terminal: a line at the start, at each tenth (not every update), and one at the end."""
+def progress_lines_with_fake_clock():
+    """A ``ProgressLines`` writing to a string, its log, and the list whose first item is the clock's time."""
     from io import StringIO
 
     from rich.console import Console
@@ -93,7 +93,12 @@ def test_progress_lines_in_a_log_start_tenths_and_end():
 
     log = StringIO()
     now = [0.0]
-    lines = ProgressLines(Console(file=log, width=200), every=60.0, clock=lambda: now[0])
+    return ProgressLines(Console(file=log, width=200), every=60.0, clock=lambda: now[0]), log, now
+
+
+def test_progress_lines_in_a_log_start_tenths_and_end():
+    """Without a terminal: a line at the start, at each tenth (not every update), and one at the end."""
+    lines, log, now = progress_lines_with_fake_clock()
     for done in range(0, 101):
         now[0] = done * 0.5  # 2 images/s
         lines("features", done, 100)
@@ -106,15 +111,7 @@ def test_progress_lines_in_a_log_start_tenths_and_end():
 
 
 def test_progress_lines_after_a_quiet_minute_and_slow_units():
-    from io import StringIO
-
-    from rich.console import Console
-
-    from reconad.progress import ProgressLines
-
-    log = StringIO()
-    now = [0.0]
-    lines = ProgressLines(Console(file=log, width=200), every=60.0, clock=lambda: now[0])
+    lines, log, now = progress_lines_with_fake_clock()
     lines("fit rlr", 0, 1000, unit="epochs")
     now[0] = 90.0
     lines("fit rlr", 1, 1000, info="loss 0.5", unit="epochs")  # no new tenth, but 90 s since the last line

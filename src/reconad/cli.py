@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import json
@@ -101,9 +100,9 @@ def clean_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bars() -> Iterator[pipeline.Progress]:
+def progress_bars(quiet: bool = False) -> Iterator[pipeline.Progress]:
     """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
-    with progress_display(err, quiet=STATE["quiet"]) as update:
+    with progress_display(err, quiet=quiet or STATE["quiet"]) as update:
         yield update
 
 
@@ -228,7 +227,7 @@ def do_fit(
     ckpt = checkpoint_dir(out_dir)
     if cls.unified:
         fit_kwargs = {"checkpoint_dir": ckpt, "resume": resume}
-    bars = progress_bars() if main else contextlib.nullcontext(lambda *args: None)  # rank 0 shows progress
+    bars = progress_bars(quiet=not main)  # rank 0 alone shows progress
     try:
         with bars as progress:
             if cls.unified:
