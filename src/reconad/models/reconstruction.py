@@ -113,7 +113,7 @@ class ReconstructionModel(UnifiedModel):
     )
     jitter_scale: float = param(4.0, low=0, high=100, help="feature jitter: noise std per token, × ‖f‖ / C")
     jitter_prob: float = param(1.0, low=0, high=1, help="feature jitter: share of the images jittered")
-    epochs: int = param(30, low=1, high=10000, help="training epochs (fixed: no early stopping)")
+    epochs: int = param(27, low=1, high=10000, help="training epochs (fixed: no early stopping)")
     batch_size: int = param(4, low=1, high=1024, help="images per optimizer step")
     lr: float = param(1e-3, low=0, high=1, low_inclusive=False, help="Adam learning rate")
     seed: int = param(0, low=0, high=MAX_SEED, help="seeds the initial weights, the batches and the jitter")

@@ -208,7 +208,7 @@ class UniAD(UnifiedModel):
     window: int = param(7, low=1, help="odd neighbour-mask side: keys inside it are masked out (official 7)")
     jitter_scale: float = param(20.0, low=0, high=1000, help="feature jitter: noise std per token, × ‖f‖ / C")
     jitter_prob: float = param(1.0, low=0, high=1, help="feature jitter: share of the images jittered")
-    epochs: int = param(6, low=1, high=10000, help="training epochs (official 1000)")
+    epochs: int = param(18, low=1, high=10000, help="training epochs (official 1000)")
     batch_size: int = param(8, low=1, high=1024, help="images per optimizer step and process (official 8)")
     lr: float = param(1e-4, low=0, high=1, low_inclusive=False, help="AdamW learning rate (official 1e-4)")
     weight_decay: float = param(1e-4, low=0, high=1, help="AdamW weight decay (official 1e-4)")
