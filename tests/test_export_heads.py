@@ -39,10 +39,11 @@ def test_patchcore_head(monkeypatch, k, block):
     torch.testing.assert_close(head(feats[4:]), model.predict(feats[4:]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 100)])
-def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, block):
-    """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones."""
-    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
+@pytest.mark.parametrize(("k", "chunk"), [(1, 32), (3, 3)])
+def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, chunk):
+    """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones (small chunks:
+    lists of several chunks, padded ones and the empty one)."""
+    monkeypatch.setattr(search, "IVF_CHUNK", chunk)
     feats = _features(n=40, side=8)
     model = PatchCore(coreset_ratio=0.5, k=k, nprobe=2).fit(feats[:30])
     exact = PatchCore(coreset_ratio=0.5, k=k, nprobe=0).fit(feats[:30])
@@ -69,11 +70,9 @@ def test_sgfr_head(monkeypatch, params, block):
     torch.testing.assert_close(head(feats[4:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
 
 
-@pytest.mark.parametrize(
-    ("metric", "block"), [("abscos", 8192), ("abscos", 100), ("cosine", 8192), ("l2", 100)]
-)
-def test_sgfr_head_searches_the_ivf_lists(monkeypatch, metric, block):
-    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
+@pytest.mark.parametrize(("metric", "chunk"), [("abscos", 32), ("abscos", 3), ("cosine", 32), ("l2", 3)])
+def test_sgfr_head_searches_the_ivf_lists(monkeypatch, metric, chunk):
+    monkeypatch.setattr(search, "IVF_CHUNK", chunk)
     feats = _features(n=40, side=8)
     model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
     head = patch_head(model)

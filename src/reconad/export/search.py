@@ -10,8 +10,8 @@ signed cosine (``cos = key · sign``; 1 except for ``abscos``).
   tensor stays bounded however large the bank).
 * :class:`IVFSearch`: the IVF index's own search. Its entries (``abscos``: the atoms, then their negatives)
   are laid out list by list in chunks of :data:`IVF_CHUNK` slots, a list's last chunk padded with empty
-  slots; matrix products give every slot's key, each query gathers the chunks of the ``nprobe`` lists whose
-  centroids rank first (as FAISS's flat quantizer ranks them) and keeps its best ``k`` slots there.
+  slots; each query gathers the vectors of the chunks of the ``nprobe`` lists whose centroids rank first (as
+  FAISS's flat quantizer ranks them), keys them with a batched product and keeps its best ``k`` slots.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from torch import Tensor, nn
 
 from reconad.models.knn import NearestNeighbors
 
-#: Atoms (exact search) or slots (IVF) per block: the ``[P, block]`` key matrix is the largest tensor a
-#: search holds.
+#: Atoms per block of the exact search: the ``[P, block]`` key matrix is the largest tensor it holds.
 SEARCH_BLOCK = 8192
 #: Slots per chunk of an IVF list: a list occupies whole chunks, so smaller chunks pad less but make each
-#: query gather more of them.
+#: query gather more of them (one ``[P, IVF_CHUNK, C]`` gather per probed chunk).
 IVF_CHUNK = 32
 
 
@@ -81,9 +80,9 @@ class ExactSearch(nn.Module):
 class IVFSearch(nn.Module):
     """The IVF index's search: the chunks of each query's ``nprobe`` probed lists, their best ``k`` slots.
 
-    The key matrix is computed for every slot (a block of :data:`SEARCH_BLOCK` // :data:`IVF_CHUNK` chunks at
-    a time) and only the probed chunks are read: a gather of ``nprobe × (a list's most chunks)`` chunks per
-    query. The last chunk is the empty one that lists with fewer chunks point to.
+    Only the probed chunks are keyed, one chunk position at a time: the vectors of each query's chunk are
+    gathered (``[P, IVF_CHUNK, C]``, the largest tensor the search holds) and multiplied by the query. The
+    last chunk is the empty one that lists with fewer chunks point to; its slots key −inf.
     """
 
     def __init__(self, index: NearestNeighbors, bank: Tensor, centroids: Tensor, nprobe: int, k: int) -> None:
@@ -113,40 +112,24 @@ class IVFSearch(nn.Module):
         weights, bias = _key_form(vectors, metric)
         bias[~used] = -torch.inf
         self.nprobe, self.k = nprobe, min(k, nprobe * most * IVF_CHUNK)
-        self.chunks, self.per_block = empty + 1, max(1, SEARCH_BLOCK // IVF_CHUNK)
         self.register_buffer(
             "list_chunks", torch.tensor([c + [empty] * (most - len(c)) for c in list_chunks])
         )
+        self.register_buffer("chunk_weights", weights.T.reshape(empty + 1, IVF_CHUNK, -1).contiguous())
+        self.register_buffer("chunk_bias", bias.reshape(empty + 1, IVF_CHUNK))
         self.register_buffer("slot_atom", torch.where(used, slots % m, 0))
         self.register_buffer("slot_sign", torch.where(used, entry_sign[slots.clamp(min=0)], 1.0))
-        for b, start in enumerate(range(0, self.chunks, self.per_block)):
-            cols = slice(start * IVF_CHUNK, (start + self.per_block) * IVF_CHUNK)
-            self.register_buffer(f"weights{b}", weights[:, cols].contiguous())
-            self.register_buffer(f"bias{b}", bias[cols].contiguous())
-        self.blocks = (self.chunks + self.per_block - 1) // self.per_block
         rank_weights, rank_bias = _key_form(centroids.detach().float(), metric)
         self.register_buffer("rank_weights", rank_weights)
         self.register_buffer("rank_bias", rank_bias)
 
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        p = q.shape[0]
         probed = _best(q @ self.rank_weights + self.rank_bias, self.nprobe)[1]
         chunks = self.list_chunks[probed].flatten(1)  # [P, nprobe · most]
-        keys, found = [], []
-        for b in range(self.blocks):
-            start = b * self.per_block
-            key = (q @ getattr(self, f"weights{b}") + getattr(self, f"bias{b}")).reshape(p, -1, IVF_CHUNK)
-            local = chunks - start
-            if self.blocks > 1:  # chunks outside this block: read any, keyed −inf
-                inside = (local >= 0) & (local < key.shape[1])
-                local = local.clamp(0, key.shape[1] - 1)
-            got = key.gather(1, local[:, :, None].expand(-1, -1, IVF_CHUNK))
-            if self.blocks > 1:
-                got = torch.where(inside[:, :, None], got, -torch.inf)
-            best, pick = _best(got.flatten(1), self.k)
-            keys.append(best)
-            found.append((local.gather(1, pick // IVF_CHUNK) + start) * IVF_CHUNK + pick % IVF_CHUNK)
-        key, slot = _merge(self.k, keys, found)
+        column = q[:, :, None]
+        keys = [(self.chunk_weights[c] @ column)[:, :, 0] + self.chunk_bias[c] for c in chunks.unbind(1)]
+        key, pick = _best(torch.cat(keys, dim=1), self.k)
+        slot = chunks.gather(1, pick // IVF_CHUNK) * IVF_CHUNK + pick % IVF_CHUNK
         return key, self.slot_atom[slot], self.slot_sign[slot]
 
 
