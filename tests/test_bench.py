@@ -109,8 +109,12 @@ def _bench(source: str, out: Path, cache: Path, progress=None) -> str:
 def benched(registered, source: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One bench of three models on the two categories (run once for the module)."""
     root = tmp_path_factory.mktemp("bench")
-    calls: list[tuple[str, int, int]] = []
-    md = _bench(source, root / "out", root / "cache", lambda d, n, t: calls.append((d, n, t)))
+    calls: list[tuple[str, int, int, str, str]] = []
+
+    def progress(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
+        calls.append((description, done, total, info, unit))
+
+    md = _bench(source, root / "out", root / "cache", progress)
     return {"out": root / "out", "cache": root / "cache", "md": md, "calls": calls}
 
 
@@ -183,12 +187,15 @@ def test_report_covers_every_model_and_its_images_exist(benched: dict[str, Any])
 
 def test_progress_is_one_bench_bar_over_models_and_categories(benched: dict[str, Any]) -> None:
     calls = benched["calls"]
-    assert {d for d, _, _ in calls} == {"features", "bench"}
-    steps = [(n, t) for d, n, t in calls if d == "bench"]
+    assert {d for d, *_ in calls} == {"features", "bench"}
+    steps = [(n, t) for d, n, t, _, unit in calls if d == "bench" and unit == "steps"]
+    assert len(steps) == len([c for c in calls if c[0] == "bench"])  # a step = one category fitted or tested
     assert {t for _, t in steps} == {2 * 2 * len(MODEL_NAMES)}
     done = [n for n, _ in steps]
     assert done == sorted(done) and done[0] == 0 and done[-1] == steps[0][1]
-    features = [(n, t) for d, n, t in calls if d == "features"]
+    epochs = [info for d, _, _, info, _ in calls if d == "bench" and info]
+    assert epochs == [f"{UnifiedMean.name} epoch {e}/2, loss 0" for e in (1, 2)]  # a unified fit's epochs
+    features = [(n, t) for d, n, t, _, _ in calls if d == "features"]
     assert features[-1] == (2 * 20, 2 * 20)
 
 

@@ -43,11 +43,6 @@ from reconad.runs import Run, save_run
 
 BENCH_MARKER = "reconad_bench"  # key of results.json that marks a bench folder; its value is the schema
 BENCH_SCHEMA = 1
-Progress = Callable[[str, int, int], None]
-
-
-def _quiet(description: str, done: int, total: int) -> None:
-    pass
 
 
 # ---------------------------------------------------------------- memory
@@ -156,7 +151,7 @@ def _extract_all(
     cache: FeatureCache,
     holdout: float,
     seed: int,
-    progress: Progress,
+    progress: pipeline.Progress,
 ) -> tuple[dict[str, tuple[pipeline.Extracted, pipeline.Extracted]], dict[str, _Test], float]:
     """Extract every category's (model part, held-back part) of the training images (through the cache) and
     its test split (timed, uncached), once for all models."""
@@ -201,7 +196,7 @@ def _bench_model(
     holdout: float,
     seed: int,
     runs_dir: Path,
-    tick: Callable[[int], None],
+    tick: Callable[..., None],
 ) -> tuple[ModelReport, dict[str, Any]]:
     """Fit, test and save one model; its report part and its results.json entry."""
     n_cat = len(sources)
@@ -214,7 +209,9 @@ def _bench_model(
 
     fit_kwargs: dict[str, Any] = {}
     if cls.unified and "progress" in inspect.signature(cls.fit).parameters:
-        fit_kwargs["progress"] = lambda epoch, epochs, loss: tick(epoch * n_cat // max(epochs, 1))
+        fit_kwargs["progress"] = lambda epoch, epochs, loss: tick(
+            epoch * n_cat // max(epochs, 1), f"{name} epoch {epoch}/{epochs}, loss {loss:.4g}"
+        )
     run = pipeline.fit(
         name,
         sources,
@@ -345,7 +342,7 @@ def run_bench(
     seed: int = 0,
     cache_dir: Path | None = None,
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: pipeline.Progress | None = None,
     backbone: str = "tf_efficientnet_lite0",
     weights: Path | None = None,
     layers: tuple[int, ...] = (2, 3),
@@ -354,7 +351,7 @@ def run_bench(
 ) -> str:
     """Fit and test every model on every category; write ``out/results.json``, ``out/results.md`` and
     ``out/report.html`` (replacing a previous bench there atomically). Returns the markdown text."""
-    progress = progress or _quiet
+    progress = progress or pipeline.no_progress
     params = params or {}
     out = Path(out)
     _check_out(out)
@@ -385,8 +382,8 @@ def run_bench(
         reports, docs = [], {}
         for k, name in enumerate(models):
 
-            def tick(done: int, base: int = k * units) -> None:
-                progress("bench", base + min(done, units), total)
+            def tick(done: int, info: str = "", base: int = k * units) -> None:
+                progress("bench", base + min(done, units), total, info=info, unit="steps")
 
             tick(0)
             report, doc = _bench_model(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,12 +39,18 @@ DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
 #: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
 SCORE_BATCH = 32
 
-#: Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from it).
-Progress = Callable[[str, int, int], None]
+
+class Progress(Protocol):
+    """Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from
+    it); ``info`` is shown beside the count, ``unit`` names what is counted."""
+
+    def __call__(
+        self, description: str, done: int, total: int, info: str = "", unit: str = "images"
+    ) -> None: ...
 
 
-def _quiet(description: str, done: int, total: int) -> None:
-    pass
+def no_progress(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
+    """A :class:`Progress` that shows nothing."""
 
 
 def accelerator(extractor: FeatureExtractor) -> torch.device | None:
@@ -84,7 +90,7 @@ def stream_features(
     cache: FeatureCache | None = None,
     with_masks: bool = False,
     batch_size: int = 16,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
     description: str = "features",
 ) -> Iterator[tuple[Tensor, np.ndarray | None]]:
     """Each sample's patch features ``[C, h, w]`` (from the cache where it has them) and, with ``with_masks``,
@@ -221,7 +227,7 @@ def fit(
     holdout: float = 0.1,
     seed: int = 0,
     scoring: dict[str, Any] | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
     fit_kwargs: dict[str, Any] | None = None,
     features: dict[str, tuple[Extracted, Extracted]] | None = None,
     world: World | None = None,
@@ -356,7 +362,7 @@ def evaluate_stream(
     extractor: FeatureExtractor,
     *,
     cache: FeatureCache | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> CategoryResult:
     """:func:`evaluate_features` without holding the features: each batch of :data:`SCORE_BATCH` is scored as
     soon as it is extracted, and only the maps and masks the pixel metrics need are kept (about a third of
@@ -386,7 +392,7 @@ def evaluate(
     extractor: FeatureExtractor,
     *,
     cache: FeatureCache | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> dict[str, CategoryResult]:
     """Score each category's test split with the run's model(s) and compute the five metrics, streaming
     (:func:`evaluate_stream`).
@@ -465,7 +471,7 @@ def score_images(
     *,
     batch_size: int = 16,
     on_error: Callable[[str, str], None] | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
     models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves

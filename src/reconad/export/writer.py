@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from reconad.export.graphs import INPUT, MAPS, OPSET, SCORES, model_graph
 from reconad.export.heads import maps_and_scores
 from reconad.features.cache import file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.pipeline import Progress, no_progress
 from reconad.runs import UNIFIED, Run, load_run
 
 FORMAT_VERSION = 1
@@ -55,7 +55,7 @@ def _check_out(out: Path) -> None:
 
 
 def _write_graphs(
-    run: Run, categories: list[str], folder: Path, progress: Callable[[str, int, int], None]
+    run: Run, categories: list[str], folder: Path, progress: Progress
 ) -> dict[str, str]:
     """Export each model's graph into ``folder``; returns category → graph file."""
     extractor = FeatureExtractor.from_config(run.config["features"])
@@ -105,15 +105,11 @@ def manifest(run: Run, categories: list[str], graphs: dict[str, str], folder: Pa
     }
 
 
-def _quiet(description: str, done: int, total: int) -> None:
-    pass
-
-
 def export_run(
     run_dir: Path,
     out: Path,
     categories: list[str] | None = None,
-    progress: Callable[[str, int, int], None] = _quiet,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Export the run at ``run_dir`` (all its categories, or ``categories``) to the folder ``out``; returns
     the manifest. An ``out`` that exists must be an earlier export (it is replaced)."""
