@@ -54,9 +54,7 @@ def _check_out(out: Path) -> None:
             break
 
 
-def _write_graphs(
-    run: Run, categories: list[str], folder: Path, progress: Progress
-) -> dict[str, str]:
+def _write_graphs(run: Run, categories: list[str], folder: Path, progress: Progress) -> dict[str, str]:
     """Export each model's graph into ``folder``; returns category → graph file."""
     extractor = FeatureExtractor.from_config(run.config["features"])
     keys = [UNIFIED] if UNIFIED in run.models else categories
