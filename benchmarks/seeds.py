@@ -5,7 +5,8 @@ of each metric, averaged over the benches (seeds) that hold the model.
 
 Each BENCH_DIR is a ``reconad bench --seed S --out BENCH_DIR`` folder (its ``results.json``). The spread is
 the sample standard deviation over seeds (shown for two seeds or more). Benches of other data, features or
-parameters are refused: only the seed may differ.
+parameters are refused: only the seed may differ, in the bench's arguments and in each model's parameters as
+fitted (a bench made before a default changed is not averaged with one made after).
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ def rows(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if other or doc["meta"]["features"] != docs[0]["meta"]["features"]:
             raise SystemExit(f"benches differ in more than the seed: {other or ['features']}")
     out: dict[str, dict[str, Any]] = {}
+    first_params: dict[str, dict[str, Any]] = {}  # each model's parameters but its seed, as first met
     for doc in docs:
         for name, result in doc["models"].items():
+            params = {k: v for k, v in result["params"].items() if k != "seed"}
+            known = first_params.setdefault(name, params)
+            other = sorted(k for k in params.keys() | known.keys() if params.get(k) != known.get(k))
+            if other:
+                raise SystemExit(f"{name}: benches fitted it with different parameters: {other}")
             row = out.setdefault(name, {"seeds": [], **{m: [] for m in METRICS}, "fit_seconds": []})
             row["seeds"].append(doc["meta"]["seed"])
             for m in METRICS:
