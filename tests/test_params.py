@@ -138,7 +138,7 @@ CONFIGS_BEFORE = {
     },
     "rlr-selfref": {
         "level_channels": [40, 112], "level_grids": [32, 16], "widths": None, "layers": 2, "heads": 4,
-        "ff_mult": 2, "windows": None, "jitter_scale": 4.0, "jitter_prob": 1.0, "epochs": 30, "batch_size": 4,
+        "ff_mult": 2, "windows": None, "jitter_scale": 4.0, "jitter_prob": 1.0, "epochs": 27, "batch_size": 4,
         "lr": 0.001, "seed": 0, "device": "auto", "lr_schedule": "cosine",
     },
 }  # fmt: skip
