@@ -1,7 +1,7 @@
 """Progress of long work for the command line: rich bars on a terminal, plain lines in a log.
 
-Both take the pipeline's callback ``progress(description, done, total, info="", unit="images")`` and show
-the count, the rate (``41.2 images/s``, or ``12.5 s/epoch`` below one per second) and the time left.
+Both are the pipeline's callback (:class:`reconad.pipeline.Progress`) and show the count, the rate
+(``41.2 images/s``, or ``12.5 s/epoch`` below one per second) and the time left.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -26,7 +26,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-Update = Callable[..., None]
+if TYPE_CHECKING:
+    from reconad import pipeline
 
 
 def rate_text(speed: float, unit: str) -> str:
@@ -84,7 +85,7 @@ class ProgressLines:
 
 
 @contextmanager
-def progress_display(console: Console, quiet: bool = False) -> Iterator[Update]:
+def progress_display(console: Console, quiet: bool = False) -> Iterator[pipeline.Progress]:
     """The progress callback for ``console``: nothing when ``quiet``, bars on a terminal, lines otherwise."""
     if quiet:
         yield lambda *args, **kwargs: None
