@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -26,8 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from reconad import pipeline
+from reconad import pipeline
 
 
 def rate_text(speed: float, unit: str) -> str:
@@ -88,7 +87,7 @@ class ProgressLines:
 def progress_display(console: Console, quiet: bool = False) -> Iterator[pipeline.Progress]:
     """The progress callback for ``console``: nothing when ``quiet``, bars on a terminal, lines otherwise."""
     if quiet:
-        yield lambda *args, **kwargs: None
+        yield pipeline.no_progress
         return
     if not console.is_terminal:
         yield ProgressLines(console)
