@@ -3,10 +3,12 @@ and the ONNX-expressible inverse is an inverse."""
 
 from __future__ import annotations
 
+import onnxruntime as ort
 import pytest
 import torch
 
 from reconad.export import search
+from reconad.export.graphs import to_onnx
 from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
 from reconad.export.linalg import spd_inverse
 from reconad.export.search import IVFSearch
@@ -39,11 +41,9 @@ def test_patchcore_head(monkeypatch, k, block):
     torch.testing.assert_close(head(feats[4:]), model.predict(feats[4:]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("k", "chunk"), [(1, 32), (3, 3)])
-def test_patchcore_head_searches_the_ivf_lists(monkeypatch, k, chunk):
-    """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones (small chunks:
-    lists of several chunks, padded ones and the empty one)."""
-    monkeypatch.setattr(search, "IVF_CHUNK", chunk)
+@pytest.mark.parametrize("k", [1, 3])
+def test_patchcore_head_searches_the_ivf_lists(k):
+    """An IVF model: the head finds the atoms of the probed lists, not the exact nearest ones."""
     feats = _features(n=40, side=8)
     model = PatchCore(coreset_ratio=0.5, k=k, nprobe=2).fit(feats[:30])
     exact = PatchCore(coreset_ratio=0.5, k=k, nprobe=0).fit(feats[:30])
@@ -70,12 +70,25 @@ def test_sgfr_head(monkeypatch, params, block):
     torch.testing.assert_close(head(feats[4:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
 
 
-@pytest.mark.parametrize(("metric", "chunk"), [("abscos", 32), ("abscos", 3), ("cosine", 32), ("l2", 3)])
-def test_sgfr_head_searches_the_ivf_lists(monkeypatch, metric, chunk):
-    monkeypatch.setattr(search, "IVF_CHUNK", chunk)
+@pytest.mark.parametrize("metric", ["abscos", "cosine", "l2"])
+def test_sgfr_head_searches_the_ivf_lists(metric):
     feats = _features(n=40, side=8)
     model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
     head = patch_head(model)
     assert len(model.centroids_) > model.nprobe and isinstance(head.search, IVFSearch)
     expected = model.predict(feats[30:])
     torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
+
+
+@pytest.mark.parametrize("metric", ["abscos", "l2"])
+def test_ivf_search_in_onnx_runtime(metric):
+    """Traced to ONNX, the IVF search (how many pairs probe each list is known only when it runs) gives the
+    head's scores on a batch of another size than the traced one."""
+    feats = _features(n=40, side=8)
+    model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
+    head = patch_head(model)
+    graph = to_onnx(head, feats[:2], ["features"], ["scores"])
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"features": feats[30:].numpy()})
+    expected = head(feats[30:])
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-3 * float(expected.max()))

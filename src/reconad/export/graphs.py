@@ -19,6 +19,7 @@ from onnx import compose
 from torch import nn
 
 from reconad.errors import ReconadError
+from reconad.export.search import ONNX_TRANSLATIONS
 from reconad.features.extractor import FeatureExtractor
 
 #: The ONNX opset every exported graph uses (ONNX Runtime ≥ 1.14, OpenVINO ≥ 2023.0, TensorRT ≥ 8.6 read it).
@@ -43,6 +44,7 @@ def to_onnx(
             input_names=inputs,
             output_names=outputs,
             dynamic_shapes=({0: batch},),
+            custom_translation_table=ONNX_TRANSLATIONS,
             verbose=False,
         )
     if program is None:  # pragma: no cover  (the dynamo exporter always returns a program)

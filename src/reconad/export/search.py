@@ -8,24 +8,22 @@ signed cosine (``cos = key · sign``; 1 except for ``abscos``).
 
 * :class:`ExactSearch`: every atom, block by block (:data:`SEARCH_BLOCK` atoms at a time, so the largest
   tensor stays bounded however large the bank).
-* :class:`IVFSearch`: the IVF index's own search. Its entries (``abscos``: the atoms, then their negatives)
-  are laid out list by list in chunks of :data:`IVF_CHUNK` slots, a list's last chunk padded with empty
-  slots; each query gathers the vectors of the chunks of the ``nprobe`` lists whose centroids rank first (as
-  FAISS's flat quantizer ranks them), keys them with a batched product and keeps its best ``k`` slots.
+* :class:`IVFSearch`: the IVF index's own search over its entries (``abscos``: the atoms, then their
+  negatives) in the ``nprobe`` lists whose centroids rank first (as FAISS's flat quantizer ranks them).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from reconad.models.knn import NearestNeighbors
 
 #: Atoms per block of the exact search: the ``[P, block]`` key matrix is the largest tensor it holds.
 SEARCH_BLOCK = 8192
-#: Slots per chunk of an IVF list: a list occupies whole chunks, so smaller chunks pad less but make each
-#: query gather more of them (one ``[P, IVF_CHUNK, C]`` gather per probed chunk).
-IVF_CHUNK = 32
 
 
 def _best(keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -59,6 +57,7 @@ class ExactSearch(nn.Module):
         if metric != "l2":
             bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.metric, self.k = metric, min(k, len(bank))
+        self.summary = {"kind": "exact", "atoms": len(bank)}  # for the export's manifest
         self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
         for i, block in enumerate(bank.split(SEARCH_BLOCK)):
             weights, bias = _key_form(block, metric)
@@ -77,13 +76,52 @@ class ExactSearch(nn.Module):
         return _merge(self.k, keys, found, signs)
 
 
-class IVFSearch(nn.Module):
-    """The IVF index's search: the chunks of each query's ``nprobe`` probed lists, their best ``k`` slots.
+@torch.library.custom_op("reconad::ivf_keys", mutates_args=())
+def ivf_keys(
+    q: Tensor, probed: Tensor, lists: list[int], weights: list[Tensor], biases: list[Tensor], longest: int
+) -> Tensor:
+    """The keys ``[P, nprobe, longest]`` of each query's probed lists (``probed [P, nprobe]``): list
+    ``lists[j]`` keys ``q @ weights[j] + biases[j]``, −inf past its end. One operation to torch's tracer
+    (its output's shape follows the inputs'); :func:`ivf_keys_onnx` writes it as ONNX."""
+    keys = q.new_full((q.shape[0], probed.shape[1], longest), -torch.inf)
+    for i, weight, bias in zip(lists, weights, biases, strict=True):
+        at = torch.nonzero(probed == i)
+        keys[at[:, 0], at[:, 1], : weight.shape[1]] = q[at[:, 0]] @ weight + bias
+    return keys
 
-    Only the probed chunks are keyed, one chunk position at a time: the vectors of each query's chunk are
-    gathered (``[P, IVF_CHUNK, C]``, the largest tensor the search holds) and multiplied by the query. The
-    last chunk is the empty one that lists with fewer chunks point to; its slots key −inf.
-    """
+
+@ivf_keys.register_fake
+def _ivf_keys_shape(q, probed, lists, weights, biases, longest):  # the output's shape, for tracing
+    return q.new_empty((q.shape[0], probed.shape[1], longest))
+
+
+def ivf_keys_onnx(q, probed, lists, weights, biases, longest):  # ONNX Script values in, one out
+    """:func:`ivf_keys` in ONNX, list by list as FAISS searches: the (query, probe) pairs that probe the
+    list (``NonZero``: how many is known only when the graph runs), their queries keyed with one matrix
+    product, padded with −inf to ``longest``; one ``ScatterND`` puts every pair's keys in its place."""
+    places, keyed = [], []
+    for i, weight, bias in zip(lists, weights, biases, strict=True):
+        at = op.Transpose(op.NonZero(op.Equal(probed, op.Constant(value_int=i))), perm=[1, 0])  # [u, 2]
+        rows = op.Gather(at, op.Constant(value_int=0), axis=1)
+        key = op.Add(op.MatMul(op.Gather(q, rows, axis=0), weight), bias)
+        if (pad := longest - int(weight.shape[1])) > 0:
+            key = op.Pad(key, op.Constant(value_ints=[0, 0, 0, pad]), op.Constant(value_float=-math.inf))
+        places.append(at)
+        keyed.append(key)
+    shape = op.Concat(
+        op.Shape(q, end=1), op.Shape(probed, start=1), op.Constant(value_ints=[longest]), axis=0
+    )
+    keys = op.Expand(op.Constant(value_float=-math.inf), shape)
+    return op.ScatterND(keys, op.Concat(*places, axis=0), op.Concat(*keyed, axis=0))
+
+
+#: What :func:`torch.onnx.export` is to write for this module's custom operations.
+ONNX_TRANSLATIONS = {torch.ops.reconad.ivf_keys.default: ivf_keys_onnx}
+
+
+class IVFSearch(nn.Module):
+    """The IVF index's search: the entries of each query's ``nprobe`` probed lists (:func:`ivf_keys`), their
+    best ``k`` of ``nprobe`` × the longest list's slots."""
 
     def __init__(self, index: NearestNeighbors, bank: Tensor, centroids: Tensor, nprobe: int, k: int) -> None:
         super().__init__()
@@ -95,28 +133,17 @@ class IVFSearch(nn.Module):
             bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
         entries, signs = (torch.cat([bank, -bank]), [1.0, -1.0]) if metric == "abscos" else (bank, [1.0])
         entry_sign = torch.tensor(signs).repeat_interleave(m)
-        chunk_entries, list_chunks = [], []  # each chunk's entries (−1: empty slot); each list's chunks
-        for i in range(len(centroids)):
-            members = torch.nonzero(lists == i)[:, 0]
-            first = len(chunk_entries)
-            for part in members.split(IVF_CHUNK):
-                chunk_entries.append(torch.cat([part, part.new_full((IVF_CHUNK - len(part),), -1)]))
-            list_chunks.append(list(range(first, len(chunk_entries))))
-        empty = len(chunk_entries)
-        chunk_entries.append(torch.full((IVF_CHUNK,), -1, dtype=torch.int64))
-        most = max(1, max(len(c) for c in list_chunks))
-        slots = torch.stack(chunk_entries).flatten()
-        used = slots >= 0
-        vectors = torch.zeros(len(slots), bank.shape[1])
-        vectors[used] = entries[slots[used]]
-        weights, bias = _key_form(vectors, metric)
-        bias[~used] = -torch.inf
-        self.nprobe, self.k = nprobe, min(k, nprobe * most * IVF_CHUNK)
-        self.register_buffer(
-            "list_chunks", torch.tensor([c + [empty] * (most - len(c)) for c in list_chunks])
-        )
-        self.register_buffer("chunk_weights", weights.T.reshape(empty + 1, IVF_CHUNK, -1).contiguous())
-        self.register_buffer("chunk_bias", bias.reshape(empty + 1, IVF_CHUNK))
+        members = [torch.nonzero(lists == i)[:, 0] for i in range(len(centroids))]
+        self.longest = max(1, max(len(e) for e in members))
+        self.nprobe, self.k = nprobe, min(k, nprobe * self.longest)
+        self.summary = {"kind": "ivf", "atoms": m, "lists": len(centroids), "nprobe": nprobe}
+        self.keyed = [i for i, e in enumerate(members) if len(e)]  # lists with entries
+        for i in self.keyed:
+            weights, bias = _key_form(entries[members[i]], metric)
+            self.register_buffer(f"weights{i}", weights)
+            self.register_buffer(f"bias{i}", bias)
+        slots = torch.stack([torch.cat([e, e.new_full((self.longest - len(e),), -1)]) for e in members])
+        used = slots >= 0  # [lists, longest]: each list's entries, −1 past its end
         self.register_buffer("slot_atom", torch.where(used, slots % m, 0))
         self.register_buffer("slot_sign", torch.where(used, entry_sign[slots.clamp(min=0)], 1.0))
         rank_weights, rank_bias = _key_form(centroids.detach().float(), metric)
@@ -125,12 +152,12 @@ class IVFSearch(nn.Module):
 
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probed = _best(q @ self.rank_weights + self.rank_bias, self.nprobe)[1]
-        chunks = self.list_chunks[probed].flatten(1)  # [P, nprobe · most]
-        column = q[:, :, None]
-        keys = [(self.chunk_weights[c] @ column)[:, :, 0] + self.chunk_bias[c] for c in chunks.unbind(1)]
-        key, pick = _best(torch.cat(keys, dim=1), self.k)
-        slot = chunks.gather(1, pick // IVF_CHUNK) * IVF_CHUNK + pick % IVF_CHUNK
-        return key, self.slot_atom[slot], self.slot_sign[slot]
+        weights = [getattr(self, f"weights{i}") for i in self.keyed]
+        biases = [getattr(self, f"bias{i}") for i in self.keyed]
+        keys = ivf_keys(q, probed, self.keyed, weights, biases, self.longest)
+        key, pick = _best(keys.reshape(q.shape[0], -1), self.k)
+        slot = probed.gather(1, pick // self.longest) * self.longest + pick % self.longest
+        return key, self.slot_atom.flatten()[slot], self.slot_sign.flatten()[slot]
 
 
 def bank_search(bank: Tensor, centroids: Tensor, nprobe: int, metric: str, k: int) -> nn.Module:
