@@ -13,7 +13,8 @@ def spd_inverse(a: Tensor) -> Tensor:
     Sweeping pivot ``p`` (Gauss–Jordan elimination in place, stable without pivoting on SPD matrices) sets
     ``a_ij ← a_ij − a_ip a_pj / a_pp`` off row and column ``p``, ``a_ip ← a_ip / a_pp`` and
     ``a_pj ← a_pj / a_pp`` on them, and ``a_pp ← −1 / a_pp``; after all ``K`` pivots ``a`` holds ``−A⁻¹``.
-    Each sweep is a broadcast outer product and masked updates, so the ``K`` sweeps trace to a fixed graph.
+    A sweep is two broadcast outer products (four full-size operations), so the ``K`` sweeps trace to a
+    fixed graph.
     """
     k = a.shape[-1]
     eye = torch.eye(k, dtype=a.dtype, device=a.device)
@@ -22,7 +23,8 @@ def spd_inverse(a: Tensor) -> Tensor:
         row = a[..., p : p + 1, :]  # [..., 1, K]
         pivot = a[..., p : p + 1, p : p + 1]  # [..., 1, 1]
         e_col, e_row = eye[:, p : p + 1], eye[p : p + 1, :]
-        # the outer-product step zeroes row and column p; they then get row/pivot and col/pivot, which put
-        # 2 on the diagonal entry, where −1/pivot belongs
-        a = a - col * row / pivot + (e_col * row + col * e_row) / pivot - (e_col * e_row) * (2 + 1 / pivot)
+        # (col − e_col)·row/pivot is the elimination off row p, and leaves row p divided by the pivot; it
+        # also leaves column p at e_col, which the second product replaces by col/pivot and −1/pivot
+        column = col / pivot - e_col * (2 + 1 / pivot)
+        a = a - (col - e_col) * (row / pivot) + column * e_row
     return -a
