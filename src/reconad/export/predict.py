@@ -23,8 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+# Images are decoded, resized and encoded a thread per core (:func:`on_cores`): numpy's BLAS threads on top of
+# them (the resize's small products) fight over the same cores, 20× slower under load; one thread each.
+for _blas in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas, "1")
+
+import numpy as np  # noqa: E402  (after the BLAS thread count)
+from PIL import Image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
