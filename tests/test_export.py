@@ -155,6 +155,8 @@ def test_manifest_and_graphs(runs, exports, model):
     assert list(manifest["categories"]) == list(run.categories)
     for category, entry in manifest["categories"].items():
         assert entry["normal_level"] == run.categories[category]["normal_level"]
+        bank = None if model == "rlr" else {"kind": "exact", "atoms": len(run.models[category].bank_)}
+        assert entry.get("search") == bank
     for name, entry in manifest["graphs"].items():
         model = onnx.load(str(exported / name))
         onnx.checker.check_model(model, full_check=True)

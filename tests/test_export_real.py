@@ -39,7 +39,8 @@ def test_bottle_metrics_of_the_export(tmp_path, bottle, extractor, model):
     run = pipeline.fit(model, bottle, extractor, cache=cache)
     save_run(run, tmp_path / "run")
     assert all(len(m.centroids_) > 0 for m in run.models.values()), "a default bottle run searches IVF lists"
-    export_run(tmp_path / "run", tmp_path / "export")
+    searched = export_run(tmp_path / "run", tmp_path / "export")["categories"]["bottle"]["search"]
+    assert searched["kind"] == "ivf" and searched["nprobe"] < searched["lists"]
     library = pipeline.evaluate(load_run(tmp_path / "run"), bottle, extractor, cache=cache)
     exported = export_metrics(tmp_path / "export", bottle[0])
     for key in METRIC_KEYS:  # 5e-5: equal to 4 decimals

@@ -1,10 +1,10 @@
 """Write an export folder: the ONNX graphs, ``manifest.json`` and the torch-free runtime.
 
 The folder holds one graph per category (per-category models) or one for all (unified models), the
-manifest (format and reconad versions, model, categories with their threshold and normal level, image size,
-opset, each graph's SHA-256), ``predict.py`` and the ``imagefiles.py`` it imports. It is written to a
-temporary folder beside the target and renamed into place: an interrupted export leaves the previous export
-or none, and a mistake found before the work starts leaves nothing at all.
+manifest (format and reconad versions, model, categories with their threshold, normal level and bank
+search, image size, opset, each graph's SHA-256), ``predict.py`` and the ``imagefiles.py`` it imports. It
+is written to a temporary folder beside the target and renamed into place: an interrupted export leaves the
+previous export or none, and a mistake found before the work starts leaves nothing at all.
 """
 
 from __future__ import annotations
@@ -54,23 +54,36 @@ def _check_out(out: Path) -> None:
             break
 
 
-def _write_graphs(run: Run, categories: list[str], folder: Path, progress: Progress) -> dict[str, str]:
-    """Export each model's graph into ``folder``; returns category → graph file."""
+def _write_graphs(
+    run: Run, categories: list[str], folder: Path, progress: Progress
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Export each model's graph into ``folder``; returns category → graph file, and category → the bank
+    search its graph performs (models with a bank)."""
     extractor = FeatureExtractor.from_config(run.config["features"])
     keys = [UNIFIED] if UNIFIED in run.models else categories
+    searches = {}
     for i, key in enumerate(keys):
         progress("graphs", i, len(keys))
         grid = (extractor.grid, extractor.grid)
         head = maps_and_scores(run.models[key], grid, extractor.image_size, run.config["scoring"])
         meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
         graph = model_graph(extractor, head, meta)
+        if (search := getattr(head.head, "search", None)) is not None:
+            searches[key] = search.summary
         (folder / graph_file(key)).write_bytes(graph.SerializeToString())
     progress("graphs", len(keys), len(keys))
-    return {c: graph_file(UNIFIED if UNIFIED in run.models else c) for c in categories}
+    return {c: graph_file(UNIFIED if UNIFIED in run.models else c) for c in categories}, searches
 
 
-def manifest(run: Run, categories: list[str], graphs: dict[str, str], folder: Path) -> dict[str, Any]:
-    """The manifest of an export whose graphs are already in ``folder``."""
+def manifest(
+    run: Run,
+    categories: list[str],
+    graphs: dict[str, str],
+    searches: dict[str, dict[str, Any]],
+    folder: Path,
+) -> dict[str, Any]:
+    """The manifest of an export whose graphs are already in ``folder``; ``searches``: each category's bank
+    search (``kind`` exact or ivf, atoms, and for ivf the lists and lists probed)."""
     size = run.config["features"]["image_size"]
     return {
         "format": "reconad-export",
@@ -85,7 +98,6 @@ def manifest(run: Run, categories: list[str], graphs: dict[str, str], folder: Pa
             MAPS: {"dtype": "float32", "shape": ["N", size, size]},
             SCORES: {"dtype": "float32", "shape": ["N"]},
         },
-        "search": "exact",
         "scoring": run.config["scoring"],
         "features": run.config["features"],
         "categories": {
@@ -93,6 +105,7 @@ def manifest(run: Run, categories: list[str], graphs: dict[str, str], folder: Pa
                 "graph": graphs[c],
                 "threshold": run.categories[c]["threshold"],
                 "normal_level": run.categories[c]["normal_level"],
+                **({"search": searches[c]} if c in searches else {}),
             }
             for c in categories
         },
@@ -119,8 +132,8 @@ def export_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = out.with_name(f".{out.name}.old")
     try:
-        graphs = _write_graphs(run, wanted, tmp, progress)
-        doc = manifest(run, wanted, graphs, tmp)
+        graphs, searches = _write_graphs(run, wanted, tmp, progress)
+        doc = manifest(run, wanted, graphs, searches, tmp)
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
         shutil.copyfile(RUNTIME, tmp / "predict.py")
         shutil.copyfile(imagefiles.__file__, tmp / "imagefiles.py")
