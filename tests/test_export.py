@@ -163,6 +163,7 @@ def test_manifest_and_graphs(runs, exports, model):
         assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
         assert [i.name for i in model.graph.input] == ["images"]
         assert [o.name for o in model.graph.output] == ["maps", "scores"]
+        assert not any(node.metadata_props for node in model.graph.node)  # the exporter's notes dropped
         assert hashlib.sha256((exported / name).read_bytes()).hexdigest() == entry["sha256"]
     assert sorted(p.name for p in exported.iterdir()) == sorted(
         ["manifest.json", "predict.py", "imagefiles.py", *manifest["graphs"]]
