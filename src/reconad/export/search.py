@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from onnxscript import opset18 as op
+from onnxscript import opset18 as op  # the opset of every exported graph (graphs.OPSET)
 from torch import Tensor, nn
 
 from reconad.models.knn import NearestNeighbors
