@@ -81,14 +81,37 @@ def test_sgfr_head_searches_the_ivf_lists(metric):
 
 
 @pytest.mark.parametrize("metric", ["abscos", "l2"])
-def test_ivf_search_in_onnx_runtime(metric):
-    """Traced to ONNX, the IVF search (how many pairs probe each list is known only when it runs) gives the
-    head's scores on a batch of another size than the traced one."""
+def test_sgfr_head_when_the_probed_lists_hold_fewer_atoms_than_candidates(metric):
+    """One probed list of fewer entries than ``n_candidates``: the unfilled slots count as zero atoms, as in
+    the library."""
     feats = _features(n=40, side=8)
-    model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
+    model = SGFR(sampling_ratio=0.5, nprobe=1, n_candidates=100, pool_size=4000, metric=metric).fit(
+        feats[:30]
+    )
     head = patch_head(model)
+    assert head.search.may_miss and head.search.longest >= 100
+    expected = model.predict(feats[30:])
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
+
+
+@pytest.mark.parametrize(
+    ("metric", "params", "batch"),
+    [
+        ("abscos", {}, 10),
+        ("l2", {}, 10),
+        ("abscos", {}, 1),
+        ("abscos", {"nprobe": 1, "n_candidates": 100}, 3),
+    ],
+)
+def test_ivf_search_in_onnx_runtime(metric, params, batch):
+    """Traced to ONNX, the IVF search (how many pairs probe each list is known only when it runs) gives the
+    head's scores on a batch of another size than the traced one (one image: lists no patch probes)."""
+    feats = _features(n=40, side=8)
+    model = SGFR(**{"sampling_ratio": 0.5, "nprobe": 2, "pool_size": 4000, "metric": metric, **params})
+    head = patch_head(model.fit(feats[:30]))
     graph = to_onnx(head, feats[:2], ["features"], ["scores"])
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"features": feats[30:].numpy()})
-    expected = head(feats[30:])
+    (got,) = session.run(None, {"features": feats[30 : 30 + batch].numpy()})
+    expected = head(feats[30 : 30 + batch])
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-3 * float(expected.max()))

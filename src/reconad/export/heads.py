@@ -56,21 +56,27 @@ class SGFRHead(nn.Module):
         self.register_buffer("bank", bank)
         self.search = bank_search(bank, model.centroids_, model.nprobe, self.metric, self.k)
 
-    def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
-        """The ``k`` nearest atoms' indices ``[P, k]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search
-        as the library does."""
+    def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k`` nearest atoms ``[P, k, C]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search as the
+        library does: a slot the search could not fill (an IVF probe of fewer than ``k`` entries) is a zero
+        atom with ``b = 0``."""
         if self.metric == "l2":
             key, idx, _ = self.search(y)
-            return idx, 0.5 * (key + self.norms[idx].pow(2))
-        key, idx, sign = self.search(y / yy.sqrt().clamp_min(1e-12)[:, None])
-        return idx, key * sign * self.norms[idx] * yy.sqrt()[:, None]
+            b = 0.5 * (key + self.norms[idx].pow(2))
+        else:
+            key, idx, sign = self.search(y / yy.sqrt().clamp_min(1e-12)[:, None])
+            b = key * sign * self.norms[idx] * yy.sqrt()[:, None]
+        atoms = self.bank[idx]
+        if self.search.may_miss:
+            filled = key > -torch.inf
+            atoms, b = atoms * filled[:, :, None], torch.where(filled, b, 0.0)
+        return atoms, b
 
     def forward(self, features: Tensor) -> Tensor:
         n, ch, h, w = features.shape
         y = features.permute(0, 2, 3, 1).reshape(-1, ch) / self.scale
         yy = y.pow(2).sum(1)
-        idx, b = self.candidates(y, yy)
-        atoms = self.bank[idx]
+        atoms, b = self.candidates(y, yy)
         gram = atoms @ atoms.transpose(1, 2)
         l1, l2 = self.lam * self.alpha, self.lam * (1.0 - self.alpha)
         rho = self.rho

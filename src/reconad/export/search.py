@@ -58,6 +58,7 @@ class ExactSearch(nn.Module):
             bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.metric, self.k = metric, min(k, len(bank))
         self.summary = {"kind": "exact", "atoms": len(bank)}  # for the export's manifest
+        self.may_miss = False  # k is at most the bank's size: every result slot is filled
         self.blocks = (len(bank) + SEARCH_BLOCK - 1) // SEARCH_BLOCK
         for i, block in enumerate(bank.split(SEARCH_BLOCK)):
             weights, bias = _key_form(block, metric)
@@ -134,8 +135,12 @@ class IVFSearch(nn.Module):
         entries, signs = (torch.cat([bank, -bank]), [1.0, -1.0]) if metric == "abscos" else (bank, [1.0])
         entry_sign = torch.tensor(signs).repeat_interleave(m)
         members = [torch.nonzero(lists == i)[:, 0] for i in range(len(centroids))]
-        self.longest = max(1, max(len(e) for e in members))
-        self.nprobe, self.k = nprobe, min(k, nprobe * self.longest)
+        sizes = sorted(len(e) for e in members)
+        # every list padded to the longest, and to k / nprobe slots at least: k results, the unfilled ones
+        # (keys −inf, atom 0) where a patch's probed lists hold fewer than k entries
+        self.longest = max(1, sizes[-1], math.ceil(k / nprobe))
+        self.nprobe, self.k = nprobe, k
+        self.may_miss = sum(sizes[:nprobe]) < k  # some patch's probed lists may hold fewer than k entries
         self.summary = {"kind": "ivf", "atoms": m, "lists": len(centroids), "nprobe": nprobe}
         self.keyed = [i for i, e in enumerate(members) if len(e)]  # lists with entries
         for i in self.keyed:
