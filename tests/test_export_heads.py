@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reconad.export import search
-from reconad.export.graphs import to_onnx
+from reconad.export.graphs import OPSET, to_onnx
 from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
 from reconad.export.linalg import spd_inverse
 from reconad.export.search import IVFSearch
@@ -115,3 +115,7 @@ def test_ivf_search_in_onnx_runtime(metric, params, batch):
     (got,) = session.run(None, {"features": feats[30 : 30 + batch].numpy()})
     expected = head(feats[30 : 30 + batch])
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-3 * float(expected.max()))
+
+
+def test_the_search_writes_onnx_at_the_graphs_opset():
+    assert search.op.version == OPSET

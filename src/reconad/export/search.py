@@ -48,14 +48,18 @@ def _key_form(vectors: Tensor, metric: str) -> tuple[Tensor, Tensor]:
     return vectors.T.contiguous(), torch.zeros(len(vectors))
 
 
+def _searched(bank: Tensor, metric: str) -> Tensor:
+    """The bank as the metric searches it: the atoms (``l2``), or the unit atoms (the cosine metrics)."""
+    bank = bank.detach().float()
+    return bank if metric == "l2" else bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 class ExactSearch(nn.Module):
     """Every atom's key, block by block; ``abscos`` keys ``|cos|`` with the cosine's sign."""
 
     def __init__(self, bank: Tensor, metric: str, k: int) -> None:
         super().__init__()
-        bank = bank.detach().float()
-        if metric != "l2":
-            bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        bank = _searched(bank, metric)
         self.metric, self.k = metric, min(k, len(bank))
         self.summary = {"kind": "exact", "atoms": len(bank)}  # for the export's manifest
         self.may_miss = False  # k is at most the bank's size: every result slot is filled
@@ -79,29 +83,32 @@ class ExactSearch(nn.Module):
 
 @torch.library.custom_op("reconad::ivf_keys", mutates_args=())
 def ivf_keys(
-    q: Tensor, probed: Tensor, lists: list[int], weights: list[Tensor], biases: list[Tensor], longest: int
+    q: Tensor, probed: Tensor, list_ids: list[int], weights: list[Tensor], biases: list[Tensor], longest: int
 ) -> Tensor:
     """The keys ``[P, nprobe, longest]`` of each query's probed lists (``probed [P, nprobe]``): list
-    ``lists[j]`` keys ``q @ weights[j] + biases[j]``, −inf past its end. One operation to torch's tracer
-    (its output's shape follows the inputs'); :func:`ivf_keys_onnx` writes it as ONNX."""
+    ``list_ids[j]`` keys ``q @ weights[j] + biases[j]``, −inf past its end (lists not named: all −inf).
+    One operation to torch's tracer (its output's shape follows the inputs'); :func:`ivf_keys_onnx` writes it
+    as ONNX."""
     keys = q.new_full((q.shape[0], probed.shape[1], longest), -torch.inf)
-    for i, weight, bias in zip(lists, weights, biases, strict=True):
+    for i, weight, bias in zip(list_ids, weights, biases, strict=True):
         at = torch.nonzero(probed == i)
         keys[at[:, 0], at[:, 1], : weight.shape[1]] = q[at[:, 0]] @ weight + bias
     return keys
 
 
 @ivf_keys.register_fake
-def _ivf_keys_shape(q, probed, lists, weights, biases, longest):  # the output's shape, for tracing
+def _ivf_keys_shape(
+    q: Tensor, probed: Tensor, list_ids: list[int], weights: list[Tensor], biases: list[Tensor], longest: int
+) -> Tensor:  # the output's shape, for tracing
     return q.new_empty((q.shape[0], probed.shape[1], longest))
 
 
-def ivf_keys_onnx(q, probed, lists, weights, biases, longest):  # ONNX Script values in, one out
+def ivf_keys_onnx(q, probed, list_ids, weights, biases, longest):  # ONNX Script values in, one out
     """:func:`ivf_keys` in ONNX, list by list as FAISS searches: the (query, probe) pairs that probe the
     list (``NonZero``: how many is known only when the graph runs), their queries keyed with one matrix
     product, padded with −inf to ``longest``; one ``ScatterND`` puts every pair's keys in its place."""
     places, keyed = [], []
-    for i, weight, bias in zip(lists, weights, biases, strict=True):
+    for i, weight, bias in zip(list_ids, weights, biases, strict=True):
         at = op.Transpose(op.NonZero(op.Equal(probed, op.Constant(value_int=i))), perm=[1, 0])  # [u, 2]
         rows = op.Gather(at, op.Constant(value_int=0), axis=1)
         key = op.Add(op.MatMul(op.Gather(q, rows, axis=0), weight), bias)
@@ -128,10 +135,9 @@ class IVFSearch(nn.Module):
         super().__init__()
         lists = index.entry_lists()
         assert lists is not None, "an IVF search needs an IVF index"
-        metric, bank = index.metric, bank.detach().float()
+        metric = index.metric
+        bank = _searched(bank, metric)
         m = len(bank)
-        if metric != "l2":
-            bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
         entries, signs = (torch.cat([bank, -bank]), [1.0, -1.0]) if metric == "abscos" else (bank, [1.0])
         entry_sign = torch.tensor(signs).repeat_interleave(m)
         members = [torch.nonzero(lists == i)[:, 0] for i in range(len(centroids))]
@@ -142,8 +148,8 @@ class IVFSearch(nn.Module):
         self.nprobe, self.k = nprobe, k
         self.may_miss = sum(sizes[:nprobe]) < k  # some patch's probed lists may hold fewer than k entries
         self.summary = {"kind": "ivf", "atoms": m, "lists": len(centroids), "nprobe": nprobe}
-        self.keyed = [i for i, e in enumerate(members) if len(e)]  # lists with entries
-        for i in self.keyed:
+        self.nonempty = [i for i, e in enumerate(members) if len(e)]  # the lists with entries
+        for i in self.nonempty:
             weights, bias = _key_form(entries[members[i]], metric)
             self.register_buffer(f"weights{i}", weights)
             self.register_buffer(f"bias{i}", bias)
@@ -157,9 +163,9 @@ class IVFSearch(nn.Module):
 
     def forward(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probed = _best(q @ self.rank_weights + self.rank_bias, self.nprobe)[1]
-        weights = [getattr(self, f"weights{i}") for i in self.keyed]
-        biases = [getattr(self, f"bias{i}") for i in self.keyed]
-        keys = ivf_keys(q, probed, self.keyed, weights, biases, self.longest)
+        weights = [getattr(self, f"weights{i}") for i in self.nonempty]
+        biases = [getattr(self, f"bias{i}") for i in self.nonempty]
+        keys = ivf_keys(q, probed, self.nonempty, weights, biases, self.longest)
         key, pick = _best(keys.reshape(q.shape[0], -1), self.k)
         slot = probed.gather(1, pick // self.longest) * self.longest + pick % self.longest
         return key, self.slot_atom.flatten()[slot], self.slot_sign.flatten()[slot]

@@ -72,7 +72,9 @@ def _write_graphs(
             searches[key] = search.summary
         (folder / graph_file(key)).write_bytes(graph.SerializeToString())
     progress("graphs", len(keys), len(keys))
-    return {c: graph_file(UNIFIED if UNIFIED in run.models else c) for c in categories}, searches
+    key_of = {c: UNIFIED if UNIFIED in run.models else c for c in categories}
+    graphs = {c: graph_file(key) for c, key in key_of.items()}
+    return graphs, {c: searches[key] for c, key in key_of.items() if key in searches}
 
 
 def manifest(
