@@ -101,7 +101,6 @@ def test_sgfr_head_when_the_probed_lists_hold_fewer_atoms_than_candidates(metric
         ("abscos", {}, 10),
         ("l2", {}, 10),
         ("abscos", {}, 1),
-        ("abscos", {"nprobe": 1, "n_candidates": 100}, 3),
     ],
 )
 def test_ivf_search_in_onnx_runtime(metric, params, batch):
