@@ -2,7 +2,8 @@
 
 The feature part (:class:`~reconad.features.extractor.PatchFeatures`: normalisation, backbone levels,
 smoothing, upsampling) is exported once per feature configuration and merged in front of each model's head
-(:mod:`.heads`): tracing the backbone is most of an export's time, and every category of a run shares it.
+(:mod:`.heads`): every category of a run shares it. Only the feature graph goes through the exporter's
+optimizer (:func:`to_onnx`).
 Graphs use ONNX opset :data:`OPSET`, a dynamic batch axis, and pass ``onnx.checker`` (full check).
 """
 
@@ -30,9 +31,15 @@ _feature_graphs: dict[str, onnx.ModelProto] = {}
 
 
 def to_onnx(
-    module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str]
+    module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], optimize: bool = False
 ) -> onnx.ModelProto:
-    """Trace ``module`` (one tensor input whose axis 0 is the batch) to an ONNX model at :data:`OPSET`."""
+    """Trace ``module`` (one tensor input whose axis 0 is the batch) to an ONNX model at :data:`OPSET`;
+    ``optimize``: through the exporter's optimizer (onnxscript's constant folding and rewrite rules).
+
+    The optimizer makes the backbone's graph 2.7× faster in ONNX Runtime (0.033 → 0.012 s per 256-px image)
+    and changes no head's speed, while its rewriter takes time that grows with the graph: 54 of SGFR's 78 s
+    on bottle (392 IVF lists), 19 of PatchCore's 28 s. So only the feature graph is optimized.
+    """
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -45,6 +52,7 @@ def to_onnx(
             output_names=outputs,
             dynamic_shapes=({0: batch},),
             custom_translation_table=ONNX_TRANSLATIONS,
+            optimize=optimize,
             verbose=False,
         )
     if program is None:  # pragma: no cover  (the dynamo exporter always returns a program)
@@ -58,7 +66,7 @@ def feature_graph(extractor: FeatureExtractor) -> onnx.ModelProto:
     if key not in _feature_graphs:
         size = extractor.image_size
         example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-        _feature_graphs[key] = to_onnx(extractor.net.cpu(), example, [INPUT], [_FEATURES])
+        _feature_graphs[key] = to_onnx(extractor.net.cpu(), example, [INPUT], [_FEATURES], optimize=True)
     return _feature_graphs[key]
 
 

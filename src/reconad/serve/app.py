@@ -162,7 +162,12 @@ def create_app(
 def app_from_env() -> FastAPI:
     """The app each uvicorn worker builds (``factory=True``), from the settings ``reconad serve`` put in the
     environment: the run is loaded once per worker. If it cannot be built: one line on stderr and the exit
-    code uvicorn's supervisor reads as a start-up failure (it then stops rather than restart the worker)."""
+    code uvicorn's supervisor reads as a start-up failure (it then stops rather than restart the worker).
+
+    The worker ends at once (``os._exit``): an interpreter shutting down with torch loaded stops answering
+    the supervisor's health checks while it still runs, and the supervisor waited out a whole check (a
+    minute) before it saw the failure every time; it still does when a check falls in the worker's last
+    moments (in about a third of tries here)."""
     from uvicorn.config import STARTUP_FAILURE
 
     try:
@@ -170,7 +175,8 @@ def app_from_env() -> FastAPI:
     except Exception as err:  # whatever it is, a restarted worker would fail the same way
         why = str(err) if isinstance(err, ReconadError) else f"{type(err).__name__}: {err}"
         print(f"error: worker {os.getpid()} could not start: {' '.join(why.split())}", file=sys.stderr)
-        sys.exit(STARTUP_FAILURE)
+        sys.stderr.flush()
+        os._exit(STARTUP_FAILURE)
 
 
 def _app_from_env() -> FastAPI:
