@@ -1,0 +1,68 @@
+"""What the Gaussian blur's border rule does to fitted runs' metrics: ours (reflect without repeating the
+edge, ``d c b | a b c d | c b a``: scipy's mode ``mirror``) against ``scipy.ndimage.gaussian_filter``'s
+default ``reflect`` (edge repeated, ``c b a | a b c d | d c b``), which the official PatchCore and RLR code
+blur with. Only the maps' border band (4σ = 16 px at 256 px) can differ.
+
+    .venv/bin/python benchmarks/blur_edge.py RUN [RUN ...]
+
+Each run is scored on its categories' test splits (features from the cache, data from the paths it was
+fitted on) twice, once per rule; prints a Markdown table of the three-category means and their differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reconad import pipeline, scoring
+from reconad.data.sources import load_sources
+from reconad.features.cache import FeatureCache
+from reconad.features.extractor import FeatureExtractor
+from reconad.metrics import METRIC_KEYS
+from reconad.runs import load_run
+from reconad.runtime import keep_freed_memory
+
+OURS = scoring.blur_matrix
+
+
+def edge_repeated_blur_matrix(n: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`reconad.scoring.blur_matrix` with scipy's ``reflect`` border (the edge sample repeated)."""
+    radius = int(4.0 * sigma + 0.5)
+    k = scoring.gaussian_kernel1d(sigma, radius, torch.float64)
+    idx = (torch.arange(n).view(-1, 1) + torch.arange(-radius, radius + 1).view(1, -1)).remainder(2 * n)
+    idx = torch.where(idx > n - 1, 2 * n - 1 - idx, idx)
+    b = torch.zeros(n, n, dtype=torch.float64)
+    b.scatter_add_(1, idx, k.expand(n, -1).contiguous())
+    return b.to(dtype)
+
+
+def means(path: Path, blur_matrix) -> dict[str, float]:
+    """The run's metrics averaged over its categories, its maps blurred with ``blur_matrix``."""
+    scoring.blur_matrix = blur_matrix
+    scoring.map_operator.cache_clear()
+    run = load_run(path)
+    extractor = FeatureExtractor.from_config(run.config["features"])
+    data = load_sources(sorted({c["source"] for c in run.categories.values()}), list(run.categories))
+    results = pipeline.evaluate(run, data, extractor, cache=FeatureCache(extractor.key(), None))
+    return {k: float(np.mean([r.metrics[k] for r in results.values()])) for k in METRIC_KEYS}
+
+
+def main() -> None:
+    keep_freed_memory()  # as the CLI does (reconad.runtime)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+")
+    args = ap.parse_args()
+    print("| run | border | " + " | ".join(METRIC_KEYS) + " |\n|---|---|" + "---:|" * len(METRIC_KEYS))
+    for path in args.runs:
+        ours, scipy_reflect = means(path, OURS), means(path, edge_repeated_blur_matrix)
+        for name, m in (("ours (mirror)", ours), ("scipy reflect", scipy_reflect)):
+            print(f"| {path} | {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRIC_KEYS) + " |")
+        diff = " | ".join(f"{scipy_reflect[k] - ours[k]:+.4f}" for k in METRIC_KEYS)
+        print(f"| {path} | reflect − ours | {diff} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
