@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter1d
 
 from reconad import pipeline, scoring
 from reconad.data.sources import load_sources
@@ -29,14 +30,10 @@ OURS = scoring.blur_matrix
 
 
 def edge_repeated_blur_matrix(n: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """:func:`reconad.scoring.blur_matrix` with scipy's ``reflect`` border (the edge sample repeated)."""
-    radius = int(4.0 * sigma + 0.5)
-    k = scoring.gaussian_kernel1d(sigma, radius, torch.float64)
-    idx = (torch.arange(n).view(-1, 1) + torch.arange(-radius, radius + 1).view(1, -1)).remainder(2 * n)
-    idx = torch.where(idx > n - 1, 2 * n - 1 - idx, idx)
-    b = torch.zeros(n, n, dtype=torch.float64)
-    b.scatter_add_(1, idx, k.expand(n, -1).contiguous())
-    return b.to(dtype)
+    """:func:`reconad.scoring.blur_matrix` as scipy's own ``reflect`` blur gives it: its column ``j`` is the
+    blurred unit vector ``e_j`` (radius 4σ, as ours)."""
+    blurred = gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect", truncate=4.0)
+    return torch.from_numpy(blurred).to(dtype)
 
 
 def means(path: Path, blur_matrix) -> dict[str, float]:
