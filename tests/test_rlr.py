@@ -89,6 +89,15 @@ def test_reference_has_its_own_embedding() -> None:
     assert not torch.allclose(level.encode(tokens), before)
 
 
+def test_embeddings_start_kaiming_normal_as_the_official_code() -> None:
+    """Both token embeddings (inputs and reference) start with weights of std √(2 / fan-in), not PyTorch's
+    default linear init (std √(1 / (3 · fan-in)), 2.45× smaller)."""
+    torch.manual_seed(0)
+    level = RLRLevel(112, 128, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True)
+    for layer in (level.embed, level.ref_embed):
+        assert float(layer.weight.detach().std()) == pytest.approx((2 / 112) ** 0.5, rel=0.05)
+
+
 @pytest.mark.parametrize("cls", [RLR, RLRSelfRef])
 def test_feed_forward_uses_gelu(cls: type) -> None:
     """The official ``Mlp`` activation, in RLR and in the RLR-selfref ablation alike."""

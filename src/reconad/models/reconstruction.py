@@ -51,18 +51,26 @@ def default_window(side: int) -> int:
     return max(3, 2 * round(side * 3 / 32) + 1)
 
 
+def token_embedding(channels: int, width: int) -> nn.Linear:
+    """The linear map from feature tokens to the model width, initialised as the official RLR code initialises
+    its 1×1 ``Conv1d`` embeddings: kaiming-normal weights (fan in, gain √2), PyTorch's default bias."""
+    layer = nn.Linear(channels, width)
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="leaky_relu")
+    return layer
+
+
 class TokenReconstructor(nn.Module):
-    """One level's network: linear embedding + fixed position embedding → :meth:`encode` → LayerNorm → linear
-    projection back to the feature width. Subclasses implement :meth:`encode` (``[B, N, width]`` tokens).
-    ``feature_mean`` / ``feature_std`` (buffers, set from the training tokens by
-    :meth:`ReconstructionModel.prepare`) standardise the level's raw features."""
+    """One level's network: linear embedding (:func:`token_embedding`) + fixed position embedding →
+    :meth:`encode` → LayerNorm → linear projection back to the feature width. Subclasses implement
+    :meth:`encode` (``[B, N, width]`` tokens). ``feature_mean`` / ``feature_std`` (buffers, set from the
+    training tokens by :meth:`ReconstructionModel.prepare`) standardise the level's raw features."""
 
     def __init__(self, channels: int, width: int, hw: tuple[int, int]) -> None:
         super().__init__()
         self.hw = hw
         self.register_buffer("feature_mean", torch.zeros(channels))
         self.register_buffer("feature_std", torch.ones(channels))
-        self.embed = nn.Linear(channels, width)
+        self.embed = token_embedding(channels, width)
         self.register_buffer("pos", sincos_position_2d(hw, width), persistent=False)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, channels)

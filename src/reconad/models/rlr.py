@@ -25,7 +25,12 @@ from torch import Tensor, nn
 from reconad.errors import ReconadError
 from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
+from reconad.models.reconstruction import (
+    ReconstructionModel,
+    TokenReconstructor,
+    feed_forward,
+    token_embedding,
+)
 from reconad.params import param
 
 
@@ -93,7 +98,7 @@ class RLRLevel(TokenReconstructor):
     ) -> None:
         super().__init__(channels, width, hw)
         self.reference = nn.Parameter(torch.randn(hw[0] * hw[1], channels))
-        self.ref_embed = nn.Linear(channels, width)
+        self.ref_embed = token_embedding(channels, width)
         self.layers = nn.ModuleList(
             RLRLayer(width, heads, ff_mult, hw, window, lca, mlka) for _ in range(layers)
         )
