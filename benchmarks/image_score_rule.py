@@ -15,18 +15,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
+from rescoring import scored_test_splits
 
-from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import image_auroc, image_f1_max
-from reconad.pipeline import extract
 from reconad.runs import load_run
 from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps, image_scores
-
-BATCH = 32
 
 
 def rule_metrics(path: Path) -> dict[str, dict[str, float]]:
@@ -35,13 +31,8 @@ def rule_metrics(path: Path) -> dict[str, dict[str, float]]:
     extractor = FeatureExtractor.from_config(run.config["features"])
     cache, sigma = FeatureCache(extractor.key(), None), run.config["scoring"]["sigma"]
     per_rule: dict[str, list[tuple[float, float]]] = {"map maximum (ours)": [], "patch maximum": []}
-    for name, info in run.categories.items():
-        cat = next(c for c in load_sources([info["source"]]) if c.name == name)
-        test = extract(cat.test, extractor, cache=cache)
-        model, size = run.model_for(name), extractor.image_size
-        patches = torch.cat(
-            [model.predict(test.features[i : i + BATCH]) for i in range(0, len(test.features), BATCH)]
-        )
+    for cat, _, patches in scored_test_splits(run, extractor, cache):
+        model, size = run.model_for(cat.name), extractor.image_size
         maps = anomaly_maps(patches, size, sigma, model.align_corners)
         labels = np.array([s.label for s in cat.test])
         for rule, scores in zip(

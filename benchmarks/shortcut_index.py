@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rescoring import scored_test_splits
 
-from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
-from reconad.pipeline import extract
 from reconad.runs import Run, load_run
 from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps
@@ -52,20 +51,11 @@ def run_index(path: Path, extractors: Extractors) -> dict[str, float]:
     run = load_run(path)
     extractor, cache = run_extractor(run, extractors)
     out = {}
-    for name, info in run.categories.items():
-        cat = next(c for c in load_sources([info["source"]]) if c.name == name)
-        test = extract(cat.test, extractor, cache=cache, with_masks=True)
-        model = run.model_for(name)
-        size = test.masks.shape[-2:]
-        maps = torch.cat(
-            [
-                anomaly_maps(model.predict(test.features[i : i + 32]), size, 0, model.align_corners)
-                for i in range(0, len(test.features), 32)
-            ]
-        )
+    for cat, test, patches in scored_test_splits(run, extractor, cache, with_masks=True):
+        maps = anomaly_maps(patches, test.masks.shape[-2:], 0, run.model_for(cat.name).align_corners)
         index = shortcut_index(maps, test.masks)
         if index is not None:
-            out[name] = index
+            out[cat.name] = index
     return out
 
 
