@@ -3,7 +3,7 @@ patchcore-inspection): its patch aggregation and its centre crop, measured with 
 test splits.
 
     .venv/bin/python benchmarks/patchcore_features.py --data FORMAT:PATH [--data ...] \
-        [--model patchcore] [--model sgfr] [--category C ...]
+        [--model patchcore] [--model sgfr] [--features ours|aggregation|crop ...] [--category C ...]
 
 Every row fits the model per category as ``reconad fit`` does (seed 0, default parameters, 256 px); each
 row's means over the categories are printed as soon as it is measured, every row per category at the end:
@@ -39,6 +39,7 @@ from reconad.scoring import image_scores
 
 SIZE, CROP, DIM = 256, 224, 1024
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
+KINDS = ("ours", "aggregation", "crop")
 
 
 class OfficialAggregation(nn.Module):
@@ -128,12 +129,13 @@ def main() -> None:
     ap.add_argument("--data", action="append", required=True, help="FORMAT:PATH; repeatable")
     ap.add_argument("--category", action="append", help="restrict to these categories; repeatable")
     ap.add_argument("--model", action="append", help="patchcore and / or sgfr (default: both)")
+    ap.add_argument("--features", action="append", choices=KINDS, help="feature variants (default: all)")
     args = ap.parse_args()
     data = load_sources(args.data, args.category)
     print("| model | features | image AUROC | pixel AUROC | AUPRO | pixel AP |\n|---|---|" + "---:|" * 4)
     per_category = []
     for model in args.model or ("patchcore", "sgfr"):
-        for kind in ("ours", "aggregation", "crop"):
+        for kind in args.features or KINDS:
             for label, cats in variant_rows(model, kind, data).items():
                 means = [np.mean([m[k] for m in cats.values()]) for k in KEYS]
                 print(f"| {model} | {label} | " + " | ".join(f"{v:.4f}" for v in means) + " |", flush=True)
