@@ -57,9 +57,8 @@ class OfficialAggregation(nn.Module):
         pooled = []
         for level in levels:
             c = level.shape[1]
-            patches = F.unfold(level, 3, padding=1).view(
-                n, c * 9, *level.shape[-2:]
-            )  # channel-major (C, 3, 3)
+            # [n, C·9, h_l, w_l], channel-major (C, 3, 3) as the official patches are flattened
+            patches = F.unfold(level, 3, padding=1).view(n, c * 9, *level.shape[-2:])
             if patches.shape[-2:] != (h, w):
                 patches = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False)
             flat = patches.permute(0, 2, 3, 1).reshape(n * h * w, 1, c * 9)
