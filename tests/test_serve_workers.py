@@ -19,13 +19,28 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from reconad.serve.predictor import Predictor, Upload  # noqa: E402
-from reconad.serve.workers import SUPERVISOR  # noqa: E402
+from reconad.serve.workers import SUPERVISOR, WORKER_HEALTHCHECK_S  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each test starts worker processes that import torch: 10 s and more
 START_S = 300  # generous: a shared, busy machine takes minutes to start two workers
 #: What the ``reconad`` console script is: a main program (with a file) that imports the CLI. Python's
 #: ``spawn`` re-imports it in every worker, the cause of the workers that died at start-up.
 CONSOLE_SCRIPT = "import sys\nfrom reconad.cli import run\nif __name__ == '__main__':\n    sys.exit(run())\n"
+
+
+#: A worker app that ends with uvicorn's health-check ping unanswered: it keeps the GIL, so the thread that
+#: answers pings cannot, from before the supervisor's next ping until it exits with the start-up failure code.
+GIL_HOLDING_APP = """
+import os, sys, time
+
+def app():
+    time.sleep(1)
+    sys.setswitchinterval(100)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        pass
+    os._exit(3)
+"""
 
 
 def free_port() -> int:
@@ -117,3 +132,18 @@ def test_a_worker_that_cannot_start_stops_the_service_with_one_line(tmp_path: Pa
     assert errors[-1].startswith("error: worker process ") and "could not start" in errors[-1], done.stderr
     assert all("not a reconad run" in line for line in errors[:-1]) and len(errors) <= 3, done.stderr
     assert "Traceback" not in done.stderr and "died" not in done.stderr
+
+
+def test_a_worker_that_ends_with_a_ping_unanswered_stops_the_service_at_once(tmp_path: Path) -> None:
+    """uvicorn's own supervisor waits out the whole health check for that ping; ours sees the worker end."""
+    (tmp_path / "gil_holding.py").write_text(GIL_HOLDING_APP)
+    program = "from reconad.serve.workers import run_workers as r; r('127.0.0.1', {}, 2, 'gil_holding:app')"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", program.format(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_HEALTHCHECK_S - 10,  # without the fix: the health check's full length, and more
+    )
+    assert done.returncode == 1 and "could not start" in done.stderr, done.stderr

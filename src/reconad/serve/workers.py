@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from uvicorn.supervisors import Multiprocess
+
 from reconad.errors import ReconadError
 
 #: How ``reconad serve`` hands its settings to the app factory in each worker.
@@ -29,16 +31,29 @@ SUPERVISOR = "from reconad.serve.workers import main; main()"
 WORKER_HEALTHCHECK_S = 60
 
 
-def run_workers(host: str, port: int, workers: int) -> None:
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor, except that it hears at once when a worker ends. uvicorn keeps its own copy of
+    each worker's end of the health-check pipe, so a ping that reached a worker in its last moments (one that
+    fails at start-up, or stops on Ctrl-C) was never answered nor seen to close: the supervisor waited out the
+    whole :data:`WORKER_HEALTHCHECK_S`. With that copy closed once the worker has started, the ping sees the
+    pipe close when the worker ends."""
+
+    def keep_subprocess_alive(self) -> None:
+        for process in self.processes:  # each is started; closing twice is a no-op
+            process.child_conn.close()
+        super().keep_subprocess_alive()
+
+
+def run_workers(host: str, port: int, workers: int, factory: str = FACTORY) -> None:
     """Serve with ``workers`` processes under uvicorn's supervisor until SIGINT or SIGTERM. Raise
     :class:`ReconadError` if the socket cannot be bound or a worker cannot start (uvicorn stops, rather than
-    restarts, a worker that exits with its start-up failure code, as ``app_from_env`` does then)."""
+    restarts, a worker that exits with its start-up failure code, as ``app_from_env`` does then). ``factory``
+    is the ``module:function`` each worker calls for its app."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(
-        FACTORY,
+        factory,
         factory=True,
         host=host,
         port=port,
@@ -50,7 +65,7 @@ def run_workers(host: str, port: int, workers: int) -> None:
         sockets = [config.bind_socket()]
     except SystemExit:  # uvicorn has logged why (an address in use)
         raise ReconadError(f"cannot listen on {host}:{port} (uvicorn's error is above)") from None
-    supervisor = Multiprocess(config, sockets=sockets)
+    supervisor = Supervisor(config, sockets=sockets)
     supervisor.run()
     failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
     if failed:
