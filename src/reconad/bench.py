@@ -14,6 +14,8 @@ includes what the process already held (backbone, the test features, earlier mod
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import inspect
 import json
 import os
@@ -321,6 +323,29 @@ def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the bench
 
 
+#: Distributions whose versions can move the figures (decoding, resizing, the backbone, search, sampling).
+RESULT_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "scikit-image",
+    "faiss-cpu",
+    "pillow",
+)
+
+
+def _packages() -> dict[str, str]:
+    """The installed version of each of :data:`RESULT_PACKAGES` (those installed)."""
+    found = {}
+    for name in RESULT_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
 def _machine() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
@@ -329,6 +354,7 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "packages": _packages(),
     }
 
 
