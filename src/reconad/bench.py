@@ -323,9 +323,9 @@ def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the bench
 
 
-#: Distributions whose versions can move the figures (decoding, resizing, the backbone, search, sampling).
+#: Distributions besides torch (``machine.torch``, with its build tag) whose versions can move the figures
+#: (decoding, resizing, the backbone, search, sampling).
 RESULT_PACKAGES = (
-    "torch",
     "torchvision",
     "timm",
     "numpy",
