@@ -3,7 +3,7 @@
     python benchmarks/predict_throughput.py --data mvtec:PATH --category bottle \
         --model patchcore [--param coreset_ratio=0.1] [--repeat 2]
 
-End to end = decode + resize + backbone + model + anomaly maps + image scores (``pipeline.score_images``),
+End to end = decode + resize + backbone + model + anomaly maps + image scores (``inference.score_images``),
 over the category's test images. Backbone alone = the extractor's forward on the same images, already decoded.
 """
 
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from reconad import pipeline
+from reconad import inference, pipeline
 from reconad.cli import parse_params
 from reconad.data import load_resized, load_sources
 from reconad.features.cache import FeatureCache
@@ -53,9 +53,8 @@ def main() -> None:
             extractor(images[i : i + args.batch_size])
         backbone = max(backbone, len(images) / (time.perf_counter() - start))
         start = time.perf_counter()
-        n = sum(
-            1 for _ in pipeline.score_images(run, extractor, paths, args.category, batch_size=args.batch_size)
-        )
+        scored = inference.score_images(run, extractor, paths, args.category, batch_size=args.batch_size)
+        n = sum(1 for _ in scored)
         end_to_end = max(end_to_end, n / (time.perf_counter() - start))
     result = {
         "model": args.model,

@@ -24,12 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconad.cli import parse_layers, parse_params
+from reconad.cli import parse_params
 from reconad.data import load_sources
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.models.base import model_class
+from reconad.options import parse_layers
+from reconad.pipeline import Training
 from reconad.runtime import keep_freed_memory
 from reconad.validate import validate, validation_sets
 
@@ -101,14 +103,12 @@ def main() -> None:
     sets = validation_sets(data, extractor, FeatureCache(extractor.key()), args.seed, args.foreign)
     print(", ".join(f"{c}: {len(s.train)} fit, {len(s.features)} validation images" for c, s in sets.items()))
     args.out.mkdir(parents=True, exist_ok=True)
-    fit_kwargs: dict[str, Any] = {}
-    if unified:
-        fit_kwargs = {
-            "checkpoint_dir": args.out / "checkpoints" / re.sub(r"[^\w.=-]+", "_", label),
-            "resume": args.resume,
-            "progress": lambda e, n, loss: print(f"  epoch {e}/{n} loss {loss:.4f}", flush=True),
-        }
-    row = validate(args.model, sets, extractor, params, fit_kwargs)
+    training = Training(
+        args.out / "checkpoints" / re.sub(r"[^\w.=-]+", "_", label),
+        args.resume,
+        lambda e, n, loss: print(f"  epoch {e}/{n} loss {loss:.4f}", flush=True),
+    )
+    row = validate(args.model, sets, extractor, params, training if unified else None)
     doc["rows"][label] = row
     saved.write_text(json.dumps(doc, indent=1))
     (args.out / "results.md").write_text(markdown(doc["rows"]))

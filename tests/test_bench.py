@@ -19,6 +19,8 @@ from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
 from reconad.models.base import MODELS, init_config
+from reconad.options import FitOptions
+from reconad.progress import no_progress
 from reconad.report.html import METRIC_NAMES
 from reconad.runs import load_run
 
@@ -62,7 +64,7 @@ class UnifiedMean(MeanDistance):
     name = "test_unified_mean"
     unified = True
 
-    def fit(self, features, categories=None, progress=None):  # type: ignore[override]
+    def fit(self, features, categories=None, progress=None, **training):  # type: ignore[override]
         assert categories is not None and len(categories) == len(features)
         for epoch in (1, 2):
             if progress:
@@ -98,11 +100,8 @@ def _bench(source: str, out: Path, cache: Path, progress=None) -> str:
         None,
         out,
         params={"patchcore": PATCHCORE},
-        seed=0,
-        cache_dir=cache,
-        progress=progress,
-        image_size=SIZE,
-        holdout=0.2,
+        options=FitOptions(image_size=SIZE, holdout=0.2, cache_dir=cache),
+        progress=progress or no_progress,
     )
 
 
@@ -269,7 +268,8 @@ def test_bad_inputs_fail_before_any_work(
         params = {"sgfr_or_other": {"k": 3}}
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ReconadError):
-        run_bench(models, data, cats, out, params=params, cache_dir=tmp_path / "cache", image_size=SIZE)
+        options = FitOptions(image_size=SIZE, cache_dir=tmp_path / "cache")
+        run_bench(models, data, cats, out, params=params, options=options)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "foreign_out":
         assert (out / "thesis.tex").read_text() == "precious"

@@ -166,7 +166,7 @@ def test_manifest_and_graphs(runs, exports, model):
         assert not any(node.metadata_props for node in model.graph.node)  # the exporter's notes dropped
         assert hashlib.sha256((exported / name).read_bytes()).hexdigest() == entry["sha256"]
     assert sorted(p.name for p in exported.iterdir()) == sorted(
-        ["manifest.json", "predict.py", "imagefiles.py", *manifest["graphs"]]
+        ["manifest.json", "predict.py", "image_runtime.py", *manifest["graphs"]]
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import READABLE, write_bad
 from PIL import Image
 
-from reconad.data.imageio import _to_rgb, decode_image, load_resized, read_image, read_mask
+from reconad.data.imageio import _to_rgb, decode_bytes, load_resized, read_image, read_mask
 from reconad.data.sample import Sample
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 
@@ -385,7 +385,7 @@ def test_resize_images_is_within_one_level_of_pillow_and_batch_invariant():
 @pytest.mark.parametrize("kind", sorted(set(READABLE) - {"non_utf8_name"}))
 def test_decode_image_bytes_matches_read_image(tmp_path, kind):
     path = write_bad(kind, tmp_path)
-    assert np.array_equal(decode_image(path.read_bytes(), "upload"), read_image(path))
+    assert np.array_equal(decode_bytes(path.read_bytes(), "upload"), read_image(path))
 
 
 @pytest.mark.parametrize(
@@ -403,6 +403,6 @@ def test_decode_image_bytes_refuses_what_read_image_refuses(tmp_path, kind, erro
     with pytest.raises(ReconadError) as from_file:
         read_image(path)
     with pytest.raises(error) as from_bytes:
-        decode_image(path.read_bytes(), "upload.bin")
+        decode_bytes(path.read_bytes(), "upload.bin")
     assert type(from_bytes.value) is type(from_file.value)
     assert str(from_bytes.value) == str(from_file.value).replace(str(path), "upload.bin")

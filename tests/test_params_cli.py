@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import reconad.bench
 import reconad.cli
+import reconad.pipeline
 from reconad import pipeline
-from reconad.cli import model_params
 from reconad.errors import ReconadError
-from reconad.models.base import Model, init_config, model_class, model_names
+from reconad.models.base import Model, check_params, init_config, model_class, model_names
 from reconad.params import Declared, declarations, is_declared
 from reconad.runs import load_run
 
@@ -53,7 +53,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def work(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started before the parameters were checked")
 
-    for module in (reconad.cli, reconad.bench):
+    for module in (reconad.pipeline, reconad.bench):
         monkeypatch.setattr(module, "load_sources", work)
         monkeypatch.setattr(module, "FeatureExtractor", work)
 
@@ -112,7 +112,7 @@ def test_unified_models_need_an_image_size_that_their_levels_divide(tmp_path, pa
     def work(*args: object, **kwargs: object) -> None:
         raise AssertionError("data read before the image size was checked")
 
-    monkeypatch.setattr(reconad.cli, "load_sources", work)
+    monkeypatch.setattr(reconad.pipeline, "load_sources", work)
     out = tmp_path / "run"
     result = fit(parts, out, "rlr-selfref", "--image-size", 100)
     assert_clean_error(result, "image size 100 is not a multiple of 16", "e.g. 96 or 112")
@@ -131,7 +131,7 @@ def test_parameters_that_clash_fail_before_the_data(tmp_path, parts, monkeypatch
     def work(*args: object, **kwargs: object) -> None:
         raise AssertionError("data read before the parameters were checked together")
 
-    monkeypatch.setattr(reconad.cli, "load_sources", work)
+    monkeypatch.setattr(reconad.pipeline, "load_sources", work)
     out = tmp_path / "run"
     result = fit(parts, out, "rlr-selfref", *[f"--param={p}" for p in params])
     assert_clean_error(result, words)
@@ -206,7 +206,7 @@ def check_like_fit(name: str, raw: dict[str, str], extractor: object) -> Model |
     """What ``reconad fit`` checks before any work: each value, then the model they make with the features'
     context. The model, or None after asserting a one-line :class:`ReconadError`."""
     try:
-        return pipeline.new_model(name, model_params(name, raw), extractor, seed=0)
+        return pipeline.new_model(name, raw, extractor, seed=0)
     except ReconadError as err:
         assert str(err) and "\n" not in str(err)
         return None
@@ -218,7 +218,7 @@ def test_random_values_are_refused_in_one_line_or_build_the_model(extractor, cas
     name, raw = case
     model = check_like_fit(name, raw, extractor)
     if model is not None:  # the values given are what the model holds
-        checked = model_params(name, raw)
+        checked = check_params(name, raw)
         assert {k: init_config(model)[k] for k in checked} == checked
 
 

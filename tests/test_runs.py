@@ -14,7 +14,7 @@ import torch
 from conftest import assert_clean_error, invoke
 from safetensors.torch import save_file
 
-from reconad import pipeline
+from reconad import inference, pipeline
 from reconad.data import load_sources
 from reconad.errors import ReconadError
 from reconad.runs import SCHEMA_VERSION, load_run, save_run
@@ -261,7 +261,7 @@ def test_python_predict_on_a_loaded_run_matches_the_cli(tmp_path, fitted_run, pa
     extractor = FeatureExtractor.from_config(run.config["features"])
     assert extractor.config() == run.config["features"]
     category = next(iter(run.categories))
-    scored = list(pipeline.score_images(run, extractor, paths, category))
+    scored = list(inference.score_images(run, extractor, paths, category))
     out = tmp_path / "pred"
     result = invoke("predict", fitted_run, *paths, "--out", out)
     assert result.exit_code == 0, result.output

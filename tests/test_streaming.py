@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import CountingExtractor, good_images, invoke
 
-from reconad import pipeline
+from reconad import inference, pipeline
 from reconad.data import load_sources
 from reconad.runs import load_run
 
@@ -52,7 +52,7 @@ def test_predict_over_many_batches_writes_every_row_in_order(tmp_path, fitted_ru
 
 
 def test_interrupted_predict_leaves_no_scores_file(tmp_path, fitted_run, monkeypatch):
-    real = pipeline.score_images
+    real = inference.score_images
 
     def failing(*args, **kwargs):
         for i, scored in enumerate(real(*args, **kwargs)):
@@ -60,7 +60,7 @@ def test_interrupted_predict_leaves_no_scores_file(tmp_path, fitted_run, monkeyp
                 raise KeyboardInterrupt
             yield scored
 
-    monkeypatch.setattr(pipeline, "score_images", failing)
+    monkeypatch.setattr(inference, "score_images", failing)
     good_images(tmp_path / "new", 37)
     out = tmp_path / "pred"
     result = invoke("predict", fitted_run, tmp_path / "new", "--out", out)

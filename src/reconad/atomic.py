@@ -9,6 +9,7 @@ temporary is removed and the previous content is left as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from reconad.errors import ReconadError
+from reconad.image_runtime import show_path
 
 
 def usual_permissions(path: Path) -> None:
@@ -97,3 +101,20 @@ def replace_folder(new: Path, path: Path) -> None:
             os.replace(old, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Write ``doc`` as indented JSON, atomically."""
+    with atomic_file(path) as f:
+        json.dump(doc, f, indent=2)
+
+
+def check_writable(path: Path, *, folder: bool) -> None:
+    """Fail before any work when ``path`` cannot become a folder (``folder``) or a file."""
+    if path.exists() and path.is_dir() != folder:
+        raise ReconadError(f"{show_path(path)} exists and is {'not a folder' if folder else 'a folder'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReconadError(f"cannot write {show_path(path)}: {show_path(parent)} is not a folder")
+            break

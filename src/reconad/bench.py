@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import inspect
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import METRIC_KEYS
-from reconad.models.base import model_class
+from reconad.models.base import Model, model_class
+from reconad.options import DEFAULTS, FitOptions
+from reconad.progress import Progress, no_progress
 from reconad.report.html import METRIC_NAMES, ModelReport, best_labels, fmt, write_reports
 from reconad.runs import Run, save_run
 
@@ -100,21 +101,31 @@ def _check_out(out: Path) -> None:
         raise ReconadError(f"{out} exists and is not a reconad bench folder: choose another --out")
 
 
-def _check_models(
-    models: list[str], params: dict[str, dict], holdout: float, seed: int
-) -> tuple[dict[str, type], dict[str, dict[str, Any]]]:
-    """The model classes and each model's checked hyper-parameters (:func:`pipeline.check_fit_options`)."""
+def per_model(params: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{"MODEL.key": value}`` (``--param MODEL.key=value``) → ``{MODEL: {key: value}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in params.items():
+        name, _, field = key.partition(".")
+        if not field:
+            raise ReconadError(f"--param {key}: expected MODEL.key=value")
+        out.setdefault(name, {})[field] = value
+    return out
+
+
+def _check_models(models: list[str], params: dict[str, dict[str, Any]]) -> list[pipeline.ModelSpec]:
+    """Each benched model's name and parameters, checked once before any work (:class:`~.ModelSpec`)."""
     if not models:
         raise ReconadError("no model given: pass at least one --model")
     if len(set(models)) != len(models):
         raise ReconadError(f"a model is named twice in {', '.join(models)}")
-    classes = {m: model_class(m) for m in models}
+    for name in params:
+        model_class(name)  # a --param for an unknown model says so
     extra = sorted(set(params) - set(models))
     if extra:
         raise ReconadError(
             f"--param for {', '.join(extra)}, which is not benched (models: {', '.join(models)})"
         )
-    return classes, {m: pipeline.check_fit_options(m, params.get(m, {}), holdout, seed) for m in models}
+    return [pipeline.ModelSpec.check(m, params.get(m, {})) for m in models]
 
 
 def _check_sources(sources: list[CategoryData], holdout: float, seed: int) -> None:
@@ -151,10 +162,9 @@ def _extract_all(
     sources: list[CategoryData],
     extractor: FeatureExtractor,
     cache: FeatureCache,
-    holdout: float,
-    seed: int,
-    progress: pipeline.Progress,
-) -> tuple[dict[str, tuple[pipeline.Extracted, pipeline.Extracted]], dict[str, _Test], float]:
+    options: FitOptions,
+    progress: Progress,
+) -> tuple[pipeline.TrainingFeatures, dict[str, _Test], float]:
     """Extract every category's (model part, held-back part) of the training images (through the cache) and
     its test split (timed, uncached), once for all models."""
     total = sum(len(c.train) + len(c.test) for c in sources)
@@ -167,7 +177,7 @@ def _extract_all(
     train, tests = {}, {}
     for c in sources:
         parts = []
-        for part in pipeline.split_holdout(c.train, holdout, seed):
+        for part in pipeline.split_holdout(c.train, options.holdout, options.seed):
             parts.append(pipeline.extract(part, extractor, cache=cache, progress=step))
             offset += len(part)
         train[c.name] = (parts[0], parts[1])
@@ -186,44 +196,35 @@ def _evaluate(run: Run, tests: dict[str, _Test]) -> dict[str, pipeline.CategoryR
 
 
 def _bench_model(
-    name: str,
-    cls: type,
+    model: Model,
     sources: list[CategoryData],
-    train: dict[str, tuple[pipeline.Extracted, pipeline.Extracted]],
+    train: pipeline.TrainingFeatures,
     tests: dict[str, _Test],
     extractor: FeatureExtractor,
-    cache: FeatureCache,
-    *,
-    params: dict[str, Any],
-    holdout: float,
-    seed: int,
+    options: FitOptions,
     runs_dir: Path,
     tick: Callable[..., None],
 ) -> tuple[ModelReport, dict[str, Any]]:
     """Fit, test and save one model; its report part and its results.json entry."""
-    n_cat = len(sources)
+    name, n_cat = model.name, len(sources)
     _reset_peak_rss()
     rss_start = _status_bytes("VmRSS")
 
-    def fit_progress(description: str, done: int, total: int) -> None:
+    def fit_progress(description: str, done: int, total: int, info: str = "", unit: str = "") -> None:
         if description == "fitting":
             tick(done)
 
-    fit_kwargs: dict[str, Any] = {}
-    if cls.unified and "progress" in inspect.signature(cls.fit).parameters:
-        fit_kwargs["progress"] = lambda epoch, epochs, loss: tick(
-            epoch * n_cat // max(epochs, 1), f"{name} epoch {epoch}/{epochs}, loss {loss:.4g}"
-        )
+    def epoch_progress(epoch: int, epochs: int, loss: float) -> None:
+        tick(epoch * n_cat // max(epochs, 1), f"{name} epoch {epoch}/{epochs}, loss {loss:.4g}")
+
     run = pipeline.fit(
-        name,
+        model,
         sources,
         extractor,
-        params=params,
-        cache=cache,
-        holdout=holdout,
-        seed=seed,
+        holdout=options.holdout,
+        seed=options.seed,
         progress=fit_progress,
-        fit_kwargs=fit_kwargs,
+        training=pipeline.Training(progress=epoch_progress) if model.unified else None,
         features=train,
     )
     tick(n_cat)
@@ -358,94 +359,72 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _meta(options: FitOptions, arguments: dict[str, Any], extractor: FeatureExtractor) -> dict[str, Any]:
+    """What results.json records of the bench besides the models: the command, its arguments, the machine."""
+    resettable = _reset_peak_rss()
+    return {
+        "command": shlex.join(sys.argv),
+        "arguments": arguments,
+        "seed": options.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "reconad_version": __version__,
+        "machine": _machine(),
+        "features": extractor.config(),
+        "peak_rss_method": (
+            "VmHWM of /proc/self/status, reset per model through /proc/self/clear_refs"
+            if resettable
+            else "ru_maxrss: the process's peak so far, not reset between models"
+        ),
+    }
+
+
 def run_bench(
     models: list[str],
     data: list[str],
     categories: list[str] | None,
     out: Path,
     *,
-    params: dict[str, dict] | None = None,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-    device: str = "cpu",
-    progress: pipeline.Progress | None = None,
-    backbone: str = "tf_efficientnet_lite0",
-    weights: Path | None = None,
-    layers: tuple[int, ...] = (2, 3),
-    image_size: int = 256,
-    holdout: float = 0.1,
+    params: dict[str, dict[str, Any]] | None = None,
+    options: FitOptions = DEFAULTS,
+    progress: Progress = no_progress,
 ) -> str:
     """Fit and test every model on every category; write ``out/results.json``, ``out/results.md`` and
-    ``out/report.html`` (replacing a previous bench there atomically). Returns the markdown text."""
-    progress = progress or pipeline.no_progress
-    params = params or {}
+    ``out/report.html`` (replacing a previous bench there atomically). Returns the markdown text.
+    ``params``: each model's hyper-parameters (text values are converted; checked before any work)."""
     out = Path(out)
     _check_out(out)
-    classes, checked = _check_models(models, params, holdout, seed)
-    sources = load_sources(data, categories, seed=seed)
-    _check_sources(sources, holdout, seed)
-    extractor = FeatureExtractor(backbone, tuple(layers), image_size, weights=weights, device=device)
-    for name in models:  # each model's parameters together and with the features, before any work
-        pipeline.new_model(name, checked[name], extractor, seed)
+    specs = _check_models(models, params or {})
+    sources = load_sources(data, categories, seed=options.seed)
+    _check_sources(sources, options.holdout, options.seed)
+    extractor = FeatureExtractor.from_options(options)
+    built = [spec.build(extractor, options.seed) for spec in specs]  # together, with the features
     arguments = {
         "models": models,
         "data": data,
         "categories": categories,
-        "params": params,
-        "seed": seed,
-        "device": device,
-        "backbone": backbone,
-        "weights": str(weights) if weights else None,
-        "layers": list(layers),
-        "image_size": image_size,
-        "holdout": holdout,
+        "params": params or {},
+        **{k: v for k, v in asdict(options).items() if k not in ("cache_dir", "no_cache")},
+        "weights": str(options.weights) if options.weights else None,
+        "layers": list(options.layers),
     }
     with atomic_folder(out) as tmp:
-        cache = _feature_cache(extractor, cache_dir, tmp / "cache")
-        train, tests, feature_seconds = _extract_all(sources, extractor, cache, holdout, seed, progress)
+        cache = _feature_cache(extractor, options.cache_dir, tmp / "cache")
+        train, tests, feature_seconds = _extract_all(sources, extractor, cache, options, progress)
         units = 2 * len(sources)
-        total = units * len(models)
         reports, docs = [], {}
-        for k, name in enumerate(models):
+        for k, model in enumerate(built):
 
             def tick(done: int, info: str = "", base: int = k * units) -> None:
-                progress("bench", base + min(done, units), total, info=info, unit="steps")
+                progress("bench", base + min(done, units), units * len(built), info=info, unit="steps")
 
             tick(0)
-            report, doc = _bench_model(
-                name,
-                classes[name],
-                sources,
-                train,
-                tests,
-                extractor,
-                cache,
-                params=checked[name],
-                holdout=holdout,
-                seed=seed,
-                runs_dir=tmp / "runs",
-                tick=tick,
+            report, docs[model.name] = _bench_model(
+                model, sources, train, tests, extractor, options, tmp / "runs", tick
             )
             reports.append(report)
-            docs[name] = doc
         shutil.rmtree(tmp / "cache", ignore_errors=True)
-        resettable = _reset_peak_rss()
-        meta = {
-            "command": shlex.join(sys.argv),
-            "arguments": arguments,
-            "seed": seed,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "reconad_version": __version__,
-            "machine": _machine(),
-            "features": extractor.config(),
-            "feature_seconds": feature_seconds,
-            "test_images": sum(len(t.samples) for t in tests.values()),
-            "peak_rss_method": (
-                "VmHWM of /proc/self/status, reset per model through /proc/self/clear_refs"
-                if resettable
-                else "ru_maxrss: the process's peak so far, not reset between models"
-            ),
-        }
+        meta = _meta(options, arguments, extractor)
+        meta.update(feature_seconds=feature_seconds, test_images=sum(len(t.samples) for t in tests.values()))
         text = markdown(docs, meta)
         (tmp / "results.json").write_text(
             json.dumps({BENCH_MARKER: BENCH_SCHEMA, "meta": meta, "models": docs}, indent=2)

@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconad import distributed, pipeline
-from reconad.atomic import atomic_file
-from reconad.data import load_sources
-from reconad.data.imageio import collect_images, show_path
+from reconad.atomic import check_writable, write_json
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
-from reconad.features.cache import FeatureCache
-from reconad.features.extractor import FeatureExtractor, check_image_size, check_layers
-from reconad.imagefiles import overlay_name
-from reconad.metrics import METRIC_KEYS
-from reconad.models.base import check_params, describe_params, model_class, model_names
-from reconad.params import is_declared
-from reconad.progress import progress_display
-from reconad.runs import Run, load_run, save_run
-from reconad.runtime import keep_freed_memory
+from reconad.options import DEFAULTS, FitOptions, parse_layers
+from reconad.progress import Progress, progress_display
+
+if TYPE_CHECKING:
+    from reconad.pipeline import CategoryResult
+    from reconad.runs import Run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -51,6 +42,7 @@ BackboneOpt = Annotated[str, typer.Option(help="timm model name")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")]
 ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
 LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
+DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
 HoldoutOpt = Annotated[float, typer.Option(help="fraction of good images held back to set the threshold")]
 
 
@@ -60,6 +52,8 @@ def main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """reconad: unsupervised visual anomaly detection and localization (SGFR, RLR, PatchCore, UniAD)."""
+    from reconad.runtime import keep_freed_memory
+
     STATE["debug"], STATE["quiet"] = debug, quiet
     keep_freed_memory()
 
@@ -71,17 +65,12 @@ def clean_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ReconadError as error:
-            if STATE["debug"]:
-                raise
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind", soft_wrap=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except OSError as error:  # the file system said no (disk full, permissions, a file in the way)
+        except (ReconadError, OSError) as error:  # a user mistake, or the file system said no
             if STATE["debug"]:
                 raise
             err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
@@ -100,7 +89,7 @@ def clean_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bars(quiet: bool = False) -> Iterator[pipeline.Progress]:
+def progress_bars(quiet: bool = False) -> Iterator[Progress]:
     """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
     with progress_display(err, quiet=quiet or STATE["quiet"]) as update:
         yield update
@@ -117,30 +106,13 @@ def parse_params(values: list[str] | None) -> dict[str, str]:
     return params
 
 
-def model_params(name: str, raw: dict[str, str]) -> dict[str, Any]:
-    """The ``--param`` values of model ``name``, checked and converted before any work: by the model's
-    declarations (:mod:`reconad.params`), or, for a model without them, read as JSON where they parse."""
-    cls = model_class(name)
-    values: dict[str, Any] = dict(raw) if is_declared(cls) else {k: _json_or_text(v) for k, v in raw.items()}
-    return check_params(name, values)
-
-
-def _json_or_text(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def make_cache(no_cache: bool, cache_dir: Path | None, extractor: FeatureExtractor) -> FeatureCache | None:
-    return None if no_cache else FeatureCache(extractor.key(), cache_dir)
-
-
 def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> Table:
     """The five metrics per row of ``doc["categories"]``, and ``doc["mean"]`` when there is one."""
     table = Table(title=title)
     names = [first, *doc["categories"]]
     table.add_column(first, min_width=max(map(len, names)), no_wrap=True)  # names before numbers squeeze
+    from reconad.metrics import METRIC_KEYS
+
     for key in METRIC_KEYS:
         table.add_column(key.replace("_", " "), justify="right")
     table.add_column("n", justify="right")
@@ -155,112 +127,20 @@ def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> T
     return table
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    with atomic_file(path) as f:
-        json.dump(doc, f, indent=2)
+def fit_options(
+    backbone: str, weights: Path | None, image_size: int, layers: str, holdout: float, seed: int, **rest: Any
+) -> FitOptions:
+    """The :class:`FitOptions` of the command-line flags, checked."""
+    return FitOptions(backbone, weights, image_size, parse_layers(layers), holdout, seed, **rest)
 
 
-def check_output(path: Path, *, folder: bool) -> None:
-    """Fail before any work when ``path`` cannot become a folder (``folder``) or a file."""
-    if path.exists() and path.is_dir() != folder:
-        raise ReconadError(f"{show_path(path)} exists and is {'not a folder' if folder else 'a folder'}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ReconadError(f"cannot write {show_path(path)}: {show_path(parent)} is not a folder")
-            break
-
-
-def parse_layers(layers: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in layers.split(","))
-    except ValueError:
-        raise ReconadError(f"--layers {layers!r}: expected comma-separated integers, e.g. 2,3") from None
-    return check_layers(values, "--layers")
-
-
-def check_feature_options(image_size: int, layers: str) -> tuple[int, ...]:
-    """``--image-size`` and ``--layers`` checked before any work; returns the layers."""
-    check_image_size(image_size, "--image-size")
-    return parse_layers(layers)
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    """Where unified models keep per-epoch checkpoints until the run is saved."""
-    return run_dir.with_name(f".{run_dir.name}.checkpoints")
-
-
-def do_fit(
-    model: str,
-    data: list[str],
-    categories: list[str] | None,
-    out_dir: Path,
-    *,
-    backbone: str,
-    weights: Path | None,
-    image_size: int,
-    layers: str,
-    params: dict[str, Any],
-    seed: int,
-    holdout: float,
-    cache_dir: Path | None,
-    no_cache: bool,
-    resume: bool,
-    device: str,
-) -> Run:
-    cls = model_class(model)  # unknown model, bad parameter or option: error before any work
-    params = pipeline.check_fit_options(model, params, holdout, seed, prefix="--")
-    levels = check_feature_options(image_size, layers)
-    if out_dir.exists() and not (out_dir / "run.json").is_file():
-        raise ReconadError(f"{out_dir} exists and is not a reconad run: choose another --out")
-    check_output(out_dir, folder=True)
-    extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
-    pipeline.new_model(model, params, extractor, seed)  # the parameters together and with the features
-    sources = load_sources(data, categories, seed=seed)
-    world = distributed.start(device)  # under torchrun: join the job; otherwise None, nothing changes
-    main = world is None or world.main
-    if distributed.device_for(world, device) != device:  # a CUDA job: each process takes its local GPU
-        device = distributed.device_for(world, device)
-        extractor = FeatureExtractor(backbone, levels, image_size, weights=weights, device=device)
-    fit_kwargs: dict[str, Any] = {}
-    ckpt = checkpoint_dir(out_dir)
-    if cls.unified:
-        fit_kwargs = {"checkpoint_dir": ckpt, "resume": resume}
-    bars = progress_bars(quiet=not main)  # rank 0 alone shows progress
-    try:
-        with bars as progress:
-            if cls.unified:
-                fit_kwargs["progress"] = lambda epoch, total, loss: progress(
-                    "training", epoch, total, f"loss {loss:.4f}", "epochs"
-                )
-            run = pipeline.fit(
-                model,
-                sources,
-                extractor,
-                params=params,
-                cache=make_cache(no_cache, cache_dir, extractor),
-                holdout=holdout,
-                seed=seed,
-                progress=progress,
-                fit_kwargs=fit_kwargs,
-                world=world,
-            )
-    except distributed.JobStopped as stopped:
-        distributed.abandon()
-        if not main:  # rank 0 says it, once
-            raise typer.Exit(1) from None
-        resumable = cls.unified and ckpt.is_dir() and any(ckpt.glob("*-checkpoint.json"))
-        hint = f"; the checkpoints in {ckpt} are whole: rerun the same command with --resume"
-        raise ReconadError(f"{stopped}{hint if resumable else ''}") from None
-    except BaseException:
-        distributed.abandon()  # this process's own error: it says it, then ends
-        raise
-    if main:  # one writer: rank 0 (atomically, as ever)
-        save_run(run, out_dir)
-        shutil.rmtree(ckpt, ignore_errors=True)
-    distributed.stop()
-    return run
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),
+]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
+RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
 
 
 @app.command()
@@ -270,42 +150,39 @@ def fit(
     data: DataOpt,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")],
     category: CategoryOpt = None,
-    backbone: BackboneOpt = "tf_efficientnet_lite0",
-    weights: WeightsOpt = None,
-    image_size: ImageSizeOpt = 256,
-    layers: LayersOpt = "2,3",
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"
-        ),
-    ] = None,
-    seed: int = 0,
-    holdout: HoldoutOpt = 0.1,
-    cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
-    no_cache: Annotated[bool, typer.Option(help="do not read or write the feature cache")] = False,
+    backbone: BackboneOpt = DEFAULTS.backbone,
+    weights: WeightsOpt = DEFAULTS.weights,
+    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    layers: LayersOpt = DEFAULT_LAYERS,
+    param: ParamOpt = None,
+    seed: int = DEFAULTS.seed,
+    holdout: HoldoutOpt = DEFAULTS.holdout,
+    cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
+    no_cache: Annotated[
+        bool, typer.Option(help="do not read or write the feature cache")
+    ] = DEFAULTS.no_cache,
     resume: Annotated[
         bool, typer.Option(help="unified models: continue from the last finished epoch")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Fit a model on the good training images of every category found."""
-    run = do_fit(
-        model,
-        data,
-        category,
-        out_dir,
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        layers=layers,
-        params=model_params(model, parse_params(param)),
-        seed=seed,
-        holdout=holdout,
+    from reconad import distributed, pipeline
+
+    options = fit_options(
+        backbone,
+        weights,
+        image_size,
+        layers,
+        holdout,
+        seed,
         cache_dir=cache_dir,
         no_cache=no_cache,
-        resume=resume,
         device=device,
+    )
+    check_writable(out_dir, folder=True)
+    run = pipeline.fit_folder(
+        model, parse_params(param), data, category, out_dir, options, resume=resume, display=progress_bars
     )
     if (distributed.launched() or (0,))[0] != 0:
         return  # the other processes of a torchrun job stay quiet
@@ -323,6 +200,8 @@ def list_params(
     model: Annotated[str | None, typer.Argument(help="a model name; every model if left out")] = None,
 ) -> None:
     """List a model's hyper-parameters (for --param key=value): the values each takes, default, use."""
+    from reconad.models.base import describe_params, model_names
+
     for name in [model] if model else model_names():
         table = Table(title=f"{name}: --param key=value", title_justify="left")
         for column in ("parameter", "values", "default", "what it does"):
@@ -333,30 +212,27 @@ def list_params(
 
 
 def do_test(
-    run_dir: Path,
-    data: list[str] | None,
-    categories: list[str] | None,
-    *,
-    cache_dir: Path | None = None,
-    no_cache: bool = True,
-    device: str = "cpu",
-    by_defect: bool = False,
-) -> tuple[Run, dict[str, pipeline.CategoryResult], dict[str, Any]]:
+    run_dir: Path, data: list[str] | None, categories: list[str] | None, device: str, by_defect: bool = False
+) -> tuple[Run, dict[str, CategoryResult], dict[str, Any]]:
+    """Score a run's test splits (its own data sources unless ``data``): the results and their JSON."""
+    from reconad import pipeline
+    from reconad.data import load_sources
+    from reconad.features.extractor import FeatureExtractor
+    from reconad.runs import load_run
+
     run = load_run(run_dir)
     specs = data or sorted({c["source"] for c in run.categories.values()})
     sources = load_sources(specs, categories or list(run.categories))
     extractor = FeatureExtractor.from_config(run.config["features"], device)
     with progress_bars() as progress:
-        results = pipeline.evaluate(
-            run, sources, extractor, cache=make_cache(no_cache, cache_dir, extractor), progress=progress
-        )
+        results = pipeline.evaluate(run, sources, extractor, progress=progress)
     return run, results, pipeline.results_json(run, results, by_defect)
 
 
 @app.command()
 @clean_errors
 def test(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    run_dir: RunOpt,
     data: Annotated[
         list[str] | None, typer.Option("--data", "-d", help="override the run's data sources")
     ] = None,
@@ -366,20 +242,19 @@ def test(
     by_defect: Annotated[
         bool, typer.Option("--by-defect", help="also the metrics per defect type (good images + that type)")
     ] = False,
-    device: str = "cpu",
+    device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Score the test split of each category and print image/pixel AUROC, AUPRO, F1-max and AP."""
     if json_file:
-        check_output(json_file, folder=False)
+        check_writable(json_file, folder=False)
     if report:
-        check_output(report, folder=True)
-    run, results, doc = do_test(run_dir, data, category, device=device, by_defect=by_defect)
+        check_writable(report, folder=True)
+    run, results, doc = do_test(run_dir, data, category, device, by_defect)
     out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
     for name, m in doc["categories"].items() if by_defect else ():
-        by_type = {"categories": m["defect_types"]}
-        if by_type["categories"]:  # a category without defective test images has no types to show
+        if m["defect_types"]:  # a category without defective test images has no types to show
             title = f"{escape(name)} · each defect type with the good images"
-            out.print(metrics_table(by_type, title, "defect"))
+            out.print(metrics_table({"categories": m["defect_types"]}, title, "defect"))
     for name, m in doc["categories"].items():
         for note in m.get("notes", []):
             out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
@@ -397,86 +272,44 @@ def test(
 @app.command()
 @clean_errors
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    run_dir: RunOpt,
     inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for overlays and scores.csv")],
     category: Annotated[
         str | None, typer.Option(help="which category's model (needed if the run has several)")
     ] = None,
-    device: str = "cpu",
+    device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from reconad.report.overlay import overlay_png
+    from reconad.data.imageio import collect_images
+    from reconad.features.extractor import FeatureExtractor
+    from reconad.inference import predict_folder
+    from reconad.runs import load_run
 
     run = load_run(run_dir)
-    if category is None:
-        if len(run.categories) > 1:
-            raise ReconadError(
-                f"the run has several categories ({', '.join(run.categories)}): pass --category"
-            )
-        category = next(iter(run.categories))
-    if category not in run.categories:
-        raise ReconadError(f"the run has no category {category!r} (it has {', '.join(run.categories)})")
-    check_output(out_dir, folder=True)
+    category = run.category(category)
+    check_writable(out_dir, folder=True)
     paths = collect_images(inputs)
     extractor = FeatureExtractor.from_config(run.config["features"], device)
-    cat = run.categories[category]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failures: list[tuple[str, str]] = []
-    taken: set[str] = set()
-    batch: list[pipeline.Scored] = []
-    batch_size, n_scored, n_bad = 16, 0, 0
-
-    def render(scored: pipeline.Scored) -> bytes:
-        return overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
-
-    def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
-        nonlocal n_scored, n_bad
-        for scored, png in zip(batch, pipeline.map_on_cores(render, batch)):
-            name = overlay_name(Path(scored.path), taken)
-            with atomic_file(out_dir / name, "wb") as f:
-                f.write(png)
-            rows.writerow((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
-            n_scored, n_bad = n_scored + 1, n_bad + int(scored.is_anomalous)
-        batch.clear()
-
-    start = time.perf_counter()
-    # Rows go to scores.csv as they come (nothing per image is kept in memory); the file appears under its
-    # name only once every image is scored.
-    csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
-    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f, progress_bars() as progress:
-        rows = csv.writer(f)
-        rows.writerow(["path", "score", "is_anomalous", "overlay"])
-        for scored in pipeline.score_images(
-            run,
-            extractor,
-            paths,
-            category,
-            batch_size=batch_size,
-            on_error=lambda p, m: failures.append((p, m)),
-            progress=progress,
-        ):
-            batch.append(scored)
-            if len(batch) == batch_size:  # a batch scored: its overlays encode before the next forward
-                write_batch(rows)
-        write_batch(rows)
-    seconds = time.perf_counter() - start
+    with progress_bars() as progress:
+        done = predict_folder(run, extractor, paths, category, out_dir, progress)
     out.print(
-        f"scored {n_scored} images ({n_bad} anomalous at threshold {cat['threshold']:.4g}) "
-        f"in {seconds:.1f} s ({n_scored / seconds:.1f} images/s) → {escape(str(out_dir / 'scores.csv'))}",
+        f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
+        f"{run.categories[category]['threshold']:.4g}) in {done.seconds:.1f} s "
+        f"({done.n_scored / done.seconds:.1f} images/s) → {escape(str(out_dir / 'scores.csv'))}",
         soft_wrap=True,
     )
-    for _, message in failures:
+    for _, message in done.failures:
         err.print(f"[red]skipped[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    if failures:
-        err.print(f"[red]{len(failures)} of {len(paths)} images could not be read[/red]")
+    if done.failures:
+        err.print(f"[red]{len(done.failures)} of {len(paths)} images could not be read[/red]")
         raise typer.Exit(1)
 
 
 @app.command()
 @clean_errors
 def serve(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    run_dir: RunOpt,
     host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
     port: int = 8000,
     workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
@@ -502,7 +335,7 @@ def serve(
 @app.command()
 @clean_errors
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")],
+    run_dir: RunOpt,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="export folder to write")],
     category: CategoryOpt = None,
 ) -> None:
@@ -531,7 +364,9 @@ def demo(
     ),
 ) -> None:
     """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data."""
+    from reconad import pipeline
     from reconad.data.synthetic import make_parts
+    from reconad.report.overlay import write_overlays
 
     start = time.perf_counter()
     if not data:
@@ -539,44 +374,11 @@ def demo(
         out.print(f"generated synthetic parts with drawn defects → {part.parent}")
         data = [f"mvtec:{part.parent}"]
     run_dir = out_dir / f"run-{model}"
-    do_fit(
-        model,
-        data,
-        category,
-        run_dir,
-        backbone="tf_efficientnet_lite0",
-        weights=None,
-        image_size=256,
-        layers="2,3",
-        params={},
-        seed=0,
-        holdout=0.1,
-        cache_dir=None,
-        no_cache=False,
-        resume=False,
-        device="cpu",
-    )
-    run, results, doc = do_test(run_dir, data, category)
+    pipeline.fit_folder(model, {}, data, category, run_dir, display=progress_bars)
+    run, results, doc = do_test(run_dir, data, category, DEFAULTS.device)
     write_json(out_dir / "metrics.json", doc)
     out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
-    from PIL import Image
-
-    from reconad.report.overlay import heatmap_overlay, mask_outline
-
-    overlays = out_dir / "overlays"
-    overlays.mkdir(parents=True, exist_ok=True)
-    for name, r in results.items():
-        cat = run.categories[name]
-        for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
-            from reconad.data import load_resized
-
-            image, _ = load_resized(r.samples[i], r.maps.shape[-1])
-            picture = mask_outline(
-                heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
-            )
-            file = overlays / f"{name}_{r.samples[i].defect}_{r.samples[i].path.stem}.png"
-            with atomic_file(file, "wb") as f:
-                Image.fromarray(picture).save(f, format="PNG")
+    overlays = write_overlays(out_dir / "overlays", run.config, results)
     out.print(f"overlays (ground truth outlined in red) → {overlays}")
     out.print(
         f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · "
@@ -597,45 +399,24 @@ def bench(
         list[str] | None,
         typer.Option("--param", "-p", help="MODEL.key=value; repeatable; `reconad params MODEL` lists them"),
     ] = None,
-    seed: int = 0,
-    cache_dir: Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")] = None,
-    device: str = "cpu",
-    backbone: BackboneOpt = "tf_efficientnet_lite0",
-    weights: WeightsOpt = None,
-    image_size: ImageSizeOpt = 256,
-    layers: LayersOpt = "2,3",
-    holdout: HoldoutOpt = 0.1,
+    seed: int = DEFAULTS.seed,
+    cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
+    device: DeviceOpt = DEFAULTS.device,
+    backbone: BackboneOpt = DEFAULTS.backbone,
+    weights: WeightsOpt = DEFAULTS.weights,
+    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    layers: LayersOpt = DEFAULT_LAYERS,
+    holdout: HoldoutOpt = DEFAULTS.holdout,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
-    from reconad.bench import run_bench
+    options = fit_options(
+        backbone, weights, image_size, layers, holdout, seed, cache_dir=cache_dir, device=device
+    )
+    from reconad.bench import per_model, run_bench
 
-    raw: dict[str, dict[str, str]] = {}
-    for key, value in parse_params(param).items():
-        name, _, field = key.partition(".")
-        if not field:
-            raise ReconadError(f"--param {key}: expected MODEL.key=value")
-        raw.setdefault(name, {})[field] = value
-    params = {name: model_params(name, values) for name, values in raw.items()}
-    for name in model:
-        pipeline.check_fit_options(name, params.get(name, {}), holdout, seed, prefix="--")
-    levels = check_feature_options(image_size, layers)
+    params = per_model(parse_params(param))
     with progress_bars() as progress:
-        md = run_bench(
-            model,
-            data,
-            category,
-            out_dir,
-            params=params,
-            seed=seed,
-            cache_dir=cache_dir,
-            device=device,
-            progress=progress,
-            backbone=backbone,
-            weights=weights,
-            layers=levels,
-            image_size=image_size,
-            holdout=holdout,
-        )
+        md = run_bench(model, data, category, out_dir, params=params, options=options, progress=progress)
     print(md)
     out.print(f"results → {out_dir}")
 

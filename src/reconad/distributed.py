@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,6 +53,16 @@ class World:
     def main(self) -> bool:
         """Rank 0: the one process that shows progress and writes checkpoints and the run."""
         return self.rank == 0
+
+    def describe(self, batch_size: int, lr: float) -> dict[str, Any]:
+        """What a run records of the job that trained it (``batch_size``: per process; ``lr`` as given)."""
+        return {
+            "world_size": self.size,
+            "backend": self.backend,
+            "batch_size_per_process": batch_size,
+            "effective_batch": batch_size * self.size,
+            "lr": lr,
+        }
 
 
 def launched() -> tuple[int, int, int] | None:
@@ -127,6 +137,26 @@ def abandon() -> None:
     one line it prints is the last thing it says (no second traceback while it exits)."""
     if _world is not None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextmanager
+def job(device: str, stopped_hint: Callable[[], str] = str) -> Iterator[World | None]:
+    """A command's life in a torchrun job: join it (:func:`start`; None outside torchrun, where nothing
+    changes), and leave it (:func:`stop`) when the block ends. When another process fails, rank 0 ends with
+    one :class:`JobStopped` line (plus ``stopped_hint()``: what the user can do) and the others end quietly
+    (exit code 1); on this process's own error it says that error and nothing more (:func:`abandon`)."""
+    world = start(device)
+    try:
+        yield world
+    except JobStopped as stopped:
+        abandon()
+        if world is not None and not world.main:
+            raise SystemExit(1) from None  # rank 0 says it, once
+        raise JobStopped(f"{stopped}{stopped_hint()}") from None
+    except BaseException:
+        abandon()
+        raise
+    stop()
 
 
 def device_for(world: World | None, device: str) -> str:

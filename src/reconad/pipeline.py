@@ -7,20 +7,23 @@ are thin layers over these functions.
 
 from __future__ import annotations
 
+import copy
+import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from reconad import __version__
-from reconad.data import CategoryData, Sample, load_image_and_mask, resize_images
-from reconad.data.imageio import read_image
+from reconad import __version__, distributed
+from reconad.data import CategoryData, Sample, load_image_and_mask, load_sources, resize_images
 from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
@@ -28,8 +31,9 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, check_params, create_model, model_class
-from reconad.params import MAX_SEED, check_value
-from reconad.runs import UNIFIED, Run, models_to
+from reconad.options import DEFAULTS, FitOptions, check_holdout, check_seed
+from reconad.progress import Progress, no_progress
+from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, models_to, save_run
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
@@ -38,19 +42,6 @@ DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
 
 #: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
 SCORE_BATCH = 32
-
-
-class Progress(Protocol):
-    """Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from
-    it); ``info`` is shown beside the count, ``unit`` names what is counted."""
-
-    def __call__(
-        self, description: str, done: int, total: int, info: str = "", unit: str = "images"
-    ) -> None: ...
-
-
-def no_progress(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
-    """A :class:`Progress` that shows nothing."""
 
 
 def accelerator(extractor: FeatureExtractor) -> torch.device | None:
@@ -152,29 +143,33 @@ def extract_shared(
     return Extracted(gather_rows(local, len(samples), world), None, time.perf_counter() - start)
 
 
-def check_fit_options(
-    model_name: str, params: dict[str, Any], holdout: float, seed: int, prefix: str = ""
-) -> dict[str, Any]:
-    """What can be checked of a fit before any work: the model's hyper-parameters (returned converted to
-    their declared types), the holdout fraction and the seed (errors name them with ``prefix``: ``--``)."""
-    check_holdout(holdout, f"{prefix}holdout")
-    check_value(f"{prefix}seed", seed, int, low=0, high=MAX_SEED)
-    return check_params(model_name, params)
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model name and its hyper-parameters, checked once at the edge (:meth:`check`: the name, each value
+    converted to its declared type) and passed on; :meth:`build` makes the unfitted model."""
+
+    name: str
+    params: dict[str, Any]
+
+    @classmethod
+    def check(cls, name: str, params: Mapping[str, Any]) -> ModelSpec:
+        return cls(name, check_params(name, params))
+
+    def build(self, extractor: FeatureExtractor, seed: int = DEFAULTS.seed) -> Model:
+        """The unfitted model with what the features tell it (levels and grids, the run's ``seed`` unless the
+        parameters have one); its parameters are checked together and against the features (a unified model
+        needs grids that divide the image size)."""
+        if model_class(self.name).unified:
+            extractor.check_whole_grids()
+        context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids}
+        return create_model(self.name, **{**context, "seed": seed, **self.params})
 
 
-def new_model(model_name: str, params: dict[str, Any], extractor: FeatureExtractor, seed: int) -> Model:
-    """An unfitted model with ``params`` and what the features tell it (levels and grids, the run's seed
-    unless ``params`` has one). Cheap, so callers make one before any work to check the parameters together
-    and against the features (a unified model also needs grids that divide the image size)."""
-    if model_class(model_name).unified:
-        extractor.check_whole_grids()
-    context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids, "seed": seed}
-    return create_model(model_name, **{**context, **params})
-
-
-def check_holdout(fraction: float, what: str = "holdout") -> float:
-    """The fraction of good training images held back to set the threshold: in (0, 1)."""
-    return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
+def new_model(
+    model_name: str, params: Mapping[str, Any], extractor: FeatureExtractor, seed: int = DEFAULTS.seed
+) -> Model:
+    """An unfitted model of ``model_name`` with ``params`` (:class:`ModelSpec`: checked, then built)."""
+    return ModelSpec.check(model_name, params).build(extractor, seed)
 
 
 def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -217,85 +212,134 @@ def score_features(
     return all_maps, image_scores(all_maps, scoring["reduce"])
 
 
+@dataclass(frozen=True)
+class Training:
+    """What fitting a trained model (``unified``: RLR, RLR-selfref, UniAD) takes besides its features:
+    per-epoch checkpoints in ``checkpoint_dir`` (None: none), ``resume`` from the last one there,
+    ``progress(epoch, epochs, mean_loss)`` after each epoch, and this process's place in a torchrun job
+    (``world``; None: one process)."""
+
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    progress: Callable[[int, int, float], None] | None = None
+    world: World | None = None
+
+
+#: The (model part, held-back part) of each category's good training images, extracted.
+TrainingFeatures = dict[str, tuple[Extracted, Extracted]]
+
+
+def fit_models(
+    model: Model, train: dict[str, Tensor], training: Training | None = None, progress: Progress = no_progress
+) -> dict[str, Model]:
+    """``model`` (unfitted) fitted on every category's good features at once (unified: one model under
+    :data:`~reconad.runs.UNIFIED`), or a copy of it fitted on each category's (``train``: category →
+    features ``[N, C, h, w]``)."""
+    training = training or Training()
+    with less_kept_memory():
+        if model.unified:
+            names = [name for name, x in train.items() for _ in range(len(x))]
+            fitted = model.fit(
+                torch.cat(list(train.values())),
+                names,
+                checkpoint_dir=training.checkpoint_dir,
+                resume=training.resume,
+                progress=training.progress,
+                world=training.world,
+            )
+            return {UNIFIED: fitted}
+        models: dict[str, Model] = {}
+        for i, (name, x) in enumerate(train.items()):
+            progress("fitting", i, len(train), unit="categories")
+            fresh = model if i == len(train) - 1 else copy.deepcopy(model)  # each category from unfitted
+            models[name] = fresh.fit(x)
+        progress("fitting", len(train), len(train), unit="categories")
+        return models
+
+
+def _calibrate(
+    run_models: dict[str, Model],
+    data: list[CategoryData],
+    feats: TrainingFeatures,
+    image_size: int,
+    scoring: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Each category's threshold and normal level, from its held-back good images."""
+    categories = {}
+    for c in data:
+        model = run_models.get(UNIFIED) or run_models[c.name]
+        held = feats[c.name][1].features
+        maps, scores = score_features(model, held, image_size, scoring, [c.name] * len(held))
+        categories[c.name] = {
+            "source": c.source,
+            "n_train": len(feats[c.name][0].features),
+            "n_holdout": len(held),
+            "threshold": calibrate_threshold(scores),
+            "normal_level": float(maps.mean()),
+        }
+    return categories
+
+
 def fit(
-    model_name: str,
+    model: Model | str,
     data: list[CategoryData],
     extractor: FeatureExtractor,
     *,
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    holdout: float = DEFAULTS.holdout,
+    seed: int = DEFAULTS.seed,
     cache: FeatureCache | None = None,
-    holdout: float = 0.1,
-    seed: int = 0,
     scoring: dict[str, Any] | None = None,
     progress: Progress = no_progress,
-    fit_kwargs: dict[str, Any] | None = None,
-    features: dict[str, tuple[Extracted, Extracted]] | None = None,
-    world: World | None = None,
+    training: Training | None = None,
+    features: TrainingFeatures | None = None,
 ) -> Run:
-    """Fit ``model_name`` on the good images of every category (one model each, or one unified model).
+    """Fit ``model`` (unfitted, from :func:`new_model`; or a model name, built here with ``params``) on the
+    good images of every category (one model each, or one unified model).
 
     ``features``: per category, the already extracted (model part, held-back part) of
     :func:`split_holdout` with the same ``holdout`` and ``seed`` (the bench shares them between models).
-    ``world``: this process's place in a torchrun job (:mod:`reconad.distributed`); each process then
-    extracts its share of the images, and the unified model trains with DistributedDataParallel. Every
-    process returns the same run (only rank 0 should save it).
+    ``training``: how a unified model trains (:class:`Training`); with a ``world`` each process extracts
+    its share of the images and the model trains with DistributedDataParallel. Every process returns the
+    same run (only rank 0 should save it).
     """
-    params = check_fit_options(model_name, params or {}, holdout, seed)
-    if world is not None and not model_class(model_name).unified:
+    check_holdout(holdout)
+    check_seed(seed)
+    if isinstance(model, str):
+        model = new_model(model, params or {}, extractor, seed)
+    elif params:
+        raise ReconadError("params go with a model name; a built model already has its parameters")
+    training = training or Training()
+    world = training.world
+    if world is not None and not model.unified:
         raise ReconadError(
-            f"{model_name} fits each category without training: run it in one process, not under torchrun "
+            f"{model.name} fits each category without training: run it in one process, not under torchrun "
             "(torchrun trains the unified models: rlr, rlr-selfref, uniad)"
         )
-    probe = new_model(model_name, params, extractor, seed)  # parameters checked together, before any work
-    if world is not None:
-        fit_kwargs = {**(fit_kwargs or {}), "world": world}
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    splits = {c.name: split_holdout(c.train, holdout, seed) for c in data}
     feats = features or {
         c.name: tuple(
             extract_shared(
                 part, extractor, world, cache=cache, progress=progress, description=f"{c.name}: {what}"
             )
-            for part, what in zip(splits[c.name], ("features", "held back"), strict=True)
+            for part, what in zip(
+                split_holdout(c.train, holdout, seed), ("features", "held back"), strict=True
+            )
         )
         for c in data
     }
     feature_seconds = time.perf_counter() - start
-    model_start = time.perf_counter()
-    models: dict[str, Model] = {}
-    with less_kept_memory():
-        if probe.unified:
-            names = [c.name for c in data for _ in range(len(feats[c.name][0].features))]
-            bank = torch.cat([feats[c.name][0].features for c in data])
-            models[UNIFIED] = probe.fit(bank, names, **(fit_kwargs or {}))
-        else:
-            for i, c in enumerate(data):
-                progress("fitting", i, len(data))
-                model = probe if i == 0 else new_model(model_name, params, extractor, seed)
-                models[c.name] = model.fit(feats[c.name][0].features)
-            progress("fitting", len(data), len(data))
-    model_seconds = time.perf_counter() - model_start
+    models = fit_models(model, {c.name: feats[c.name][0].features for c in data}, training, progress)
+    model_seconds = time.perf_counter() - start - feature_seconds
     models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
-    categories = {}
-    for c in data:
-        model = models.get(UNIFIED) or models[c.name]
-        held = feats[c.name][1].features
-        maps, scores = score_features(model, held, extractor.image_size, scoring, [c.name] * len(held))
-        categories[c.name] = {
-            "source": c.source,
-            "n_train": len(splits[c.name][0]),
-            "n_holdout": len(held),
-            "threshold": calibrate_threshold(scores),
-            "normal_level": float(maps.mean()),
-        }
     config = {
-        "model": model_name,
+        "model": model.name,
         "params": next(iter(models.values())).get_config(),
         "features": extractor.config(),
         "scoring": scoring,
-        "categories": categories,
+        "categories": _calibrate(models, data, feats, extractor.image_size, scoring),
         "seed": seed,
         "holdout": holdout,
         "fit_seconds": time.perf_counter() - start,
@@ -305,14 +349,7 @@ def fit(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if world is not None:
-        batch, lr = config["params"]["batch_size"], config["params"]["lr"]
-        config["distributed"] = {
-            "world_size": world.size,
-            "backend": world.backend,
-            "batch_size_per_process": batch,
-            "effective_batch": batch * world.size,
-            "lr": lr,
-        }
+        config["distributed"] = world.describe(model.batch_size, model.lr)
     return Run(config, models)
 
 
@@ -433,64 +470,57 @@ def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool =
     }
 
 
-@dataclass
-class Scored:
-    """One image scored by :func:`score_images`."""
-
-    path: str
-    image: np.ndarray  # the original image, H×W×3 uint8
-    map: np.ndarray  # anomaly map at the original size
-    score: float
-    is_anomalous: bool
+def feature_cache(options: FitOptions, extractor: FeatureExtractor) -> FeatureCache | None:
+    """The on-disk feature cache the options ask for (None with ``no_cache``)."""
+    return None if options.no_cache else FeatureCache(extractor.key(), options.cache_dir)
 
 
-def score_decoded(
-    run: Run, extractor: FeatureExtractor, images: Sequence[tuple[str, np.ndarray]], category: str
-) -> list[Scored]:
-    """Score decoded ``(name, H×W×3 uint8 image)`` pairs in one backbone batch, maps at each image's size:
-    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads)."""
-    if not images:
-        return []
-    size, threshold = extractor.image_size, run.categories[category]["threshold"]
-    feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
-    maps, scores = score_features(
-        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
-    )
-    scored = []
-    for (name, image), m, s in zip(images, maps, scores):
-        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != (size, size) else m
-        scored.append(Scored(name, image, full.numpy(), float(s), bool(s > threshold)))
-    return scored
-
-
-def score_images(
-    run: Run,
-    extractor: FeatureExtractor,
-    paths: Sequence,
-    category: str,
+def fit_folder(
+    model_name: str,
+    params: Mapping[str, Any],
+    sources: Sequence[str],
+    categories: list[str] | None,
+    out_dir: Path,
+    options: FitOptions = DEFAULTS,
     *,
-    batch_size: int = 16,
-    on_error: Callable[[str, str], None] | None = None,
-    progress: Progress = no_progress,
-) -> Iterator[Scored]:
-    """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
-    models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
+    resume: bool = False,
+    display: Callable[[bool], AbstractContextManager[Progress]] = lambda quiet: nullcontext(no_progress),
+) -> Run:
+    """``reconad fit``: the model checked (once, before any work), the data loaded, fitted (as one process
+    of a torchrun job where torchrun started it), saved to ``out_dir`` atomically by rank 0.
+    ``display(quiet)``: the progress display (quiet on every rank but 0)."""
+    spec = ModelSpec.check(model_name, params)
+    check_run_folder(out_dir)
+    extractor = FeatureExtractor.from_options(options)
+    model = spec.build(extractor, options.seed)
+    data = load_sources(list(sources), categories, seed=options.seed)
+    ckpt = checkpoint_dir(out_dir)
 
-    def load(path: Any) -> np.ndarray | str:
-        try:
-            return read_image(path)
-        except ReconadError as err:
-            return str(err)
+    def resume_hint() -> str:
+        whole = model.unified and ckpt.is_dir() and any(ckpt.glob("*-checkpoint.json"))
+        return f"; the checkpoints in {ckpt} are whole: rerun the same command with --resume" if whole else ""
 
-    done = 0
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        loaded = map_on_cores(load, chunk)
-        for p, x in zip(chunk, loaded):
-            if isinstance(x, str) and on_error:
-                on_error(str(p), x)
-        yield from score_decoded(
-            run, extractor, [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)], category
-        )
-        done += len(chunk)
-        progress("predict", done, len(paths))
+    with distributed.job(options.device, resume_hint) as world:
+        device = distributed.device_for(world, options.device)
+        if device != options.device:  # a CUDA job: each process takes its local GPU
+            extractor = FeatureExtractor.from_options(options.on(device))
+        main = world is None or world.main
+        with display(not main) as progress:
+            epochs = lambda epoch, total, loss: progress(  # noqa: E731
+                "training", epoch, total, f"loss {loss:.4f}", "epochs"
+            )
+            training = Training(ckpt, resume, epochs, world) if model.unified else None
+            run = fit(
+                model,
+                data,
+                extractor,
+                holdout=options.holdout,
+                seed=options.seed,
+                cache=feature_cache(options, extractor),
+                progress=progress,
+                training=training,
+            )
+        if main:  # one writer: rank 0 (atomically, as ever)
+            save_run(run, out_dir)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return run

@@ -1,6 +1,6 @@
 """Progress of long work for the command line: rich bars on a terminal, plain lines in a log.
 
-Both are the pipeline's callback (:class:`reconad.pipeline.Progress`) and show the count, the rate
+Both are the pipeline's callback (:class:`Progress`) and show the count, the rate
 (``41.2 images/s``, or ``12.5 s/epoch`` below one per second) and the time left.
 """
 
@@ -11,22 +11,33 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.progress import Progress as Bars
 from rich.text import Text
 
-from reconad import pipeline
+
+class Progress(Protocol):
+    """Called as ``progress(description, done, total)`` while long work runs (the CLI draws rich bars from
+    it); ``info`` is shown beside the count, ``unit`` names what is counted."""
+
+    def __call__(
+        self, description: str, done: int, total: int, info: str = "", unit: str = "images"
+    ) -> None: ...
+
+
+def no_progress(description: str, done: int, total: int, info: str = "", unit: str = "images") -> None:
+    """A :class:`Progress` that shows nothing."""
 
 
 def rate_text(speed: float, unit: str) -> str:
@@ -84,15 +95,15 @@ class ProgressLines:
 
 
 @contextmanager
-def progress_display(console: Console, quiet: bool = False) -> Iterator[pipeline.Progress]:
+def progress_display(console: Console, quiet: bool = False) -> Iterator[Progress]:
     """The progress callback for ``console``: nothing when ``quiet``, bars on a terminal, lines otherwise."""
     if quiet:
-        yield pipeline.no_progress
+        yield no_progress
         return
     if not console.is_terminal:
         yield ProgressLines(console)
         return
-    bars = Progress(
+    bars = Bars(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

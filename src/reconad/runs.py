@@ -25,6 +25,15 @@ RUN_FILE = "run.json"
 UNIFIED = "unified"  # the key of the single model of a unified run
 
 
+class UnknownCategory(ReconadError):
+    """A category the run has no model for."""
+
+
+def printable(name: str, limit: int = 200) -> str:
+    """``name`` safe for a one-line message: control characters as ``?``, at most ``limit`` characters."""
+    return "".join(c if c.isprintable() else "?" for c in name)[:limit] or "upload"
+
+
 @dataclass
 class Run:
     """A fitted run: its config (JSON-able) and one model per category, or one under :data:`UNIFIED`."""
@@ -35,6 +44,20 @@ class Run:
     @property
     def categories(self) -> dict[str, dict[str, Any]]:
         return self.config["categories"]
+
+    def category(self, requested: str | None, ask: str = "pass --category") -> str:
+        """The category to score with: ``requested``, or the run's only one; a one-line error saying to
+        ``ask`` for one where the run has several, :class:`UnknownCategory` for one it does not have."""
+        names = list(self.categories)
+        if not requested:
+            if len(names) > 1:
+                raise ReconadError(f"the run has several categories ({', '.join(names)}): {ask}")
+            return names[0]
+        if requested not in self.categories:
+            raise UnknownCategory(
+                f"the run has no category {printable(requested)!r} (it has {', '.join(names)})"
+            )
+        return requested
 
     def model_for(self, category: str) -> Model:
         return self.models.get(UNIFIED) or self.models[category]
@@ -52,6 +75,17 @@ def models_to(models: dict[str, Model], device: str | torch.device | None) -> No
         move = getattr(model, "to", None)
         if move is not None:
             move(device)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where unified models keep per-epoch checkpoints until the run is saved."""
+    return run_dir.with_name(f".{run_dir.name}.checkpoints")
+
+
+def check_run_folder(path: Path) -> None:
+    """Fail before any work when ``path`` exists and is not a run folder (a fit would replace it)."""
+    if path.exists() and not (path / RUN_FILE).is_file():
+        raise ReconadError(f"{path} exists and is not a reconad run: choose another --out")
 
 
 def weights_file(key: str) -> str:

@@ -21,9 +21,8 @@ from reconad.data.validation import ValidationImages, foreign_textures, validati
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
-from reconad.models.base import check_params, create_model
-from reconad.pipeline import DEFAULT_SCORING, extract, score_features
-from reconad.runtime import less_kept_memory
+from reconad.pipeline import DEFAULT_SCORING, Training, extract, fit_models, new_model, score_features
+from reconad.runs import UNIFIED
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -79,29 +78,15 @@ def validate(
     sets: dict[str, ValidationSet],
     extractor: FeatureExtractor,
     params: dict[str, Any] | None = None,
-    fit_kwargs: dict[str, Any] | None = None,
+    training: Training | None = None,
 ) -> dict[str, Any]:
     """Fit ``model_name`` with ``params`` on the fit images and score it on every validation set:
-    ``{"params", "fit_seconds", "categories": {NAME: metrics}, "criterion"}``. ``fit_kwargs`` go to a
-    unified model's ``fit`` (checkpoints, progress)."""
-    check_params(model_name, params or {})
-    kwargs = {
-        "level_channels": extractor.level_channels,
-        "level_grids": extractor.level_grids,
-        **(params or {}),
-    }
-    probe = create_model(model_name, **kwargs)
+    ``{"params", "fit_seconds", "categories": {NAME: metrics}, "criterion"}``. ``training``: how a unified
+    model trains (checkpoints, progress)."""
+    probe = new_model(model_name, params or {}, extractor)
     start = time.perf_counter()
-    with less_kept_memory():
-        if probe.unified:
-            names = [name for name, s in sets.items() for _ in range(len(s.train))]
-            unified = probe.fit(torch.cat([s.train for s in sets.values()]), names, **(fit_kwargs or {}))
-            models = dict.fromkeys(sets, unified)
-        else:
-            models = {
-                name: (probe if i == 0 else create_model(model_name, **kwargs)).fit(s.train)
-                for i, (name, s) in enumerate(sets.items())
-            }
+    fitted = fit_models(probe, {name: s.train for name, s in sets.items()}, training)
+    models = {name: fitted.get(UNIFIED) or fitted[name] for name in sets}
     fit_seconds = time.perf_counter() - start
     per_category = {}
     for name, s in sets.items():

@@ -1,7 +1,7 @@
 """Safe image and mask decoding: every failure becomes a one-line :class:`ReconadError` naming the file.
 
-Pillow decoding and folder listing live in the torch-free :mod:`reconad.imagefiles` (an exported model ships
-it); this module adds the fast PNG path, masks, torch's resize and the library's error type.
+Pillow decoding and folder listing live in the torch-free :mod:`reconad.image_runtime` (an exported model
+ships it); this module adds the fast PNG path, masks, torch's resize and the library's error type.
 
 Images come back as ``H×W×3`` uint8 RGB whatever their mode (alpha dropped, palettes expanded, 16-bit data
 scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`` bool.
@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from reconad import imagefiles
+from reconad import image_runtime
 from reconad.data.fastpng import decode_plain_png
 from reconad.data.sample import Sample
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
-from reconad.imagefiles import (
+from reconad.image_runtime import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     SIXTEEN_BIT,
@@ -32,12 +32,12 @@ from reconad.imagefiles import (
     open_image,
     show_path,
 )
-from reconad.imagefiles import to_rgb as _to_rgb
+from reconad.image_runtime import to_rgb as _to_rgb
 
 
 @contextlib.contextmanager
 def _reconad_errors() -> Iterator[None]:
-    """Re-raise :class:`~reconad.imagefiles.ImageFileError` (torch-free decoding) as :class:`ReconadError`."""
+    """Re-raise :class:`~reconad.image_runtime.ImageFileError` (torch-free) as :class:`ReconadError`."""
     try:
         yield
     except ImageTooLargeError as err:
@@ -65,10 +65,10 @@ def read_image(path: Path) -> np.ndarray:
         if pixels is not None:
             return pixels
     with _reconad_errors():
-        return imagefiles.decode_image(path)
+        return image_runtime.read_image(path)
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_bytes(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
     name ``name``: :class:`ImageTooLarge` for bombs, :class:`NotAnImage` for bytes no decoder knows."""
     if not data:
@@ -77,7 +77,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     if pixels is not None:
         return pixels
     with _reconad_errors():
-        return imagefiles.decode_bytes(data, name)
+        return image_runtime.decode_bytes(data, name)
 
 
 def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -160,14 +160,14 @@ def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = 
     """Image files under ``folder`` (sorted; hidden entries skipped; symlinked folders followed once, so
     loops end); possibly empty. A missing or unreadable folder is a :class:`ReconadError`."""
     with _reconad_errors():
-        return imagefiles.scan_images(folder, recursive, suffixes)
+        return image_runtime.scan_images(folder, recursive, suffixes)
 
 
 def collect_images(inputs: Iterable[Path]) -> list[Path]:
     """The images ``inputs`` name (files as given, folders scanned); a :class:`ReconadError` for an input
     that does not exist or when there is no image at all."""
     with _reconad_errors():
-        return imagefiles.collect_images(inputs)
+        return image_runtime.collect_images(inputs)
 
 
 def list_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:

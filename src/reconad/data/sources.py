@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
-from reconad.data import btad, folder, mtd, mvtec, mvtec3d, visa
 from reconad.data.sample import CategoryData
 from reconad.errors import ReconadError
 
-FORMATS: dict[str, Callable[[Path, int], list[CategoryData]]] = {
-    "mvtec": mvtec.load,
-    "mvtec3d": mvtec3d.load,
-    "mtd": mtd.load,
-    "visa": visa.load,
-    "btad": btad.load,
-    "folder": folder.load,
-}
+#: The data formats; each is read by the module ``reconad.data.<format>`` (its ``load(path, seed)``),
+#: imported when a source of that format is loaded.
+FORMATS = ("mvtec", "mvtec3d", "mtd", "visa", "btad", "folder")
 
 
 def parse_source(spec: str) -> tuple[str, Path]:
@@ -43,7 +37,7 @@ def load_sources(specs: list[str], categories: list[str] | None = None, seed: in
     origin: dict[str, str] = {}
     for spec in specs:
         fmt, path = parse_source(spec)
-        for cat in FORMATS[fmt](path, seed):
+        for cat in import_module(f"reconad.data.{fmt}").load(path, seed):
             if cat.name in origin:
                 raise ReconadError(f"category {cat.name!r} appears in both {origin[cat.name]!r} and {spec!r}")
             origin[cat.name] = spec

@@ -3,7 +3,7 @@
     python predict.py IMAGE_OR_DIR ... --out OUT [--category C]
 
 writes ``OUT/scores.csv`` (path, score, is_anomalous, overlay) and a heat-map overlay per image, as
-``reconad predict`` does. Images are decoded and resized exactly as the library does (``imagefiles.py``,
+``reconad predict`` does. Images are decoded and resized exactly as the library does (``image_runtime.py``,
 beside this script); the graph does the rest, from pixels to maps and scores. A graph whose SHA-256 differs
 from ``manifest.json`` is refused; unreadable images are skipped and named (exit code 1).
 """
@@ -33,12 +33,12 @@ from PIL import Image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from imagefiles import (  # noqa: E402  (this script's own folder first)
+from image_runtime import (  # noqa: E402  (this script's own folder first)
     ImageFileError,
     collect_images,
-    decode_image,
     heatmap_overlay,
     overlay_name,
+    read_image,
     resize_image,
     show_path,
 )
@@ -155,7 +155,7 @@ def predict(
 
     def load(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
         try:
-            image = decode_image(path)
+            image = read_image(path)
         except ImageFileError as err:
             return str(err)
         return image, resize_image(image, size)

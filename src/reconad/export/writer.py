@@ -2,7 +2,7 @@
 
 The folder holds one graph per category (per-category models) or one for all (unified models), the
 manifest (format and reconad versions, model, categories with their threshold, normal level and bank
-search, image size, opset, each graph's SHA-256), ``predict.py`` and the ``imagefiles.py`` it imports. It
+search, image size, opset, each graph's SHA-256), ``predict.py`` and the ``image_runtime.py`` it imports. It
 is written to a temporary folder beside the target and renamed into place: an interrupted export leaves the
 previous export or none, and a mistake found before the work starts leaves nothing at all.
 """
@@ -10,13 +10,12 @@ previous export or none, and a mistake found before the work starts leaves nothi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from reconad import __version__, imagefiles
+from reconad import __version__, image_runtime
+from reconad.atomic import atomic_folder
 from reconad.errors import ReconadError
 from reconad.export.graphs import INPUT, MAPS, OPSET, SCORES, model_graph
 from reconad.export.heads import maps_and_scores
@@ -45,7 +44,7 @@ def _categories(run: Run, wanted: list[str] | None) -> list[str]:
 def _check_out(out: Path) -> None:
     if out.exists() and not (out / MANIFEST).is_file():
         raise ReconadError(
-            f"{imagefiles.show_path(out)} exists and is not a reconad export: choose another --out"
+            f"{image_runtime.show_path(out)} exists and is not a reconad export: choose another --out"
         )
     for parent in out.parents:
         if parent.exists():
@@ -130,25 +129,11 @@ def export_run(
     _check_out(out)
     run = load_run(run_dir)
     wanted = _categories(run, categories)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = out.with_name(f".{out.name}.old")
-    try:
+    with atomic_folder(out) as tmp:
         graphs, searches = _write_graphs(run, wanted, tmp, progress)
         doc = manifest(run, wanted, graphs, searches, tmp)
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
         shutil.copyfile(RUNTIME, tmp / "predict.py")
-        shutil.copyfile(imagefiles.__file__, tmp / "imagefiles.py")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the permissions a new folder gets
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-        return doc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_dir() and not out.exists():
-            os.replace(old, out)  # interrupted between the two renames: put the previous export back
+        shutil.copyfile(image_runtime.__file__, tmp / "image_runtime.py")
+        _check_out(out)  # again, just before a previous export there is replaced
+    return doc

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
-from reconad.params import check_value
+from reconad.options import DEFAULTS, FitOptions, check_image_size, check_layers
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
 #: so a change to it never mixes old and new features.
@@ -22,23 +22,6 @@ PREPROCESSING = "rgb8|torch-bilinear-antialias|border-zeros"
 #: How the 3×3 average treats the border: the zero padding counts (``AvgPool2d(3, 1, 1)``, as the official
 #: PatchCore and RLR code). Stored in a run's features config; a run without it was fitted on other features.
 BORDER = "zeros"
-#: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
-#: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
-IMAGE_SIZES = (32, 2048)
-
-
-def check_image_size(size: int, what: str = "image_size") -> int:
-    """``size`` if it is an integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
-    return check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
-
-
-def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ...]:
-    """``layers`` if they are backbone levels >= 0 in increasing order (the first is the finest grid, the one
-    the others are upsampled to); a one-line error naming ``what`` otherwise."""
-    layers = tuple(check_value(what, list(layers), tuple[int, ...], low=0))
-    if list(layers) != sorted(set(layers)):
-        raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
-    return layers
 
 
 def bilinear_matrix(
@@ -110,12 +93,12 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_lite0",
-        layers: tuple[int, ...] = (2, 3),
-        image_size: int = 256,
+        backbone: str = DEFAULTS.backbone,
+        layers: tuple[int, ...] = DEFAULTS.layers,
+        image_size: int = DEFAULTS.image_size,
         smooth: int = 3,
-        weights: str | Path | None = None,
-        device: str = "cpu",
+        weights: str | Path | None = DEFAULTS.weights,
+        device: str = DEFAULTS.device,
     ) -> None:
         self.backbone = backbone
         self.layers = check_layers(tuple(layers))
@@ -166,6 +149,17 @@ class FeatureExtractor:
             "weights": self.weights,
             "border": BORDER,
         }
+
+    @classmethod
+    def from_options(cls, options: FitOptions) -> FeatureExtractor:
+        """The extractor of a fit's options (:class:`reconad.options.FitOptions`)."""
+        return cls(
+            options.backbone,
+            options.layers,
+            options.image_size,
+            weights=options.weights,
+            device=options.device,
+        )
 
     @classmethod
     def from_config(cls, config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:

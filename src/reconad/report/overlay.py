@@ -1,18 +1,24 @@
 """Heat-map overlays: an anomaly map drawn over its image, scaled so the decision threshold sits mid-scale.
 
-The overlay itself is torch- and matplotlib-free (:mod:`reconad.imagefiles`, which an exported model ships);
-this module adds the ground-truth outline of the report.
+The overlay itself is torch- and matplotlib-free (:mod:`reconad.image_runtime`, which an exported model
+ships); this module adds the ground-truth outline of the report.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from reconad.imagefiles import JET, heatmap_overlay, normalise
+from reconad.atomic import atomic_file
+from reconad.data import load_resized
+from reconad.image_runtime import JET, heatmap_overlay, normalise
+from reconad.pipeline import CategoryResult
 
-__all__ = ["JET", "heatmap_overlay", "mask_outline", "normalise"]
+__all__ = ["JET", "heatmap_overlay", "mask_outline", "normalise", "overlay_png", "write_overlays"]
 
 
 def overlay_png(image: np.ndarray, amap: np.ndarray, threshold: float, normal_level: float) -> bytes:
@@ -35,3 +41,22 @@ def mask_outline(
     out = image.copy()
     out[find_boundaries(mask, mode="inner")] = colour
     return out
+
+
+def write_overlays(folder: Path, config: dict[str, Any], results: Mapping[str, CategoryResult]) -> Path:
+    """About eight overlays per category of a test (ground truth outlined in red) into ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, r in results.items():
+        cat = config["categories"][name]
+        for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
+            image, _ = load_resized(r.samples[i], r.maps.shape[-1])
+            picture = mask_outline(
+                heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
+            )
+            with atomic_file(
+                folder / f"{name}_{r.samples[i].defect}_{r.samples[i].path.stem}.png", "wb"
+            ) as f:
+                Image.fromarray(picture).save(f, format="PNG")
+    return folder

@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reconad import __version__
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
-from reconad.serve.predictor import Predictor, UnknownCategory, Upload
+from reconad.runs import UnknownCategory
+from reconad.serve.predictor import Predictor, Upload
 from reconad.serve.workers import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS
 
 STATIC = Path(__file__).parent / "static"

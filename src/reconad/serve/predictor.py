@@ -9,20 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconad import __version__, pipeline
-from reconad.data.imageio import decode_image
+from reconad import __version__
+from reconad.data.imageio import decode_bytes
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
-from reconad.report.overlay import overlay_png
-from reconad.runs import load_run
-
-
-class UnknownCategory(ReconadError):
-    """A category the run has no model for."""
-
-
-class CategoryNeeded(ReconadError):
-    """The run has several categories and the request named none."""
+from reconad.inference import overlays, score_decoded
+from reconad.runs import load_run, printable
 
 
 @dataclass(frozen=True)
@@ -31,11 +23,6 @@ class Upload:
 
     name: str
     data: bytes
-
-
-def printable(name: str, limit: int = 200) -> str:
-    """``name`` safe for a one-line message: control characters as ``?``, at most ``limit`` characters."""
-    return "".join(c if c.isprintable() else "?" for c in name)[:limit] or "upload"
 
 
 class Predictor:
@@ -67,19 +54,6 @@ class Predictor:
             "fitted_at": config.get("created"),
         }
 
-    def category(self, requested: str | None) -> str:
-        """The category to score with: ``requested``, or the run's only one."""
-        names = list(self.run.categories)
-        if not requested:
-            if len(names) > 1:
-                raise CategoryNeeded(f"the run has several categories ({', '.join(names)}): send 'category'")
-            return names[0]
-        if requested not in self.run.categories:
-            raise UnknownCategory(
-                f"the run has no category {printable(requested)!r} (it has {', '.join(names)})"
-            )
-        return requested
-
     def predict(
         self, uploads: Sequence[Upload], category: str | None = None, with_maps: bool = False
     ) -> list[dict[str, Any]]:
@@ -88,25 +62,25 @@ class Predictor:
         ``with_maps``."""
         if not uploads:
             raise ReconadError("no image: send one or more multipart fields named 'file'")
-        category = self.category(category)
-        images = [(printable(u.name), decode_image(u.data, printable(u.name))) for u in uploads]
-        cat = self.run.categories[category]
+        category = self.run.category(category, ask="send 'category'")
+        images = [(printable(u.name), decode_bytes(u.data, printable(u.name))) for u in uploads]
+        threshold = self.run.categories[category]["threshold"]
         results = []
         for start in range(0, len(images), self.batch_size):
             with self._model_lock:
-                batch = pipeline.score_decoded(
+                batch = score_decoded(
                     self.run, self.extractor, images[start : start + self.batch_size], category
                 )
-            for scored in batch:
+            pngs = overlays(self.run, category, batch) if with_maps else [None] * len(batch)
+            for scored, png in zip(batch, pngs):
                 result = {
                     "name": scored.path,
                     "category": category,
                     "score": scored.score,
-                    "threshold": cat["threshold"],
+                    "threshold": threshold,
                     "is_anomalous": scored.is_anomalous,
                 }
-                if with_maps:
-                    png = overlay_png(scored.image, scored.map, cat["threshold"], cat["normal_level"])
+                if png is not None:
                     result["overlay_png"] = base64.b64encode(png).decode("ascii")
                 results.append(result)
         return results

@@ -127,13 +127,13 @@ def _pixels(img: Image.Image, name: str) -> np.ndarray:
         raise ImageFileError(f"cannot read image {name}: unsupported mode {img.mode} ({e})") from None
 
 
-def decode_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     """Decode ``path`` with Pillow to an H×W×3 uint8 RGB array; an :class:`ImageFileError` otherwise."""
     return _pixels(open_image(Path(path), "image"), show_path(path))
 
 
 def decode_bytes(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes (an upload) as :func:`decode_image` decodes a file, with the same checks; errors
+    """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
     name ``name``."""
     if not data:
         raise ImageFileError(f"cannot read image {name}: empty file (0 bytes)")

@@ -11,7 +11,7 @@ import pytest
 from conftest import READABLE, UNREADABLE, write_bad
 from matplotlib import colormaps
 
-from reconad import imagefiles
+from reconad import image_runtime
 from reconad.data.imageio import read_image, resize_images
 from reconad.errors import ReconadError
 
@@ -28,34 +28,34 @@ def test_resize_equals_torch_pixel_for_pixel():
     for i, (h, w, size) in enumerate(shapes):
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if i % 2 else _smooth(rng, h, w)
         expected = resize_images([image], size)[0]
-        got = imagefiles.resize_image(image, size)
+        got = image_runtime.resize_image(image, size)
         assert got.dtype == np.uint8 and got.shape == (size, size, 3)
         assert np.array_equal(got, expected), (h, w, size)
 
 
 def test_jet_is_matplotlibs():
     expected = (colormaps["jet"](np.arange(256))[:, :3] * 255).astype(np.float32)
-    assert np.array_equal(imagefiles.JET, expected)
+    assert np.array_equal(image_runtime.JET, expected)
 
 
 @pytest.mark.parametrize("kind", sorted(READABLE))
 def test_pillow_decoding_equals_read_image(tmp_path, kind):
     path = write_bad(kind, tmp_path)
-    assert np.array_equal(imagefiles.decode_image(path), read_image(path))
+    assert np.array_equal(image_runtime.read_image(path), read_image(path))
 
 
 @pytest.mark.parametrize("kind", sorted(UNREADABLE))
 def test_unreadable_files_fail_alike(tmp_path, kind):
     path = write_bad(kind, tmp_path)
-    with pytest.raises(imagefiles.ImageFileError) as ours:
-        imagefiles.decode_image(path)
+    with pytest.raises(image_runtime.ImageFileError) as ours:
+        image_runtime.read_image(path)
     with pytest.raises(ReconadError) as library:
         read_image(path)
     assert str(ours.value) == str(library.value)
 
 
 def test_imports_only_numpy_and_pillow():
-    tree = ast.parse(Path(imagefiles.__file__).read_text())
+    tree = ast.parse(Path(image_runtime.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     stdlib = {

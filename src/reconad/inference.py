@@ -1,0 +1,151 @@
+"""Scoring new images with a fitted run: decode → features → model → maps → verdicts and overlays.
+
+The one scoring loop of ``reconad predict`` (files, :func:`predict_folder`) and ``reconad serve`` (uploads,
+:func:`score_decoded` and :func:`overlays`): the same scores, verdicts and overlays for the same image.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconad.atomic import atomic_file
+from reconad.data import resize_images
+from reconad.data.imageio import read_image
+from reconad.errors import ReconadError
+from reconad.features.extractor import FeatureExtractor
+from reconad.image_runtime import overlay_name
+from reconad.pipeline import accelerator, map_on_cores, score_features
+from reconad.progress import Progress, no_progress
+from reconad.report.overlay import overlay_png
+from reconad.runs import Run, models_to
+from reconad.scoring import anomaly_maps
+
+#: Images decoded, featured and scored at once.
+BATCH = 16
+
+
+@dataclass
+class Scored:
+    """One image scored by :func:`score_images`."""
+
+    path: str
+    image: np.ndarray  # the original image, H×W×3 uint8
+    map: np.ndarray  # anomaly map at the original size
+    score: float
+    is_anomalous: bool
+
+
+def score_decoded(
+    run: Run, extractor: FeatureExtractor, images: Sequence[tuple[str, np.ndarray]], category: str
+) -> list[Scored]:
+    """Score decoded ``(name, H×W×3 uint8 image)`` pairs in one backbone batch, maps at each image's size:
+    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads)."""
+    if not images:
+        return []
+    size, threshold = extractor.image_size, run.categories[category]["threshold"]
+    feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
+    maps, scores = score_features(
+        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
+    )
+    scored = []
+    for (name, image), m, s in zip(images, maps, scores):
+        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != (size, size) else m
+        scored.append(Scored(name, image, full.numpy(), float(s), bool(s > threshold)))
+    return scored
+
+
+def score_images(
+    run: Run,
+    extractor: FeatureExtractor,
+    paths: Sequence[Any],
+    category: str,
+    *,
+    batch_size: int = BATCH,
+    on_error: Callable[[str, str], None] | None = None,
+    progress: Progress = no_progress,
+) -> Iterator[Scored]:
+    """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
+    models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
+
+    def load(path: Any) -> np.ndarray | str:
+        try:
+            return read_image(path)
+        except ReconadError as err:
+            return str(err)
+
+    done = 0
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        loaded = map_on_cores(load, chunk)
+        for p, x in zip(chunk, loaded):
+            if isinstance(x, str) and on_error:
+                on_error(str(p), x)
+        yield from score_decoded(
+            run, extractor, [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)], category
+        )
+        done += len(chunk)
+        progress("predict", done, len(paths))
+
+
+def overlays(run: Run, category: str, scored: Sequence[Scored]) -> list[bytes]:
+    """The heat-map overlay PNG of each scored image (the category's threshold at mid-scale), encoded on
+    every core (call it between backbone batches)."""
+    cat = run.categories[category]
+    return map_on_cores(lambda s: overlay_png(s.image, s.map, cat["threshold"], cat["normal_level"]), scored)
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_folder` did."""
+
+    n_scored: int = 0
+    n_anomalous: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of unreadable files
+
+
+def predict_folder(
+    run: Run,
+    extractor: FeatureExtractor,
+    paths: Sequence[Path],
+    category: str,
+    out_dir: Path,
+    progress: Progress = no_progress,
+) -> PredictSummary:
+    """Score ``paths`` into ``out_dir``: an overlay per image and ``scores.csv`` (path, score, is_anomalous,
+    overlay). Rows are written as they come (nothing per image is kept in memory); the file appears under its
+    name only once every image is scored."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, taken, batch = PredictSummary(), set[str](), list[Scored]()
+
+    def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
+        for scored, png in zip(batch, overlays(run, category, batch)):
+            name = overlay_name(Path(scored.path), taken)
+            with atomic_file(out_dir / name, "wb") as f:
+                f.write(png)
+            rows.writerow((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
+            summary.n_scored += 1
+            summary.n_anomalous += int(scored.is_anomalous)
+        batch.clear()
+
+    start = time.perf_counter()
+    csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f:
+        rows = csv.writer(f)
+        rows.writerow(["path", "score", "is_anomalous", "overlay"])
+        on_error = lambda p, m: summary.failures.append((p, m))  # noqa: E731
+        for scored in score_images(run, extractor, paths, category, on_error=on_error, progress=progress):
+            batch.append(scored)
+            if len(batch) == BATCH:  # a batch scored: its overlays encode before the next forward
+                write_batch(rows)
+        write_batch(rows)
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,83 @@
+"""The options of a fit, declared once: their defaults (the CLI shows these), checks and meaning.
+
+``reconad fit``, ``reconad bench`` and ``reconad demo`` build one :class:`FitOptions` from their flags and
+pass it on by name; the feature extractor (``FeatureExtractor.from_options``), the feature cache and
+:func:`reconad.pipeline.fit` read what they need from it. Torch-free, so the CLI can show its help without
+loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from reconad.errors import ReconadError
+from reconad.params import MAX_SEED, check_value
+
+#: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
+#: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
+IMAGE_SIZES = (32, 2048)
+
+
+def check_image_size(size: int, what: str = "image_size") -> int:
+    """``size`` if it is an integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
+    return check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+
+
+def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ...]:
+    """``layers`` if they are backbone levels >= 0 in increasing order (the first is the finest grid, the one
+    the others are upsampled to); a one-line error naming ``what`` otherwise."""
+    layers = tuple(check_value(what, list(layers), tuple[int, ...], low=0))
+    if list(layers) != sorted(set(layers)):
+        raise ReconadError(f"{what} must be backbone levels in increasing order, e.g. 2,3; got {layers}")
+    return layers
+
+
+def parse_layers(text: str, what: str = "--layers") -> tuple[int, ...]:
+    """``"2,3"`` → ``(2, 3)``, checked (:func:`check_layers`)."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ReconadError(f"{what} {text!r}: expected comma-separated integers, e.g. 2,3") from None
+    return check_layers(values, what)
+
+
+def check_holdout(fraction: float, what: str = "holdout") -> float:
+    """The fraction of good training images held back to set the threshold: in (0, 1)."""
+    return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """A seed: an integer in [0, 2³¹ − 1]."""
+    return check_value(what, seed, int, low=0, high=MAX_SEED)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
+    image size, levels, device), where they are cached, and the held-back good images (fraction, seed).
+    Checked on construction; errors name the command-line flag."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: Path | None = None
+    image_size: int = 256
+    layers: tuple[int, ...] = (2, 3)
+    holdout: float = 0.1
+    seed: int = 0
+    cache_dir: Path | None = None
+    no_cache: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size, "--image-size")
+        object.__setattr__(self, "layers", check_layers(tuple(self.layers), "--layers"))
+        check_holdout(self.holdout, "--holdout")
+        check_seed(self.seed, "--seed")
+
+    def on(self, device: str) -> FitOptions:
+        """The same options on another device (a torchrun process's own GPU)."""
+        return self if device == self.device else replace(self, device=device)
+
+
+#: The defaults, for the CLI's option declarations.
+DEFAULTS = FitOptions()
