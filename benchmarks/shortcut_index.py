@@ -12,19 +12,45 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from rescoring import scored_test_splits
+from torch import Tensor
 
+from reconad.data.sample import CategoryData
+from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
+from reconad.pipeline import Extracted, extract
 from reconad.runs import Run, load_run
 from reconad.runtime import keep_freed_memory
 from reconad.scoring import anomaly_maps
 
 Extractors = dict[str, tuple[FeatureExtractor, FeatureCache]]
+BATCH = 32
+
+
+def _joined(parts: list[Tensor] | list[list[Tensor]]) -> Tensor | list[Tensor]:
+    """Batches of patch scores (or of per-level maps, the unified models) joined along the images."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return [torch.cat(level) for level in zip(*parts, strict=True)]
+
+
+def scored_test_splits(
+    run: Run, extractor: FeatureExtractor, cache: FeatureCache, *, with_masks: bool = False
+) -> Iterator[tuple[CategoryData, Extracted, Tensor | list[Tensor]]]:
+    """Per category of ``run``: its data, its test split's features (and masks with ``with_masks``) read from
+    the data the run was fitted on (features from the cache), and the model's ``predict`` on them, in batches
+    of :data:`BATCH`."""
+    for name, info in run.categories.items():
+        cat = next(c for c in load_sources([info["source"]]) if c.name == name)
+        test = extract(cat.test, extractor, cache=cache, with_masks=with_masks)
+        model = run.model_for(name)
+        parts = [model.predict(test.features[i : i + BATCH]) for i in range(0, len(test.features), BATCH)]
+        yield cat, test, _joined(parts)
 
 
 def shortcut_index(maps: torch.Tensor, masks: np.ndarray) -> float | None:

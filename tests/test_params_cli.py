@@ -62,7 +62,7 @@ def fit(parts: Path, out: Path, model: str, *extra: object):
     return invoke("fit", model, "--data", f"mvtec:{parts}", "--out", out, "--image-size", SIZE, *extra)
 
 
-# --- the cases of issue 18 ----------------------------------------------------------------------------------
+# --- parameters and options: a mistake stops before any work, in one line; `reconad params` lists them ------
 
 
 def test_a_parameter_of_the_wrong_type_fails_before_the_features(tmp_path, parts, no_work):

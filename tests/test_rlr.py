@@ -285,7 +285,7 @@ def test_resume_refuses_other_hyper_parameters_or_data(tmp_path: Path) -> None:
             _features(seed=9), checkpoint_dir=tmp_path, resume=True
         )
     meta = tmp_path / "rlr-checkpoint.json"
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))  # before issue 19's nets
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))  # an older state format
     with pytest.raises(ReconadError, match="older reconad"):
         _train(2, tmp_path, resume=True)
 
