@@ -12,8 +12,8 @@ from reconad.export.graphs import OPSET, to_onnx
 from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
 from reconad.export.linalg import spd_inverse
 from reconad.export.search import IVFSearch
-from reconad.models.patchcore import PatchCore
-from reconad.models.sgfr import SGFR
+from reconad.models.bank.patchcore import PatchCore
+from reconad.models.bank.sgfr import SGFR
 
 
 def _features(n: int = 6, c: int = 32, side: int = 6, seed: int = 0) -> torch.Tensor:

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reconad.errors import ReconadError
-from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import reconstruction_error, sincos_position_2d
-from reconad.models.rlr import RLR, RLRLayer, RLRLevel
-from reconad.models.rlr_selfref import RLRSelfRef
-from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
+from reconad.models.trained.attention import window_mask
+from reconad.models.trained.reconstruction import reconstruction_error, sincos_position_2d
+from reconad.models.trained.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.trained.rlr_selfref import RLRSelfRef
+from reconad.models.trained.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.scoring import anomaly_maps
 
 HW = (6, 8)

@@ -36,7 +36,7 @@ class PatchCoreHead(nn.Module):
 class SGFRHead(nn.Module):
     """SGFR's ``predict``: each patch, scaled to the bank's units, is coded over its ``n_candidates``
     nearest atoms (found by the model's search and metric) with the elastic net, solved by the same ADMM
-    steps as :func:`~reconad.models.self_expressive.elastic_net_gram`; its score is the residual norm in
+    steps as :func:`~reconad.models.bank.self_expressive.elastic_net_gram`; its score is the residual norm in
     feature units. The solver's one Cholesky inverse becomes :func:`~.linalg.spd_inverse`.
 
     The ADMM step size ``ρ = max(5λ, 10⁻³ · mean Gram diagonal)`` is a constant where the bank's largest
@@ -97,9 +97,9 @@ class SGFRHead(nn.Module):
 
 
 class UnifiedHead(nn.Module):
-    """The unified models' ``predict`` (:class:`~reconad.models.unified.UnifiedModel`: RLR, RLR-selfref,
-    UniAD): the model's tokens (constant matrices on the features), each network's token errors, one map per
-    network on its grid. The fitted networks are used as they are."""
+    """The unified models' ``predict`` (:class:`~reconad.models.trained.unified.UnifiedModel`: RLR,
+    RLR-selfref, UniAD): the model's tokens (constant matrices on the features), each network's token errors,
+    one map per network on its grid. The fitted networks are used as they are."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()

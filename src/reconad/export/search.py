@@ -1,5 +1,5 @@
 """Bank search with operations ONNX has: the ``k`` best atoms of a fitted model's bank for each query, as the
-model's :class:`~reconad.models.knn.NearestNeighbors` finds them (:func:`bank_search`).
+model's :class:`~reconad.models.bank.knn.NearestNeighbors` finds them (:func:`bank_search`).
 
 Both searches return ``(keys, atoms, signs)``, each ``[P, k]``, best first. The key is ``2⟨q, a⟩ − ‖a‖²`` for
 the ``l2`` metric (largest = nearest; the squared distance is ``‖q‖² − key``, as FAISS computes it) and the
@@ -20,7 +20,7 @@ import torch
 from onnxscript import opset18 as op  # the opset of every exported graph (graphs.OPSET)
 from torch import Tensor, nn
 
-from reconad.models.knn import NearestNeighbors
+from reconad.models.bank.knn import NearestNeighbors
 
 #: Atoms per block of the exact search: the ``[P, block]`` key matrix is the largest tensor it holds.
 SEARCH_BLOCK = 8192

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from reconad.errors import ReconadError
+from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
+from reconad.models.bank.self_expressive import coverage_select, sparse_codes
 from reconad.models.base import init_config, register
-from reconad.models.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.self_expressive import coverage_select, sparse_codes
 from reconad.params import MAX_SEED, param, validate
 
 
@@ -108,8 +108,8 @@ class SGFR:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric, self._device)
 
     def to(self, device: str | torch.device) -> SGFR:
-        """Search the atoms on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the coding
-        and the state stay on the CPU."""
+        """Search the atoms on ``device`` from now on (a CUDA GPU: :mod:`.knn`); the coding and
+        the state stay on the CPU."""
         self._device = torch.device(device)
         if hasattr(self, "bank_"):
             self._build()

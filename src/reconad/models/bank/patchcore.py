@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from reconad.errors import ReconadError
+from reconad.models.bank.coreset import greedy_coreset
+from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.models.base import init_config, register
-from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.params import MAX_SEED, param, validate
 
 
@@ -22,7 +22,7 @@ class PatchCore:
 
     With ``nprobe="auto"`` the IVF search probes the fewest cells (a power of two) that find the exact
     nearest atom of at least ``min_recall`` of 4,096 seeded training patches left out of the bank
-    (:func:`~reconad.models.knn.calibrate_nprobe`). On held-back good images of the shared data sets that
+    (:func:`~reconad.models.bank.knn.calibrate_nprobe`). On held-back good images of the shared data sets that
     gives recall@1 >= 0.98 (``benchmarks/knn_recall.py``) at 2x to 8x the speed of exact search.
     """
 
@@ -96,7 +96,7 @@ class PatchCore:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe_, device=self._device)
 
     def to(self, device: str | torch.device) -> PatchCore:
-        """Search on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the state stays put."""
+        """Search on ``device`` from now on (a CUDA GPU: :mod:`.knn`); the state stays put."""
         self._device = torch.device(device)
         if hasattr(self, "bank_"):
             self._build()

@@ -6,7 +6,7 @@ cannot attend to keys inside its local window), trained with the same feature ji
 scoring as RLR (:class:`ReconstructionModel`). There is no learnable reference, and every layer keeps the
 residual connection from its input — the identity shortcut through which an anomaly can be copied to the
 output, which RLR's reference is designed to close. Same width and depth as the RLR it is compared with.
-(Not UniAD: that is :mod:`reconad.models.uniad`.)
+(Not UniAD: that is :mod:`reconad.models.trained.uniad`.)
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from reconad.models.attention import masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
+from reconad.models.trained.attention import masked_attention, merge_heads, split_heads
+from reconad.models.trained.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
 
 
 class SelfRefLayer(nn.Module):

@@ -1,6 +1,5 @@
 """The shared base of the unified models (RLR, RLR-selfref, UniAD): networks trained on the good features of
-every category at once (:func:`reconad.models.trainer.train`), a token's anomaly score being how badly it is
-reconstructed.
+every category at once (:func:`.trainer.train`), a token's anomaly score being how badly it is reconstructed.
 
 A subclass says how features become its networks' tokens (:meth:`UnifiedModel.tokens`) and on which grid each
 of its maps lies (:meth:`UnifiedModel.map_grids`), builds its networks (:meth:`UnifiedModel.make_nets`) and
@@ -21,8 +20,8 @@ from torch import Tensor, nn
 from reconad.distributed import World
 from reconad.errors import ReconadError
 from reconad.models.base import init_config
-from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
-from reconad.models.trainer import Progress, Recipe, train
+from reconad.models.trained.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
+from reconad.models.trained.trainer import Progress, Recipe, train
 from reconad.params import param, validate
 
 
@@ -99,7 +98,7 @@ class UnifiedModel:
         """Set what the networks need from the training tokens before training (nothing by default)."""
 
     def recipe(self) -> Recipe | None:
-        """The model's own training step (:class:`~reconad.models.trainer.Recipe`); ``None``: RLR's."""
+        """The model's own training step (:class:`~.trainer.Recipe`); ``None``: RLR's."""
         return None
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ class UnifiedModel:
         one there (same data and hyper-parameters required; ``epochs`` may be raised).
         ``progress(epoch, epochs, mean_loss)`` is called after every epoch. ``world``: this process's place
         in a torchrun job (:mod:`reconad.distributed`): DistributedDataParallel training, checkpoints by
-        rank 0 (:func:`~reconad.models.trainer.train`).
+        rank 0 (:func:`~reconad.models.trained.trainer.train`).
         """
         self.level_hw_ = None
         grids = self._check(features)

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
-from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import (
+from reconad.models.trained.attention import local_attention, masked_attention, merge_heads, split_heads
+from reconad.models.trained.reconstruction import (
     ReconstructionModel,
     TokenReconstructor,
     feed_forward,
