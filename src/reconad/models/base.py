@@ -9,6 +9,9 @@ Hyper-parameters are ``__init__`` arguments, declared with their type, range and
 Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
 (RLR, RLR-selfref, UniAD) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
+``export_head()`` gives the fitted model's ``predict`` as a torch module of operations ONNX has, in eval mode
+on the CPU (features ``[N, C, h, w]`` → what ``predict`` returns), which ``reconad export`` traces
+(:mod:`reconad.export.heads` adds the library's scoring on top).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.params import check_values, describe, is_declared
@@ -34,6 +37,8 @@ class Model(Protocol):
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor | list[Tensor]: ...
 
     def state_dict(self) -> dict[str, Tensor]: ...
+
+    def export_head(self) -> nn.Module: ...
 
     def get_config(self) -> dict[str, Any]: ...
 

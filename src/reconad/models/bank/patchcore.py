@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.models.bank.coreset import greedy_coreset
@@ -107,6 +107,10 @@ class PatchCore:
         dist, _ = self._index.search(features.permute(0, 2, 3, 1).reshape(-1, c), self.k)
         return dist.clamp_(min=0).sqrt_().mean(dim=1).reshape(n, h, w)
 
+    def export_head(self) -> nn.Module:
+        """:meth:`predict` as a traceable module (:class:`PatchCoreHead`), in eval mode, on the CPU."""
+        return PatchCoreHead(self).eval()
+
     def state_dict(self) -> dict[str, Tensor]:
         return {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
 
@@ -121,3 +125,21 @@ class PatchCore:
         model.nprobe_ = int(state["nprobe"]) if "nprobe" in state else int(model.nprobe)
         model._build()
         return model
+
+
+class PatchCoreHead(nn.Module):
+    """PatchCore's ``predict`` with operations ONNX has: the mean distance to the ``k`` nearest bank atoms its
+    search finds (:func:`~.traced_search.bank_search`)."""
+
+    def __init__(self, model: PatchCore) -> None:
+        super().__init__()
+        from reconad.models.bank.traced_search import bank_search  # (onnxscript: only when exporting)
+
+        self.search = bank_search(model.bank_, model.centroids_, model.nprobe_, "l2", model.k)
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, c, h, w = features.shape
+        q = features.permute(0, 2, 3, 1).reshape(-1, c)
+        key, _, _ = self.search(q)
+        d = q.pow(2).sum(1, keepdim=True) - key
+        return d.clamp(min=0).sqrt().mean(dim=1).reshape(n, h, w)

@@ -214,6 +214,11 @@ class UnifiedModel:
                 out[k].append(self.token_errors(net, x).view(-1, *hw).float().cpu())
         return [torch.cat(o) if o else torch.zeros(0, *hw) for o, hw in zip(out, grids, strict=True)]
 
+    def export_head(self) -> nn.Module:
+        """:meth:`predict` as a traceable module (:class:`UnifiedHead`), in eval mode, on the CPU (the
+        fitted networks move there)."""
+        return UnifiedHead(self).cpu().eval()
+
     # --- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -244,3 +249,22 @@ class UnifiedModel:
         model.loss_history_ = [float(x) for x in state.get("loss_history", torch.zeros(0)).tolist()]
         model.nets_.eval()
         return model
+
+
+class UnifiedHead(nn.Module):
+    """The unified models' ``predict`` (:class:`UnifiedModel`: RLR, RLR-selfref, UniAD) as a traceable module:
+    the model's tokens (constant matrices on the features), each network's token errors, one map per network
+    on its grid. The fitted networks are used as they are."""
+
+    def __init__(self, model: UnifiedModel) -> None:
+        super().__init__()
+        self.nets = model.nets_
+        self.grids = [tuple(hw) for hw in model.level_hw_]
+        self.tokens, self.token_errors = model.tokens, model.token_errors
+
+    def forward(self, features: Tensor) -> list[Tensor]:
+        inputs = self.tokens(features)
+        return [
+            self.token_errors(net, x).reshape(-1, *hw)
+            for net, x, hw in zip(self.nets, inputs, self.grids, strict=True)
+        ]

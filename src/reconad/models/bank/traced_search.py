@@ -1,5 +1,7 @@
 """Bank search with operations ONNX has: the ``k`` best atoms of a fitted model's bank for each query, as the
-model's :class:`~reconad.models.bank.knn.NearestNeighbors` finds them (:func:`bank_search`).
+model's :class:`~.knn.NearestNeighbors` finds them (:func:`bank_search`), for the export heads of PatchCore
+and SGFR (``export_head``). It imports onnxscript (its custom operation's ONNX form): the models import it
+only when a head is built.
 
 Both searches return ``(keys, atoms, signs)``, each ``[P, k]``, best first. The key is ``2⟨q, a⟩ − ‖a‖²`` for
 the ``l2`` metric (largest = nearest; the squared distance is ``‖q‖² − key``, as FAISS computes it) and the
