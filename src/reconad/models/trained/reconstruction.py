@@ -58,6 +58,20 @@ def token_embedding(channels: int, width: int) -> nn.Linear:
     return layer
 
 
+@dataclass(frozen=True)
+class LevelShape:
+    """The size of one level's network: ``channels`` of its features, token ``width``, grid ``hw``, attention
+    ``window``, and ``layers`` transformer layers of ``heads`` heads, feed-forward ``ff_mult`` × ``width``."""
+
+    channels: int
+    width: int
+    hw: tuple[int, int]
+    window: int
+    layers: int
+    heads: int
+    ff_mult: int
+
+
 class TokenReconstructor(nn.Module):
     """One level's network: linear embedding (:func:`token_embedding`) + fixed position embedding →
     :meth:`encode` → LayerNorm → linear projection back to the feature width. Subclasses implement
@@ -141,7 +155,7 @@ class ReconstructionModel(UnifiedModel):
             raise ReconadError(f"{self.name}: windows must be odd, got {self.windows}")
 
     # --- what subclasses provide -------------------------------------------------------------------------
-    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
+    def make_level(self, shape: LevelShape) -> TokenReconstructor:
         """The reconstruction network of one level."""
         raise NotImplementedError
 
@@ -183,7 +197,7 @@ class ReconstructionModel(UnifiedModel):
                     "grid (each token needs keys outside its window): use a larger image size or windows"
                 )
         return [
-            self.make_level(c, wd, hw, win)
+            self.make_level(LevelShape(c, wd, hw, win, self.layers, self.heads, self.ff_mult))
             for c, wd, hw, win in zip(self.level_channels, widths, grids, windows, strict=True)
         ]
 
