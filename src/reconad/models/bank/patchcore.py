@@ -12,7 +12,7 @@ from reconad.errors import ReconadError
 from reconad.models.bank.coreset import greedy_coreset
 from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.models.base import init_config, register
-from reconad.params import MAX_SEED, param, validate
+from reconad.params import MAX_SEED, fraction, param, validate
 
 
 @register
@@ -30,13 +30,7 @@ class PatchCore:
     unified: ClassVar[bool] = False
     align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
-    coreset_ratio: float = param(
-        0.1,
-        low=0,
-        high=1,
-        low_inclusive=False,
-        help="fraction of the training patches kept in the memory bank",
-    )
+    coreset_ratio: float = fraction(0.1, help="fraction of the training patches kept in the memory bank")
     k: int = param(1, low=1, help="nearest atoms averaged for a patch's score (1 = PatchCore)")
     projection_dim: int = param(
         128, low=1, help="random projection used only to choose the coreset (>= channels: none)"
@@ -48,12 +42,8 @@ class PatchCore:
         choices=("auto",),
         help="IVF cells the nearest-atom search probes; 0 = exact; 'auto' = learned at fit (min_recall)",
     )
-    min_recall: float = param(
-        0.99,
-        low=0,
-        high=1,
-        low_inclusive=False,
-        help="nprobe='auto': share of left-out training patches whose exact nearest atom must be found",
+    min_recall: float = fraction(
+        0.99, help="nprobe='auto': share of left-out training patches whose exact nearest atom must be found"
     )
     seed: int = param(
         0, low=0, high=MAX_SEED, help="seeds the coreset's projection and first point, and the IVF"

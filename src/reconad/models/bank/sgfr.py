@@ -20,7 +20,7 @@ from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_c
 from reconad.models.bank.self_expressive import coverage_select, sparse_codes
 from reconad.models.bank.traced_linalg import spd_inverse
 from reconad.models.base import init_config, register
-from reconad.params import MAX_SEED, param, validate
+from reconad.params import MAX_SEED, fraction, param, validate
 
 
 def _patches(features: Tensor) -> Tensor:
@@ -43,9 +43,7 @@ class SGFR:
     unified: ClassVar[bool] = False
     align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
-    sampling_ratio: float = param(
-        0.1, low=0, high=1, low_inclusive=False, help="fraction of the training patches kept as atoms"
-    )
+    sampling_ratio: float = fraction(0.1, help="fraction of the training patches kept as atoms")
     n_candidates: int = param(
         16, low=1, high=256, help="nearest atoms a feature may use (cost grows as its square)"
     )
