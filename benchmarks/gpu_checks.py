@@ -67,7 +67,7 @@ def main() -> None:
     from reconad.data import load_resized, load_sources
     from reconad.data.synthetic import make_parts
     from reconad.features.extractor import FeatureExtractor
-    from reconad.models.knn import faiss_has_gpu
+    from reconad.models.bank.knn import faiss_has_gpu
 
     args.out.mkdir(parents=True, exist_ok=True)
     data_spec = args.data

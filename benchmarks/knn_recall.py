@@ -22,8 +22,8 @@ import torch
 from reconad.data.sources import load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
-from reconad.models.knn import NearestNeighbors, ivf_lists, train_centroids
-from reconad.models.patchcore import PatchCore
+from reconad.models.bank.knn import NearestNeighbors, ivf_lists, train_centroids
+from reconad.models.bank.patchcore import PatchCore
 from reconad.pipeline import extract, split_holdout
 from reconad.runtime import keep_freed_memory
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from reconad.models.attention import (
+from reconad.models.trained.attention import (
     blocked_pays,
     local_attention,
     masked_attention,

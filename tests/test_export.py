@@ -135,7 +135,7 @@ def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts,
 def test_export_of_a_process_that_never_predicted(runs, tmp_path):
     """A fresh ``reconad export`` process has no attention mask cached yet: building one reads tensor values,
     which the trace refuses: the graphs are traced once the masks exist (an UniAD-style run failed)."""
-    from reconad.models import attention
+    from reconad.models.trained import attention
 
     runs["uniad"]  # fitted first: fitting builds the masks
     for cached in (attention.window_mask, attention.window_blocks, attention.outside_window_mask):

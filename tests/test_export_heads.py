@@ -7,13 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from reconad.export import search
 from reconad.export.graphs import OPSET, to_onnx
-from reconad.export.heads import PatchCoreHead, SGFRHead, patch_head
-from reconad.export.linalg import spd_inverse
-from reconad.export.search import IVFSearch
-from reconad.models.patchcore import PatchCore
-from reconad.models.sgfr import SGFR
+from reconad.models.bank import traced_search
+from reconad.models.bank.patchcore import PatchCore, PatchCoreHead
+from reconad.models.bank.sgfr import SGFR, SGFRHead
+from reconad.models.bank.traced_linalg import spd_inverse
+from reconad.models.bank.traced_search import IVFSearch
 
 
 def _features(n: int = 6, c: int = 32, side: int = 6, seed: int = 0) -> torch.Tensor:
@@ -33,10 +32,11 @@ def test_spd_inverse():
 
 @pytest.mark.parametrize(("k", "block"), [(1, 8192), (3, 8192), (1, 7), (3, 7)])
 def test_patchcore_head(monkeypatch, k, block):
-    monkeypatch.setattr(search, "SEARCH_BLOCK", block)  # several blocks: the merge across blocks is exact too
+    # several blocks: the merge across blocks is exact too
+    monkeypatch.setattr(traced_search, "SEARCH_BLOCK", block)
     feats = _features()
     model = PatchCore(coreset_ratio=0.1, k=k, nprobe=0).fit(feats[:4])
-    head = patch_head(model)
+    head = model.export_head()
     assert isinstance(head, PatchCoreHead)
     torch.testing.assert_close(head(feats[4:]), model.predict(feats[4:]), rtol=1e-4, atol=1e-4)
 
@@ -47,7 +47,7 @@ def test_patchcore_head_searches_the_ivf_lists(k):
     feats = _features(n=40, side=8)
     model = PatchCore(coreset_ratio=0.5, k=k, nprobe=2).fit(feats[:30])
     exact = PatchCore(coreset_ratio=0.5, k=k, nprobe=0).fit(feats[:30])
-    head = patch_head(model)
+    head = model.export_head()
     assert isinstance(head.search, IVFSearch) and len(model.centroids_) > model.nprobe_
     expected = model.predict(feats[30:])
     assert not torch.allclose(expected, exact.predict(feats[30:]), atol=1e-2)  # the probe matters here
@@ -59,10 +59,10 @@ def test_patchcore_head_searches_the_ivf_lists(k):
     [({}, 8192), ({}, 5), ({"metric": "cosine"}, 8192), ({"metric": "l2"}, 5), ({"lam": 1e-4}, 8192)],
 )
 def test_sgfr_head(monkeypatch, params, block):
-    monkeypatch.setattr(search, "SEARCH_BLOCK", block)
+    monkeypatch.setattr(traced_search, "SEARCH_BLOCK", block)
     feats = _features()
     model = SGFR(sampling_ratio=0.2, nprobe=0, pool_size=1000, **params).fit(feats[:4])
-    head = patch_head(model)
+    head = model.export_head()
     assert isinstance(head, SGFRHead) and (head.rho is None) == ("lam" in params)
     expected = model.predict(feats[4:])
     # patch scores agree to float32 noise (the ADMM codes and the residual's Gram form round differently:
@@ -74,7 +74,7 @@ def test_sgfr_head(monkeypatch, params, block):
 def test_sgfr_head_searches_the_ivf_lists(metric):
     feats = _features(n=40, side=8)
     model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
-    head = patch_head(model)
+    head = model.export_head()
     assert len(model.centroids_) > model.nprobe and isinstance(head.search, IVFSearch)
     expected = model.predict(feats[30:])
     torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
@@ -88,7 +88,7 @@ def test_sgfr_head_when_the_probed_lists_hold_fewer_atoms_than_candidates(metric
     model = SGFR(sampling_ratio=0.5, nprobe=1, n_candidates=100, pool_size=4000, metric=metric).fit(
         feats[:30]
     )
-    head = patch_head(model)
+    head = model.export_head()
     assert head.search.may_miss and head.search.longest >= 100
     expected = model.predict(feats[30:])
     assert torch.isfinite(expected).all()
@@ -101,7 +101,7 @@ def test_ivf_search_in_onnx_runtime(metric, batches):
     head's scores on batches of another size than the traced one (one image: lists no patch probes)."""
     feats = _features(n=40, side=8)
     model = SGFR(sampling_ratio=0.5, nprobe=2, pool_size=4000, metric=metric).fit(feats[:30])
-    head = patch_head(model)
+    head = model.export_head()
     graph = to_onnx(head, feats[:2], ["features"], ["scores"])
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in batches:
@@ -112,4 +112,4 @@ def test_ivf_search_in_onnx_runtime(metric, batches):
 
 
 def test_the_search_writes_onnx_at_the_graphs_opset():
-    assert search.op.version == OPSET
+    assert traced_search.op.version == OPSET

@@ -69,7 +69,7 @@ def test_extractor_levels_and_shapes(extractor):
 def test_level_tokens_recover_each_level_at_its_own_grid(extractor):
     """The unified models' level split undoes the extractor's bilinear upsampling exactly: level 3 comes back
     as the backbone's smoothed 16-stride grid (no second blur)."""
-    from reconad.models.rlr import RLR
+    from reconad.models.trained.rlr import RLR
 
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8))
     model = RLR(level_channels=extractor.level_channels, level_grids=extractor.level_grids)

@@ -4,8 +4,14 @@ import faiss
 import pytest
 import torch
 
-from reconad.models.knn import NearestNeighbors, calibrate_nprobe, exact_search, ivf_lists, train_centroids
-from reconad.models.patchcore import PatchCore
+from reconad.models.bank.knn import (
+    NearestNeighbors,
+    calibrate_nprobe,
+    exact_search,
+    ivf_lists,
+    train_centroids,
+)
+from reconad.models.bank.patchcore import PatchCore
 
 
 def clustered(n: int, dim: int = 16, clusters: int = 40, seed: int = 0) -> torch.Tensor:
@@ -51,7 +57,7 @@ def test_patchcore_learns_nprobe_and_matches_exact_search_closely():
 def test_torch_exact_search_finds_what_faiss_finds(metric, monkeypatch):
     """The GPU search without FAISS-GPU (``exact_search``, run here on the CPU): the same neighbours and
     distances as FAISS's exact index, and FAISS's padding where ``k`` exceeds the atoms."""
-    import reconad.models.knn as knn
+    import reconad.models.bank.knn as knn
 
     monkeypatch.setattr(knn, "QUERY_BLOCK", 300)  # several query blocks, the last one short
     atoms, queries = clustered(500), clustered(700, seed=4)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from reconad.errors import ReconadError
+from reconad.models.bank.patchcore import PatchCore
 from reconad.models.base import MODELS, check_params, init_config, model_names, parameter_names
-from reconad.models.patchcore import PatchCore
 from reconad.params import check_value, check_values, declarations, describe, is_declared, param, validate
 
 

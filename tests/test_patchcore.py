@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from reconad.models.bank.coreset import greedy_coreset
+from reconad.models.bank.patchcore import PatchCore
 from reconad.models.base import create_model
-from reconad.models.coreset import greedy_coreset
-from reconad.models.patchcore import PatchCore
 
 
 def naive_farthest_points(

@@ -210,7 +210,7 @@ def test_interrupted_report_keeps_the_previous_one(tmp_path, fitted_run, monkeyp
 RLR_TINY = ["widths=[16,16]", "layers=1", "heads=2", "epochs=3", "batch_size=4"]
 
 
-@pytest.mark.skipif("rlr" not in MODELS, reason="reconad.models.rlr is not written yet")
+@pytest.mark.skipif("rlr" not in MODELS, reason="reconad.models.trained.rlr is not written yet")
 def test_rlr_resume_after_kill_matches_an_uninterrupted_fit(tmp_path, parts):
     params = [x for p in RLR_TINY for x in ("--param", p)]
     args = ["fit", "rlr", "--data", f"mvtec:{parts}", "--image-size", 64, *params]

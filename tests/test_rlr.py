@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reconad.errors import ReconadError
-from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, create_model
-from reconad.models.reconstruction import reconstruction_error, sincos_position_2d
-from reconad.models.rlr import RLR, RLRLayer, RLRLevel
-from reconad.models.rlr_selfref import RLRSelfRef
-from reconad.models.trainer import BatchLoss, feature_jitter, learning_rate
+from reconad.models.trained.attention import window_mask
+from reconad.models.trained.reconstruction import LevelShape, reconstruction_error, sincos_position_2d
+from reconad.models.trained.rlr import RLR, RLRLayer, RLRLevel
+from reconad.models.trained.rlr_selfref import RLRSelfRef
+from reconad.models.trained.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.scoring import anomaly_maps
 
 HW = (6, 8)
@@ -70,14 +70,14 @@ def test_lca_output_depends_on_the_reference_only_inside_the_window() -> None:
 
 
 def test_reference_is_a_learnable_parameter_per_position() -> None:
-    level = RLRLevel(6, 8, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True)
+    level = RLRLevel(LevelShape(6, 8, HW, 3, layers=1, heads=2, ff_mult=2), lca=True, mlka=True)
     assert level.reference.shape == (N, 6) and level.reference.requires_grad
     assert "reference" in dict(level.named_parameters())
 
 
 def test_reference_has_its_own_embedding() -> None:
     """As the official code: the reference is projected by its own linear map, not the inputs' one."""
-    level = RLRLevel(6, 8, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True).eval()
+    level = RLRLevel(LevelShape(6, 8, HW, 3, layers=1, heads=2, ff_mult=2), lca=True, mlka=True).eval()
     assert level.ref_embed is not level.embed
     tokens = torch.randn(1, N, 8)
     before = level.encode(tokens)
@@ -93,7 +93,7 @@ def test_embeddings_start_kaiming_normal_as_the_official_code() -> None:
     """Both token embeddings (inputs and reference) start with weights of std √(2 / fan-in), not PyTorch's
     default linear init (std √(1 / (3 · fan-in)), 2.45× smaller)."""
     torch.manual_seed(0)
-    level = RLRLevel(112, 128, HW, 3, layers=1, heads=2, ff_mult=2, lca=True, mlka=True)
+    level = RLRLevel(LevelShape(112, 128, HW, 3, layers=1, heads=2, ff_mult=2), lca=True, mlka=True)
     for layer in (level.embed, level.ref_embed):
         assert float(layer.weight.detach().std()) == pytest.approx((2 / 112) ** 0.5, rel=0.05)
 

@@ -10,8 +10,8 @@ from sklearn.linear_model import ElasticNet
 
 from reconad.errors import ReconadError
 from reconad.models import model_class
-from reconad.models.self_expressive import elastic_net_gram, residual_from_gram
-from reconad.models.sgfr import SGFR
+from reconad.models.bank.self_expressive import elastic_net_gram, residual_from_gram
+from reconad.models.bank.sgfr import SGFR
 
 DIM, SUB_DIM = 24, 3
 

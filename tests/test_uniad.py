@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from reconad.errors import ReconadError
-from reconad.models.attention import window_mask
 from reconad.models.base import MODELS, check_params
-from reconad.models.trainer import clip_gradients, learning_rate
-from reconad.models.uniad import DecoderLayer, NeighbourMaskedAttention, UniAD, neck_matrix
+from reconad.models.trained.attention import window_mask
+from reconad.models.trained.trainer import clip_gradients, learning_rate
+from reconad.models.trained.uniad import DecoderLayer, NeighbourMaskedAttention, UniAD, neck_matrix
 
 #: Two levels as the extractor gives them: 6 channels on the finest grid, 10 upsampled from half of it.
 TINY = dict(

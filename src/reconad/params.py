@@ -68,6 +68,11 @@ def param(
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
+def fraction(default: float, *, help: str) -> Any:
+    """A :func:`param` in ``(0, 1]``: a share of something that cannot be none of it."""
+    return param(default, low=0, high=1, low_inclusive=False, help=help)
+
+
 class _Invalid(ValueError):
     """A value that does not fit a type (the caller words the error)."""
 

@@ -23,8 +23,8 @@ from onnx import compose
 from torch import nn
 
 from reconad.errors import ReconadError
-from reconad.export.search import ONNX_TRANSLATIONS
 from reconad.features.extractor import FeatureExtractor
+from reconad.models.bank.traced_search import ONNX_TRANSLATIONS
 
 #: The ONNX opset every exported graph uses (ONNX Runtime ≥ 1.14, OpenVINO ≥ 2023.0, TensorRT ≥ 8.6 read it).
 OPSET = 18

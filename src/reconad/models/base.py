@@ -9,6 +9,9 @@ Hyper-parameters are ``__init__`` arguments, declared with their type, range and
 Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
 (RLR, RLR-selfref, UniAD) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
+``export_head()`` gives the fitted model's ``predict`` as a torch module of operations ONNX has, in eval mode
+on the CPU (features ``[N, C, h, w]`` → what ``predict`` returns), which ``reconad export`` traces
+(:mod:`reconad.export.heads` adds the library's scoring on top).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
-from reconad.params import check_values, describe, is_declared
+from reconad.params import check_values, describe
 
 
 @runtime_checkable
@@ -34,6 +37,8 @@ class Model(Protocol):
     def predict(self, features: Tensor, categories: list[str] | None = None) -> Tensor | list[Tensor]: ...
 
     def state_dict(self) -> dict[str, Tensor]: ...
+
+    def export_head(self) -> nn.Module: ...
 
     def get_config(self) -> dict[str, Any]: ...
 
@@ -81,34 +86,15 @@ def parameter_names(cls: type) -> list[str]:
 def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """User-given hyper-parameters of model ``name``, checked before any work; one clear error otherwise.
 
-    A model that declares its parameters (:mod:`reconad.params`) has each value checked against its type
-    and range and converted (strings such as ``"0.5"`` included); for the others only the names are checked
-    against ``__init__`` (a typo, say) and the values are returned as given.
+    Each value is checked against its declared type and range (:mod:`reconad.params`) and converted (strings
+    such as ``"0.5"`` included); an unknown name (a typo, say) is an error listing the model's parameters.
     """
-    cls = model_class(name)
-    if is_declared(cls):
-        return check_values(cls, params, f"model {name}")
-    accepted = parameter_names(cls)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ReconadError(
-            f"model {name} has no parameter {', '.join(unknown)}; "
-            f"its parameters: {', '.join(sorted(accepted))}"
-        )
-    return dict(params)
+    return check_values(model_class(name), params, f"model {name}")
 
 
 def describe_params(name: str) -> list[tuple[str, str, str, str]]:
-    """``(name, valid values, default, help)`` of each hyper-parameter of model ``name`` (for models that do
-    not declare theirs yet: the annotation as valid values, and no help)."""
-    cls = model_class(name)
-    if is_declared(cls):
-        return describe(cls)
-    rows = []
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
-        default = "" if p.default is inspect.Parameter.empty else repr(p.default)
-        rows.append((p.name, str(p.annotation), default, ""))
-    return rows
+    """``(name, valid values, default, help)`` of each declared hyper-parameter of model ``name``."""
+    return describe(model_class(name))
 
 
 def init_config(model: object) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from reconad import distributed
 from reconad.distributed import World
-from reconad.models.checkpoints import Checkpoints
+from reconad.models.trained.checkpoints import Checkpoints
 
 #: ``progress(epoch, epochs, mean_loss)``, called after every epoch.
 Progress = Callable[[int, int, float], None]
@@ -51,7 +51,7 @@ STEP_AT = 0.8
 
 
 class TrainingParams(Protocol):
-    """The hyper-parameters the trainer reads (a :class:`~reconad.models.unified.UnifiedModel`
+    """The hyper-parameters the trainer reads (a :class:`~reconad.models.trained.unified.UnifiedModel`
     has them all)."""
 
     epochs: int

@@ -17,8 +17,8 @@ As the official code (zhiyuanyou/UniAD) runs it, on our features:
   the clean features, AdamW, gradients clipped to a global norm, the learning rate ×0.1 for the last fifth.
 * score: ‖reconstruction − features‖₂ per position.
 
-Training runs on the shared trainer (:func:`reconad.models.trainer.train` with this model's
-:class:`~reconad.models.trainer.Recipe`), so checkpoints, ``--resume`` and torchrun work as for RLR.
+Training runs on the shared trainer (:func:`reconad.models.trained.trainer.train` with this model's
+:class:`~reconad.models.trained.trainer.Recipe`), so checkpoints, ``--resume`` and torchrun work as for RLR.
 docs/uniad.md has our CPU recipe next to the official one.
 """
 
@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from reconad.distributed import World
 from reconad.errors import ReconadError
 from reconad.features.extractor import bilinear_matrix, unsampling_matrix
-from reconad.models.attention import merge_heads, outside_window_mask, split_heads
 from reconad.models.base import register
-from reconad.models.trainer import LR_SCHEDULES, Recipe, feature_jitter
-from reconad.models.unified import UnifiedModel, device_param
+from reconad.models.trained.attention import merge_heads, outside_window_mask, split_heads
+from reconad.models.trained.trainer import LR_SCHEDULES, Recipe, feature_jitter
+from reconad.models.trained.unified import UnifiedModel, device_param
 from reconad.params import MAX_SEED, param
 
 
@@ -288,7 +288,7 @@ class UniAD(UnifiedModel):
             return F.mse_loss(nets[0](noisy).float(), clean)
 
     def recipe(self) -> Recipe:
-        """UniAD's training step for :func:`~reconad.models.trainer.train`."""
+        """UniAD's training step for :func:`~reconad.models.trained.trainer.train`."""
         return Recipe(
             loss=self.batch_loss,
             optimizer=lambda ps: torch.optim.AdamW(ps, lr=self.lr, weight_decay=self.weight_decay),

@@ -153,14 +153,3 @@ class Checkpoints:
         optimizer.load_state_dict({"state": state, "param_groups": fresh["param_groups"]})
         generator.set_state(tensors["rng"])
         return int(meta["epoch"]), [float(x) for x in meta["losses"]]
-
-    def load(
-        self,
-        nets: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        device: torch.device,
-    ) -> tuple[int, list[float]] | None:
-        """Restore the last finished epoch's state; that epoch and the losses so far (None: no checkpoint)."""
-        found = self.read()
-        return None if found is None else self.apply(found, nets, optimizer, generator, device)

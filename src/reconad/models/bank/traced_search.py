@@ -1,5 +1,7 @@
 """Bank search with operations ONNX has: the ``k`` best atoms of a fitted model's bank for each query, as the
-model's :class:`~reconad.models.knn.NearestNeighbors` finds them (:func:`bank_search`).
+model's :class:`~.knn.NearestNeighbors` finds them (:func:`bank_search`), for the export heads of PatchCore
+and SGFR (``export_head``). It imports onnxscript (its custom operation's ONNX form): the models import it
+only when a head is built.
 
 Both searches return ``(keys, atoms, signs)``, each ``[P, k]``, best first. The key is ``2⟨q, a⟩ − ‖a‖²`` for
 the ``l2`` metric (largest = nearest; the squared distance is ``‖q‖² − key``, as FAISS computes it) and the
@@ -20,7 +22,7 @@ import torch
 from onnxscript import opset18 as op  # the opset of every exported graph (graphs.OPSET)
 from torch import Tensor, nn
 
-from reconad.models.knn import NearestNeighbors
+from reconad.models.bank.knn import NearestNeighbors
 
 #: Atoms per block of the exact search: the ``[P, block]`` key matrix is the largest tensor it holds.
 SEARCH_BLOCK = 8192

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
+from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
+from reconad.models.bank.self_expressive import coverage_select, sparse_codes
+from reconad.models.bank.traced_linalg import spd_inverse
 from reconad.models.base import init_config, register
-from reconad.models.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.self_expressive import coverage_select, sparse_codes
-from reconad.params import MAX_SEED, param, validate
+from reconad.params import MAX_SEED, fraction, param, validate
 
 
 def _patches(features: Tensor) -> Tensor:
@@ -42,9 +43,7 @@ class SGFR:
     unified: ClassVar[bool] = False
     align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
-    sampling_ratio: float = param(
-        0.1, low=0, high=1, low_inclusive=False, help="fraction of the training patches kept as atoms"
-    )
+    sampling_ratio: float = fraction(0.1, help="fraction of the training patches kept as atoms")
     n_candidates: int = param(
         16, low=1, high=256, help="nearest atoms a feature may use (cost grows as its square)"
     )
@@ -108,8 +107,8 @@ class SGFR:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric, self._device)
 
     def to(self, device: str | torch.device) -> SGFR:
-        """Search the atoms on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the coding
-        and the state stay on the CPU."""
+        """Search the atoms on ``device`` from now on (a CUDA GPU: :mod:`.knn`); the coding and
+        the state stay on the CPU."""
         self._device = torch.device(device)
         if hasattr(self, "bank_"):
             self._build()
@@ -137,6 +136,10 @@ class SGFR:
         _, _, res = self.reconstruct(features)
         return (res.sqrt() * self.scale_).reshape(n, h, w)
 
+    def export_head(self) -> nn.Module:
+        """:meth:`predict` as a traceable module (:class:`SGFRHead`), in eval mode, on the CPU."""
+        return SGFRHead(self).eval()
+
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:
         return {
@@ -156,3 +159,69 @@ class SGFR:
         model.scale_ = state["scale"].float().reshape(())
         model._build()
         return model
+
+
+class SGFRHead(nn.Module):
+    """SGFR's ``predict`` with operations ONNX has: each patch, scaled to the bank's units, is coded over its
+    ``n_candidates`` nearest atoms (found by the model's search and metric:
+    :func:`~.traced_search.bank_search`) with the elastic net, solved by the same ADMM steps as
+    :func:`~.self_expressive.elastic_net_gram`; its score is the residual norm in feature units. The solver's
+    one Cholesky inverse becomes :func:`~.traced_linalg.spd_inverse`.
+
+    The ADMM step size ``ρ = max(5λ, 10⁻³ · mean Gram diagonal)`` is a constant where the bank's largest
+    squared norm already gives ``5λ`` (the default λ on unit-scale atoms); otherwise it is taken from the
+    graph's batch (the library takes it per 4,096 patches).
+    """
+
+    def __init__(self, model: SGFR) -> None:
+        super().__init__()
+        from reconad.models.bank.traced_search import bank_search  # (onnxscript: only when exporting)
+
+        bank = model.bank_.detach().float()
+        self.metric, self.k = model.metric, max(1, min(model.n_candidates, len(bank)))
+        self.lam, self.alpha, self.iters = float(model.lam), float(model.alpha), int(model.iters)
+        self.scale = float(model.scale_)
+        norms = bank.norm(dim=1)
+        self.rho = 5.0 * self.lam if 1e-3 * float(norms.max()) ** 2 <= 5.0 * self.lam else None
+        self.register_buffer("norms", norms)
+        self.register_buffer("bank", bank)
+        self.search = bank_search(bank, model.centroids_, model.nprobe, self.metric, self.k)
+
+    def candidates(self, y: Tensor, yy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k`` nearest atoms ``[P, k, C]`` and ``b = ⟨atom, y⟩`` ``[P, k]``, read off the search as the
+        library does: a slot the search could not fill (an IVF probe of fewer than ``k`` entries) is a zero
+        atom with ``b = 0``."""
+        if self.metric == "l2":
+            key, idx, _ = self.search(y)
+            b = 0.5 * (key + self.norms[idx].pow(2))
+        else:
+            key, idx, sign = self.search(y / yy.sqrt().clamp_min(1e-12)[:, None])
+            b = key * sign * self.norms[idx] * yy.sqrt()[:, None]
+        atoms = self.bank[idx]
+        if self.search.may_miss:
+            filled = key > -torch.inf
+            atoms, b = atoms * filled[:, :, None], torch.where(filled, b, 0.0)
+        return atoms, b
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, ch, h, w = features.shape
+        y = features.permute(0, 2, 3, 1).reshape(-1, ch) / self.scale
+        yy = y.pow(2).sum(1)
+        atoms, b = self.candidates(y, yy)
+        gram = atoms @ atoms.transpose(1, 2)
+        l1, l2 = self.lam * self.alpha, self.lam * (1.0 - self.alpha)
+        rho = self.rho
+        if rho is None:
+            rho = torch.clamp(gram.diagonal(dim1=-2, dim2=-1).mean() * 1e-3, min=5.0 * self.lam)
+        inv = spd_inverse(gram + (l2 + rho) * torch.eye(self.k))
+        c0 = (inv @ b[:, :, None])[:, :, 0]
+        inv_rho, thr = rho * inv, l1 / rho
+        z = c0 - c0.clamp(-thr, thr)
+        u = c0 - z
+        for _ in range(self.iters - 1):
+            c = c0 + (inv_rho @ (z - u)[:, :, None])[:, :, 0]
+            z = (c + u) - (c + u).clamp(-thr, thr)
+            u = u + c - z
+        quad = (z * (gram @ z[:, :, None])[:, :, 0]).sum(1)
+        residual = (yy - 2 * (b * z).sum(1) + quad).clamp(min=0)
+        return (residual.sqrt() * self.scale).reshape(n, h, w)

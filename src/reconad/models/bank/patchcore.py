@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reconad.errors import ReconadError
+from reconad.models.bank.coreset import greedy_coreset
+from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.models.base import init_config, register
-from reconad.models.coreset import greedy_coreset
-from reconad.models.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
-from reconad.params import MAX_SEED, param, validate
+from reconad.params import MAX_SEED, fraction, param, validate
 
 
 @register
@@ -22,7 +22,7 @@ class PatchCore:
 
     With ``nprobe="auto"`` the IVF search probes the fewest cells (a power of two) that find the exact
     nearest atom of at least ``min_recall`` of 4,096 seeded training patches left out of the bank
-    (:func:`~reconad.models.knn.calibrate_nprobe`). On held-back good images of the shared data sets that
+    (:func:`~reconad.models.bank.knn.calibrate_nprobe`). On held-back good images of the shared data sets that
     gives recall@1 >= 0.98 (``benchmarks/knn_recall.py``) at 2x to 8x the speed of exact search.
     """
 
@@ -30,13 +30,7 @@ class PatchCore:
     unified: ClassVar[bool] = False
     align_corners: ClassVar[bool] = False  # patch scores resized once from the grid, as official PatchCore
 
-    coreset_ratio: float = param(
-        0.1,
-        low=0,
-        high=1,
-        low_inclusive=False,
-        help="fraction of the training patches kept in the memory bank",
-    )
+    coreset_ratio: float = fraction(0.1, help="fraction of the training patches kept in the memory bank")
     k: int = param(1, low=1, help="nearest atoms averaged for a patch's score (1 = PatchCore)")
     projection_dim: int = param(
         128, low=1, help="random projection used only to choose the coreset (>= channels: none)"
@@ -48,12 +42,8 @@ class PatchCore:
         choices=("auto",),
         help="IVF cells the nearest-atom search probes; 0 = exact; 'auto' = learned at fit (min_recall)",
     )
-    min_recall: float = param(
-        0.99,
-        low=0,
-        high=1,
-        low_inclusive=False,
-        help="nprobe='auto': share of left-out training patches whose exact nearest atom must be found",
+    min_recall: float = fraction(
+        0.99, help="nprobe='auto': share of left-out training patches whose exact nearest atom must be found"
     )
     seed: int = param(
         0, low=0, high=MAX_SEED, help="seeds the coreset's projection and first point, and the IVF"
@@ -96,7 +86,7 @@ class PatchCore:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe_, device=self._device)
 
     def to(self, device: str | torch.device) -> PatchCore:
-        """Search on ``device`` from now on (a CUDA GPU: :mod:`~reconad.models.knn`); the state stays put."""
+        """Search on ``device`` from now on (a CUDA GPU: :mod:`.knn`); the state stays put."""
         self._device = torch.device(device)
         if hasattr(self, "bank_"):
             self._build()
@@ -106,6 +96,10 @@ class PatchCore:
         n, c, h, w = features.shape
         dist, _ = self._index.search(features.permute(0, 2, 3, 1).reshape(-1, c), self.k)
         return dist.clamp_(min=0).sqrt_().mean(dim=1).reshape(n, h, w)
+
+    def export_head(self) -> nn.Module:
+        """:meth:`predict` as a traceable module (:class:`PatchCoreHead`), in eval mode, on the CPU."""
+        return PatchCoreHead(self).eval()
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
@@ -121,3 +115,21 @@ class PatchCore:
         model.nprobe_ = int(state["nprobe"]) if "nprobe" in state else int(model.nprobe)
         model._build()
         return model
+
+
+class PatchCoreHead(nn.Module):
+    """PatchCore's ``predict`` with operations ONNX has: the mean distance to the ``k`` nearest bank atoms its
+    search finds (:func:`~.traced_search.bank_search`)."""
+
+    def __init__(self, model: PatchCore) -> None:
+        super().__init__()
+        from reconad.models.bank.traced_search import bank_search  # (onnxscript: only when exporting)
+
+        self.search = bank_search(model.bank_, model.centroids_, model.nprobe_, "l2", model.k)
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, c, h, w = features.shape
+        q = features.permute(0, 2, 3, 1).reshape(-1, c)
+        key, _, _ = self.search(q)
+        d = q.pow(2).sum(1, keepdim=True) - key
+        return d.clamp(min=0).sqrt().mean(dim=1).reshape(n, h, w)

@@ -6,7 +6,7 @@ cannot attend to keys inside its local window), trained with the same feature ji
 scoring as RLR (:class:`ReconstructionModel`). There is no learnable reference, and every layer keeps the
 residual connection from its input — the identity shortcut through which an anomaly can be copied to the
 output, which RLR's reference is designed to close. Same width and depth as the RLR it is compared with.
-(Not UniAD: that is :mod:`reconad.models.uniad`.)
+(Not UniAD: that is :mod:`reconad.models.trained.uniad`.)
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from reconad.models.attention import masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import ReconstructionModel, TokenReconstructor, feed_forward
+from reconad.models.trained.attention import masked_attention, merge_heads, split_heads
+from reconad.models.trained.reconstruction import (
+    LevelShape,
+    ReconstructionModel,
+    TokenReconstructor,
+    feed_forward,
+)
 
 
 class SelfRefLayer(nn.Module):
@@ -39,18 +44,12 @@ class SelfRefLayer(nn.Module):
 
 
 class SelfRefLevel(TokenReconstructor):
-    def __init__(
-        self,
-        channels: int,
-        width: int,
-        hw: tuple[int, int],
-        window: int,
-        layers: int,
-        heads: int,
-        ff_mult: int,
-    ) -> None:
-        super().__init__(channels, width, hw)
-        self.layers = nn.ModuleList(SelfRefLayer(width, heads, ff_mult, hw, window) for _ in range(layers))
+    def __init__(self, shape: LevelShape) -> None:
+        super().__init__(shape.channels, shape.width, shape.hw)
+        self.layers = nn.ModuleList(
+            SelfRefLayer(shape.width, shape.heads, shape.ff_mult, shape.hw, shape.window)
+            for _ in range(shape.layers)
+        )
 
     def encode(self, tokens: Tensor) -> Tensor:
         for layer in self.layers:
@@ -66,7 +65,5 @@ class RLRSelfRef(ReconstructionModel):
 
     name = "rlr-selfref"
 
-    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return SelfRefLevel(
-            channels, width, hw, window, layers=self.layers, heads=self.heads, ff_mult=self.ff_mult
-        )
+    def make_level(self, shape: LevelShape) -> TokenReconstructor:
+        return SelfRefLevel(shape)

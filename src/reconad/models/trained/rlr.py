@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
-from reconad.models.attention import local_attention, masked_attention, merge_heads, split_heads
 from reconad.models.base import register
-from reconad.models.reconstruction import (
+from reconad.models.trained.attention import local_attention, masked_attention, merge_heads, split_heads
+from reconad.models.trained.reconstruction import (
+    LevelShape,
     ReconstructionModel,
     TokenReconstructor,
     feed_forward,
@@ -84,23 +85,14 @@ class RLRLevel(TokenReconstructor):
     """One level: embedded tokens → RLR layers against the learnable reference, embedded by its own projection
     (``ref_embed``) plus the position embedding."""
 
-    def __init__(
-        self,
-        channels: int,
-        width: int,
-        hw: tuple[int, int],
-        window: int,
-        layers: int,
-        heads: int,
-        ff_mult: int,
-        lca: bool,
-        mlka: bool,
-    ) -> None:
+    def __init__(self, shape: LevelShape, lca: bool, mlka: bool) -> None:
+        channels, width, hw = shape.channels, shape.width, shape.hw
         super().__init__(channels, width, hw)
         self.reference = nn.Parameter(torch.randn(hw[0] * hw[1], channels))
         self.ref_embed = token_embedding(channels, width)
         self.layers = nn.ModuleList(
-            RLRLayer(width, heads, ff_mult, hw, window, lca, mlka) for _ in range(layers)
+            RLRLayer(width, shape.heads, shape.ff_mult, hw, shape.window, lca, mlka)
+            for _ in range(shape.layers)
         )
 
     def encode(self, tokens: Tensor) -> Tensor:
@@ -126,15 +118,5 @@ class RLR(ReconstructionModel):
         if not (self.use_lca or self.use_mlka):
             raise ReconadError("rlr needs at least one of use_lca and use_mlka")
 
-    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
-        return RLRLevel(
-            channels,
-            width,
-            hw,
-            window,
-            layers=self.layers,
-            heads=self.heads,
-            ff_mult=self.ff_mult,
-            lca=self.use_lca,
-            mlka=self.use_mlka,
-        )
+    def make_level(self, shape: LevelShape) -> TokenReconstructor:
+        return RLRLevel(shape, lca=self.use_lca, mlka=self.use_mlka)

@@ -1,12 +1,11 @@
 """The shared base of the feature-reconstruction transformers (RLR and its ablation RLR-selfref): one network
-per feature level, every category trained together (a :class:`~reconad.models.unified.UnifiedModel`).
+per feature level, every category trained together (a :class:`~.unified.UnifiedModel`).
 
 Each level is standardised per channel with the mean and standard deviation of its training features
 (stored with the weights; the official code works on raw features, which scored 0.3 pt lower on the
 validation set, docs/rlr.md): the network starts at the right scale, which matters on a short CPU schedule,
-and every channel counts alike in the loss and the score. Training (:mod:`reconad.models.trainer`; its
-feature jitter is drawn in raw units) and its per-epoch checkpoints (:mod:`reconad.models.checkpoints`) live
-apart.
+and every channel counts alike in the loss and the score. Training (:mod:`.trainer`; its feature jitter is
+drawn in raw units) and its per-epoch checkpoints (:mod:`.checkpoints`) live apart.
 
 Score: per level, channel-mean squared error + (1 − cosine) between the (standardised) features and their
 reconstruction, on the level's own grid; :func:`reconad.scoring.anomaly_maps` resizes each level's map to the
@@ -25,8 +24,8 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.extractor import unsampling_matrix
-from reconad.models.trainer import LR_SCHEDULES
-from reconad.models.unified import UnifiedModel, device_param
+from reconad.models.trained.trainer import LR_SCHEDULES
+from reconad.models.trained.unified import UnifiedModel, device_param
 from reconad.params import MAX_SEED, param
 
 
@@ -57,6 +56,20 @@ def token_embedding(channels: int, width: int) -> nn.Linear:
     layer = nn.Linear(channels, width)
     nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="leaky_relu")
     return layer
+
+
+@dataclass(frozen=True)
+class LevelShape:
+    """The size of one level's network: ``channels`` of its features, token ``width``, grid ``hw``, attention
+    ``window``, and ``layers`` transformer layers of ``heads`` heads, feed-forward ``ff_mult`` × ``width``."""
+
+    channels: int
+    width: int
+    hw: tuple[int, int]
+    window: int
+    layers: int
+    heads: int
+    ff_mult: int
 
 
 class TokenReconstructor(nn.Module):
@@ -142,7 +155,7 @@ class ReconstructionModel(UnifiedModel):
             raise ReconadError(f"{self.name}: windows must be odd, got {self.windows}")
 
     # --- what subclasses provide -------------------------------------------------------------------------
-    def make_level(self, channels: int, width: int, hw: tuple[int, int], window: int) -> TokenReconstructor:
+    def make_level(self, shape: LevelShape) -> TokenReconstructor:
         """The reconstruction network of one level."""
         raise NotImplementedError
 
@@ -184,7 +197,7 @@ class ReconstructionModel(UnifiedModel):
                     "grid (each token needs keys outside its window): use a larger image size or windows"
                 )
         return [
-            self.make_level(c, wd, hw, win)
+            self.make_level(LevelShape(c, wd, hw, win, self.layers, self.heads, self.ff_mult))
             for c, wd, hw, win in zip(self.level_channels, widths, grids, windows, strict=True)
         ]
 

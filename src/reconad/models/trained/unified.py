@@ -1,6 +1,5 @@
 """The shared base of the unified models (RLR, RLR-selfref, UniAD): networks trained on the good features of
-every category at once (:func:`reconad.models.trainer.train`), a token's anomaly score being how badly it is
-reconstructed.
+every category at once (:func:`.trainer.train`), a token's anomaly score being how badly it is reconstructed.
 
 A subclass says how features become its networks' tokens (:meth:`UnifiedModel.tokens`) and on which grid each
 of its maps lies (:meth:`UnifiedModel.map_grids`), builds its networks (:meth:`UnifiedModel.make_nets`) and
@@ -21,8 +20,8 @@ from torch import Tensor, nn
 from reconad.distributed import World
 from reconad.errors import ReconadError
 from reconad.models.base import init_config
-from reconad.models.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
-from reconad.models.trainer import Progress, Recipe, train
+from reconad.models.trained.checkpoints import Checkpoints, fingerprint, load_nets_state, nets_state
+from reconad.models.trained.trainer import Progress, Recipe, train
 from reconad.params import param, validate
 
 
@@ -99,7 +98,7 @@ class UnifiedModel:
         """Set what the networks need from the training tokens before training (nothing by default)."""
 
     def recipe(self) -> Recipe | None:
-        """The model's own training step (:class:`~reconad.models.trainer.Recipe`); ``None``: RLR's."""
+        """The model's own training step (:class:`~.trainer.Recipe`); ``None``: RLR's."""
         return None
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ class UnifiedModel:
         one there (same data and hyper-parameters required; ``epochs`` may be raised).
         ``progress(epoch, epochs, mean_loss)`` is called after every epoch. ``world``: this process's place
         in a torchrun job (:mod:`reconad.distributed`): DistributedDataParallel training, checkpoints by
-        rank 0 (:func:`~reconad.models.trainer.train`).
+        rank 0 (:func:`~reconad.models.trained.trainer.train`).
         """
         self.level_hw_ = None
         grids = self._check(features)
@@ -215,6 +214,11 @@ class UnifiedModel:
                 out[k].append(self.token_errors(net, x).view(-1, *hw).float().cpu())
         return [torch.cat(o) if o else torch.zeros(0, *hw) for o, hw in zip(out, grids, strict=True)]
 
+    def export_head(self) -> nn.Module:
+        """:meth:`predict` as a traceable module (:class:`UnifiedHead`), in eval mode, on the CPU (the
+        fitted networks move there)."""
+        return UnifiedHead(self).cpu().eval()
+
     # --- persistence -------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -245,3 +249,22 @@ class UnifiedModel:
         model.loss_history_ = [float(x) for x in state.get("loss_history", torch.zeros(0)).tolist()]
         model.nets_.eval()
         return model
+
+
+class UnifiedHead(nn.Module):
+    """The unified models' ``predict`` (:class:`UnifiedModel`: RLR, RLR-selfref, UniAD) as a traceable module:
+    the model's tokens (constant matrices on the features), each network's token errors, one map per network
+    on its grid. The fitted networks are used as they are."""
+
+    def __init__(self, model: UnifiedModel) -> None:
+        super().__init__()
+        self.nets = model.nets_
+        self.grids = [tuple(hw) for hw in model.level_hw_]
+        self.tokens, self.token_errors = model.tokens, model.token_errors
+
+    def forward(self, features: Tensor) -> list[Tensor]:
+        inputs = self.tokens(features)
+        return [
+            self.token_errors(net, x).reshape(-1, *hw)
+            for net, x, hw in zip(self.nets, inputs, self.grids, strict=True)
+        ]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from reconad.models.knn import NearestNeighbors
+from reconad.models.bank.knn import NearestNeighbors
 
 UNFILLED = -1  #: the index FAISS returns for a result slot it could not fill
 
