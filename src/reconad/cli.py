@@ -20,6 +20,7 @@ from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.options import DEFAULTS, FitOptions, parse_layers
 from reconad.progress import Progress, progress_display
+from reconad.report.console import metrics_table, print_results
 
 if TYPE_CHECKING:
     from reconad.pipeline import CategoryResult
@@ -104,27 +105,6 @@ def parse_params(values: list[str] | None) -> dict[str, str]:
         key, raw = item.split("=", 1)
         params[key.strip()] = raw
     return params
-
-
-def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> Table:
-    """The five metrics per row of ``doc["categories"]``, and ``doc["mean"]`` when there is one."""
-    table = Table(title=title)
-    names = [first, *doc["categories"]]
-    table.add_column(first, min_width=max(map(len, names)), no_wrap=True)  # names before numbers squeeze
-    from reconad.metrics import METRIC_KEYS
-
-    for key in METRIC_KEYS:
-        table.add_column(key.replace("_", " "), justify="right")
-    table.add_column("n", justify="right")
-
-    def cell(v: Any) -> str:
-        return "—" if v is None else f"{v:.4f}"
-
-    for name, m in doc["categories"].items():
-        table.add_row(escape(name), *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
-    if len(doc["categories"]) > 1 and "mean" in doc:
-        table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
-    return table
 
 
 def fit_options(
@@ -250,15 +230,7 @@ def test(
     if report:
         check_writable(report, folder=True)
     run, results, doc = do_test(run_dir, data, category, device, by_defect)
-    out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
-    for name, m in doc["categories"].items() if by_defect else ():
-        if m["defect_types"]:  # a category without defective test images has no types to show
-            title = f"{escape(name)} · each defect type with the good images"
-            out.print(metrics_table({"categories": m["defect_types"]}, title, "defect"))
-    for name, m in doc["categories"].items():
-        for note in m.get("notes", []):
-            out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
-    out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
+    print_results(out, doc, by_defect)
     if json_file:
         write_json(json_file, doc)
         out.print(f"metrics → {escape(str(json_file))}", soft_wrap=True)

@@ -1,0 +1,44 @@
+"""The terminal's view of a test: the metrics as rich tables (``reconad test``, ``reconad demo``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def metrics_table(doc: dict[str, Any], title: str, first: str = "category") -> Table:
+    """The five metrics per row of ``doc["categories"]``, and ``doc["mean"]`` when there is one."""
+    from reconad.metrics import METRIC_KEYS  # here: the CLI loads this module before any command runs
+
+    table = Table(title=title)
+    names = [first, *doc["categories"]]
+    table.add_column(first, min_width=max(map(len, names)), no_wrap=True)  # names before numbers squeeze
+    for key in METRIC_KEYS:
+        table.add_column(key.replace("_", " "), justify="right")
+    table.add_column("n", justify="right")
+
+    def cell(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}"
+
+    for name, m in doc["categories"].items():
+        table.add_row(escape(name), *(cell(m[k]) for k in METRIC_KEYS), str(m["n_test"]))
+    if len(doc["categories"]) > 1 and "mean" in doc:
+        table.add_row("[bold]mean[/bold]", *(cell(doc["mean"][k]) for k in METRIC_KEYS), "")
+    return table
+
+
+def print_results(out: Console, doc: dict[str, Any], by_defect: bool = False) -> None:
+    """``reconad test``'s tables: the metrics per category, per defect type (``by_defect``), the notes and
+    the speed."""
+    out.print(metrics_table(doc, f"{doc['model']} · {doc['backbone']} · {doc['image_size']} px"))
+    for name, m in doc["categories"].items() if by_defect else ():
+        if m["defect_types"]:  # a category without defective test images has no types to show
+            title = f"{escape(name)} · each defect type with the good images"
+            out.print(metrics_table({"categories": m["defect_types"]}, title, "defect"))
+    for name, m in doc["categories"].items():
+        for note in m.get("notes", []):
+            out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
+    out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
