@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from reconad import inference, pipeline
-from reconad.cli import parse_params
 from reconad.data import load_resized, load_sources
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
+from reconad.params import parse_params
 from reconad.runtime import keep_freed_memory
 
 

@@ -24,13 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconad.cli import parse_params
 from reconad.data import load_sources
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.models.base import model_class
 from reconad.options import parse_layers
+from reconad.params import parse_params
 from reconad.pipeline import Training
 from reconad.runtime import keep_freed_memory
 from reconad.validate import validate, validation_sets

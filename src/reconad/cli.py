@@ -7,20 +7,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from reconad.atomic import check_writable, write_json
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
 from reconad.options import DEFAULTS, FitOptions, parse_layers
+from reconad.params import parse_params
 from reconad.progress import Progress, progress_display
-from reconad.report.console import metrics_table, print_results
+from reconad.report.console import metrics_table, params_table, print_results
 
 if TYPE_CHECKING:
     from reconad.pipeline import CategoryResult
@@ -71,15 +72,13 @@ def clean_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except (ReconadError, OSError) as error:  # a user mistake, or the file system said no
+        except Exception as error:
             if STATE["debug"]:
                 raise
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except Exception as error:  # a bug: say so in one line unless debugging
-            if STATE["debug"]:
-                raise
-            err.print(
+            if isinstance(error, (ReconadError, OSError)):  # a user mistake, or the file system said no
+                err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            err.print(  # a bug: one line unless debugging
                 f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
                 "(rerun with --debug for details)",
                 soft_wrap=True,
@@ -89,6 +88,10 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
 @contextmanager
 def progress_bars(quiet: bool = False) -> Iterator[Progress]:
     """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
@@ -96,22 +99,10 @@ def progress_bars(quiet: bool = False) -> Iterator[Progress]:
         yield update
 
 
-def parse_params(values: list[str] | None) -> dict[str, str]:
-    """``key=value`` pairs of ``--param``, values as typed."""
-    params: dict[str, str] = {}
-    for item in values or []:
-        if "=" not in item:
-            raise ReconadError(f"--param {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        params[key.strip()] = raw
-    return params
-
-
-def fit_options(
-    backbone: str, weights: Path | None, image_size: int, layers: str, holdout: float, seed: int, **rest: Any
-) -> FitOptions:
-    """The :class:`FitOptions` of the command-line flags, checked."""
-    return FitOptions(backbone, weights, image_size, parse_layers(layers), holdout, seed, **rest)
+def fit_options(flags: dict[str, Any]) -> FitOptions:
+    """The :class:`FitOptions` of a command's flags (its ``locals()``: each field by its name), checked."""
+    given = {f.name: flags[f.name] for f in fields(FitOptions) if f.name in flags}
+    return FitOptions(**{**given, "layers": parse_layers(flags["layers"])})
 
 
 ParamOpt = Annotated[
@@ -120,6 +111,8 @@ ParamOpt = Annotated[
 ]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
+NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
+ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
 RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
 
 
@@ -138,28 +131,14 @@ def fit(
     seed: int = DEFAULTS.seed,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
-    no_cache: Annotated[
-        bool, typer.Option(help="do not read or write the feature cache")
-    ] = DEFAULTS.no_cache,
-    resume: Annotated[
-        bool, typer.Option(help="unified models: continue from the last finished epoch")
-    ] = False,
+    no_cache: NoCacheOpt = DEFAULTS.no_cache,
+    resume: ResumeOpt = False,
     device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline
 
-    options = fit_options(
-        backbone,
-        weights,
-        image_size,
-        layers,
-        holdout,
-        seed,
-        cache_dir=cache_dir,
-        no_cache=no_cache,
-        device=device,
-    )
+    options = fit_options(locals())
     check_writable(out_dir, folder=True)
     run = pipeline.fit_folder(
         model, parse_params(param), data, category, out_dir, options, resume=resume, display=progress_bars
@@ -183,29 +162,17 @@ def list_params(
     from reconad.models.base import describe_params, model_names
 
     for name in [model] if model else model_names():
-        table = Table(title=f"{name}: --param key=value", title_justify="left")
-        for column in ("parameter", "values", "default", "what it does"):
-            table.add_column(column, overflow="fold")
-        for row in describe_params(name):
-            table.add_row(*map(escape, row))
-        out.print(table)
+        out.print(params_table(name, describe_params(name)))
 
 
 def do_test(
     run_dir: Path, data: list[str] | None, categories: list[str] | None, device: str, by_defect: bool = False
 ) -> tuple[Run, dict[str, CategoryResult], dict[str, Any]]:
-    """Score a run's test splits (its own data sources unless ``data``): the results and their JSON."""
+    """:func:`reconad.pipeline.test_folder` with progress bars: the run, its results and their JSON."""
     from reconad import pipeline
-    from reconad.data import load_sources
-    from reconad.features.extractor import FeatureExtractor
-    from reconad.runs import load_run
 
-    run = load_run(run_dir)
-    specs = data or sorted({c["source"] for c in run.categories.values()})
-    sources = load_sources(specs, categories or list(run.categories))
-    extractor = FeatureExtractor.from_config(run.config["features"], device)
     with progress_bars() as progress:
-        results = pipeline.evaluate(run, sources, extractor, progress=progress)
+        run, results = pipeline.test_folder(run_dir, data, categories, device, progress)
     return run, results, pipeline.results_json(run, results, by_defect)
 
 
@@ -253,28 +220,20 @@ def predict(
     device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
-    from reconad.data.imageio import collect_images
-    from reconad.features.extractor import FeatureExtractor
     from reconad.inference import predict_folder
-    from reconad.runs import load_run
 
-    run = load_run(run_dir)
-    category = run.category(category)
-    check_writable(out_dir, folder=True)
-    paths = collect_images(inputs)
-    extractor = FeatureExtractor.from_config(run.config["features"], device)
     with progress_bars() as progress:
-        done = predict_folder(run, extractor, paths, category, out_dir, progress)
+        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress)
     out.print(
         f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
-        f"{run.categories[category]['threshold']:.4g}) in {done.seconds:.1f} s "
+        f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
         f"({done.n_scored / done.seconds:.1f} images/s) → {escape(str(out_dir / 'scores.csv'))}",
         soft_wrap=True,
     )
     for _, message in done.failures:
         err.print(f"[red]skipped[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if done.failures:
-        err.print(f"[red]{len(done.failures)} of {len(paths)} images could not be read[/red]")
+        err.print(f"[red]{len(done.failures)} of {done.n_inputs} images could not be read[/red]")
         raise typer.Exit(1)
 
 
@@ -291,17 +250,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
+    settings = dict(locals())
     from reconad.serve.server import serve as serve_run
 
-    serve_run(
-        run_dir,
-        host=host,
-        port=port,
-        workers=workers,
-        max_upload_mb=max_upload_mb,
-        api_key_env=api_key_env,
-        warn=lambda message: err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True),
-    )
+    serve_run(**settings, warn=warn)
 
 
 @app.command()
@@ -353,8 +305,7 @@ def demo(
     overlays = write_overlays(out_dir / "overlays", run.config, results)
     out.print(f"overlays (ground truth outlined in red) → {overlays}")
     out.print(
-        f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · "
-        f"metrics → {out_dir / 'metrics.json'}"
+        f"done in {time.perf_counter() - start:.0f} s · run → {run_dir} · metrics → {out_dir}/metrics.json"
     )
 
 
@@ -363,9 +314,7 @@ def demo(
 def bench(
     model: Annotated[list[str], typer.Option("--model", "-m", help="models to compare; repeatable")],
     data: DataOpt,
-    out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="folder for results.json, results.md, report.html")
-    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for results.json, .md, report.html")],
     category: CategoryOpt = None,
     param: Annotated[
         list[str] | None,
@@ -381,9 +330,7 @@ def bench(
     holdout: HoldoutOpt = DEFAULTS.holdout,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
-    options = fit_options(
-        backbone, weights, image_size, layers, holdout, seed, cache_dir=cache_dir, device=device
-    )
+    options = fit_options(locals())
     from reconad.bench import per_model, run_bench
 
     params = per_model(parse_params(param))

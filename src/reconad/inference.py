@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from reconad.atomic import atomic_file
+from reconad.atomic import atomic_file, check_writable
 from reconad.data import resize_images
-from reconad.data.imageio import read_image
+from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.image_runtime import overlay_name
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
 from reconad.report.overlay import overlay_png
-from reconad.runs import Run, models_to
+from reconad.runs import Run, load_run, models_to
 from reconad.scoring import anomaly_maps
 
 #: Images decoded, featured and scored at once.
@@ -106,6 +106,8 @@ def overlays(run: Run, category: str, scored: Sequence[Scored]) -> list[bytes]:
 class PredictSummary:
     """What :func:`predict_folder` did."""
 
+    category: str
+    n_inputs: int
     n_scored: int = 0
     n_anomalous: int = 0
     seconds: float = 0.0
@@ -113,18 +115,24 @@ class PredictSummary:
 
 
 def predict_folder(
-    run: Run,
-    extractor: FeatureExtractor,
-    paths: Sequence[Path],
-    category: str,
+    run_dir: Path,
+    inputs: Sequence[Path],
+    category: str | None,
     out_dir: Path,
+    device: str = "cpu",
     progress: Progress = no_progress,
-) -> PredictSummary:
-    """Score ``paths`` into ``out_dir``: an overlay per image and ``scores.csv`` (path, score, is_anomalous,
-    overlay). Rows are written as they come (nothing per image is kept in memory); the file appears under its
-    name only once every image is scored."""
+) -> tuple[Run, PredictSummary]:
+    """``reconad predict``: the images ``inputs`` name (files, folders scanned) scored with the run at
+    ``run_dir`` (``category``, or its only one) into ``out_dir``: an overlay per image and ``scores.csv``
+    (path, score, is_anomalous, overlay). Rows are written as they come (nothing per image is kept in
+    memory); the file appears under its name only once every image is scored."""
+    run = load_run(run_dir)
+    category = run.category(category)
+    check_writable(out_dir, folder=True)
+    paths = collect_images(inputs)
+    extractor = FeatureExtractor.from_config(run.config["features"], device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary, taken, batch = PredictSummary(), set[str](), list[Scored]()
+    summary, taken, batch = PredictSummary(category, len(paths)), set[str](), list[Scored]()
 
     def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
         for scored, png in zip(batch, overlays(run, category, batch)):
@@ -148,4 +156,4 @@ def predict_folder(
                 write_batch(rows)
         write_batch(rows)
     summary.seconds = time.perf_counter() - start
-    return summary
+    return run, summary

@@ -151,6 +151,17 @@ def check_value(what: str, value: Any, kind: Any, **spec: Any) -> Any:
     return Declared(what, kind, None, Param("", **spec)).coerce(value)
 
 
+def parse_params(values: list[str] | None) -> dict[str, str]:
+    """``key=value`` pairs of ``--param``, values as typed (each is converted where it is declared)."""
+    params: dict[str, str] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise ReconadError(f"--param {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        params[key.strip()] = raw
+    return params
+
+
 def describe(cls: type) -> list[tuple[str, str, str, str]]:
     """``(name, valid values, default, help)`` of each declared hyper-parameter of ``cls``."""
     return [(d.name, d.expected(), json.dumps(d.default), d.spec.help) for d in declarations(cls).values()]

@@ -33,7 +33,7 @@ from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, check_params, create_model, model_class
 from reconad.options import DEFAULTS, FitOptions, check_holdout, check_seed
 from reconad.progress import Progress, no_progress
-from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, models_to, save_run
+from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, load_run, models_to, save_run
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
 
@@ -446,6 +446,22 @@ def evaluate(
             raise ReconadError(f"category {c.name}: no test images")
         results[c.name] = evaluate_stream(run, c.name, c.test, extractor, cache=cache, progress=progress)
     return results
+
+
+def test_folder(
+    run_dir: Path,
+    data: Sequence[str] | None = None,
+    categories: list[str] | None = None,
+    device: str = DEFAULTS.device,
+    progress: Progress = no_progress,
+) -> tuple[Run, dict[str, CategoryResult]]:
+    """``reconad test``: the run at ``run_dir`` scored on the test split of its categories (or
+    ``categories``), read from its own data sources unless ``data`` names others."""
+    run = load_run(run_dir)
+    specs = list(data or sorted({c["source"] for c in run.categories.values()}))
+    sources = load_sources(specs, categories or list(run.categories))
+    extractor = FeatureExtractor.from_config(run.config["features"], device)
+    return run, evaluate(run, sources, extractor, progress=progress)
 
 
 def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool = False) -> dict[str, Any]:

@@ -42,3 +42,13 @@ def print_results(out: Console, doc: dict[str, Any], by_defect: bool = False) ->
         for note in m.get("notes", []):
             out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
     out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
+
+
+def params_table(model: str, rows: list[tuple[str, str, str, str]]) -> Table:
+    """``reconad params``: each hyper-parameter's name, valid values, default and use."""
+    table = Table(title=f"{model}: --param key=value", title_justify="left")
+    for column in ("parameter", "values", "default", "what it does"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    return table
