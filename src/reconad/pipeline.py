@@ -30,8 +30,9 @@ from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
-from reconad.models.base import Model, check_params, create_model, model_class
+from reconad.models.base import Model, create_model, model_class
 from reconad.options import DEFAULTS, FitOptions, check_holdout, check_seed
+from reconad.params import check_values
 from reconad.progress import Progress, no_progress
 from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, load_run, models_to, save_run
 from reconad.runtime import less_kept_memory
@@ -145,24 +146,25 @@ def extract_shared(
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model name and its hyper-parameters, checked once at the edge (:meth:`check`: the name, each value
+    """A model's class and hyper-parameters, checked once at the edge (:meth:`check`: the name, each value
     converted to its declared type) and passed on; :meth:`build` makes the unfitted model."""
 
-    name: str
+    cls: type
     params: dict[str, Any]
 
     @classmethod
     def check(cls, name: str, params: Mapping[str, Any]) -> ModelSpec:
-        return cls(name, check_params(name, params))
+        model = model_class(name)
+        return cls(model, check_values(model, params, f"model {name}"))
 
     def build(self, extractor: FeatureExtractor, seed: int = DEFAULTS.seed) -> Model:
         """The unfitted model with what the features tell it (levels and grids, the run's ``seed`` unless the
         parameters have one); its parameters are checked together and against the features (a unified model
         needs grids that divide the image size)."""
-        if model_class(self.name).unified:
+        if self.cls.unified:
             extractor.check_whole_grids()
         context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids}
-        return create_model(self.name, **{**context, "seed": seed, **self.params})
+        return create_model(self.cls, **{**context, "seed": seed, **self.params})
 
 
 def new_model(

@@ -62,7 +62,7 @@ def _write_graphs(
     keys = [UNIFIED] if UNIFIED in run.models else categories
     searches = {}
     for i, key in enumerate(keys):
-        progress("graphs", i, len(keys))
+        progress("graphs", i, len(keys), unit="graphs")
         grid = (extractor.grid, extractor.grid)
         head = maps_and_scores(run.models[key], grid, extractor.image_size, run.config["scoring"])
         meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
@@ -70,7 +70,7 @@ def _write_graphs(
         if (search := getattr(head.head, "search", None)) is not None:
             searches[key] = search.summary
         (folder / graph_file(key)).write_bytes(graph.SerializeToString())
-    progress("graphs", len(keys), len(keys))
+    progress("graphs", len(keys), len(keys), unit="graphs")
     key_of = {c: UNIFIED if UNIFIED in run.models else c for c in categories}
     graphs = {c: graph_file(key) for c, key in key_of.items()}
     return graphs, {c: searches[key] for c, key in key_of.items() if key in searches}

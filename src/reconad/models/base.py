@@ -70,10 +70,10 @@ def model_class(name: str) -> type:
     return MODELS[name]
 
 
-def create_model(name: str, **params: Any) -> Model:
-    """Instantiate a registered model. Parameters its ``__init__`` does not take are ignored, so the caller
-    may pass context such as ``level_channels`` to every model alike."""
-    cls = model_class(name)
+def create_model(name: str | type, **params: Any) -> Model:
+    """Instantiate a registered model (by name, or its class). Parameters its ``__init__`` does not take are
+    ignored, so the caller may pass context such as ``level_channels`` to every model alike."""
+    cls = model_class(name) if isinstance(name, str) else name
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
