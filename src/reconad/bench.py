@@ -226,6 +226,8 @@ def _bench_model(
         progress=fit_progress,
         training=pipeline.Training(progress=epoch_progress) if model.unified else None,
         features=train,
+        false_reject=options.false_reject,
+        folds=options.folds,
     )
     tick(n_cat)
     results = {}

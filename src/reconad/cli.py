@@ -21,7 +21,7 @@ from reconad.errors import ReconadError
 from reconad.options import DEFAULTS, FitOptions, parse_layers
 from reconad.params import parse_params
 from reconad.progress import Progress, progress_display
-from reconad.report.console import metrics_table, params_table, print_results
+from reconad.report.console import metrics_table, params_table, print_results, threshold_text
 
 if TYPE_CHECKING:
     from reconad.pipeline import CategoryResult
@@ -45,7 +45,11 @@ WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (sa
 ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
 LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
 DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
-HoldoutOpt = Annotated[float, typer.Option(help="fraction of good images held back to set the threshold")]
+HoldoutOpt = Annotated[float, typer.Option(help="unified models: good images held back to set the threshold")]
+FalseRejectOpt = Annotated[float, typer.Option(help="the share of good parts the threshold may reject")]
+FoldsOpt = Annotated[
+    int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
+]
 
 
 @app.callback()
@@ -130,6 +134,8 @@ def fit(
     param: ParamOpt = None,
     seed: int = DEFAULTS.seed,
     holdout: HoldoutOpt = DEFAULTS.holdout,
+    false_reject: FalseRejectOpt = DEFAULTS.false_reject,
+    folds: FoldsOpt = DEFAULTS.folds,
     cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
     no_cache: NoCacheOpt = DEFAULTS.no_cache,
     resume: ResumeOpt = False,
@@ -141,7 +147,15 @@ def fit(
     options = fit_options(locals())
     check_writable(out_dir, folder=True)
     run = pipeline.fit_folder(
-        model, parse_params(param), data, category, out_dir, options, resume=resume, display=progress_bars
+        model,
+        parse_params(param),
+        data,
+        category,
+        out_dir,
+        options,
+        resume=resume,
+        display=progress_bars,
+        warn=warn,
     )
     if (distributed.launched() or (0,))[0] != 0:
         return  # the other processes of a torchrun job stay quiet
@@ -206,6 +220,36 @@ def test(
 
         page = write_report(report, run.config, results, doc)
         out.print(f"report → {escape(str(page))}", soft_wrap=True)
+
+
+@app.command()
+@clean_errors
+def threshold(
+    run_dir: RunOpt,
+    category: Annotated[
+        str | None, typer.Option(help="which category (needed if the run has several)")
+    ] = None,
+    false_reject: Annotated[
+        float | None, typer.Option(help="from the stored good scores, at this rate")
+    ] = None,
+    value: Annotated[float | None, typer.Option(help="this threshold")] = None,
+    labelled: Annotated[Path | None, typer.Option(help="from a folder with good/ and defective/")] = None,
+    device: DeviceOpt = DEFAULTS.device,
+) -> None:
+    """Re-set a threshold without refitting: for a false-reject rate, to a value, or from labelled images."""
+    from reconad.inference import set_threshold
+
+    with progress_bars() as progress:
+        change = set_threshold(
+            run_dir,
+            category,
+            false_reject=false_reject,
+            value=value,
+            labelled=labelled,
+            device=device,
+            progress=progress,
+        )
+    out.print(threshold_text(change), soft_wrap=True)
 
 
 @app.command()
@@ -298,7 +342,7 @@ def demo(
         out.print(f"generated synthetic parts with drawn defects → {part.parent}")
         data = [f"mvtec:{part.parent}"]
     run_dir = out_dir / f"run-{model}"
-    pipeline.fit_folder(model, {}, data, category, run_dir, display=progress_bars)
+    pipeline.fit_folder(model, {}, data, category, run_dir, display=progress_bars, warn=warn)
     run, results, doc = do_test(run_dir, data, category, DEFAULTS.device)
     write_json(out_dir / "metrics.json", doc)
     out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
@@ -328,6 +372,8 @@ def bench(
     image_size: ImageSizeOpt = DEFAULTS.image_size,
     layers: LayersOpt = DEFAULT_LAYERS,
     holdout: HoldoutOpt = DEFAULTS.holdout,
+    false_reject: FalseRejectOpt = DEFAULTS.false_reject,
+    folds: FoldsOpt = DEFAULTS.folds,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
     options = fit_options(locals())

@@ -1,7 +1,8 @@
 """Scoring new images with a fitted run: decode → features → model → maps → verdicts and overlays.
 
-The one scoring loop of ``reconad predict`` (files, :func:`predict_folder`) and ``reconad serve`` (uploads,
-:func:`score_decoded` and :func:`overlays`): the same scores, verdicts and overlays for the same image.
+The one scoring loop of ``reconad predict`` (files, :func:`predict_folder`), ``reconad serve`` (uploads,
+:func:`score_decoded` and :func:`overlays`) and ``reconad threshold --labelled`` (:func:`set_threshold`):
+the same scores, verdicts and overlays for the same image.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.image_runtime import overlay_name
+from reconad.operating import DEFAULT_FALSE_REJECT, OperatingPoint, conformal_threshold, verdict_rates
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
 from reconad.report.overlay import overlay_png
-from reconad.runs import Run, load_run, models_to
+from reconad.runs import Run, load_run, models_to, read_config, write_config
 from reconad.scoring import anomaly_maps
 
 #: Images decoded, featured and scored at once.
@@ -157,3 +159,78 @@ def predict_folder(
         write_batch(rows)
     summary.seconds = time.perf_counter() - start
     return run, summary
+
+
+@dataclass
+class ThresholdChange:
+    """What :func:`set_threshold` did to a category: the old and new threshold, how the new one was set, and
+    the verdicts it gives on the scores it was set from (good images, and defective ones where labelled)."""
+
+    category: str
+    old: float
+    point: OperatingPoint
+    scores_from: str
+    verdicts: dict[str, Any]
+
+
+def set_threshold(
+    run_dir: Path,
+    category: str | None,
+    *,
+    false_reject: float | None = None,
+    value: float | None = None,
+    labelled: Path | None = None,
+    device: str = "cpu",
+    progress: Progress = no_progress,
+) -> ThresholdChange:
+    """Re-set a category's threshold without refitting, from the run's stored out-of-sample good scores at
+    ``false_reject``, to a ``value``, or from a ``labelled`` folder (``good/`` and ``defective/``, images at
+    any depth: its good images' scores at ``false_reject``, or at the rate the run targets). ``run.json`` is
+    replaced atomically; the weights are only read (``labelled``)."""
+    if (value is not None) + (labelled is not None) + (false_reject is not None and labelled is None) != 1:
+        raise ReconadError("give one of --false-reject RATE, --value T or --labelled DIR")
+    config = read_config(run_dir)
+    category = Run(config).category(category)
+    cat = config["categories"][category]
+    old, stored = float(cat["threshold"]), cat.get("operating", {})
+    rate = false_reject if false_reject is not None else stored.get("target") or DEFAULT_FALSE_REJECT
+    labels: np.ndarray | None = None
+    if labelled is not None:
+        good, bad = _labelled_images(labelled)
+        run = load_run(run_dir)
+        extractor = FeatureExtractor.from_config(run.config["features"], device)
+        scored = list(score_images(run, extractor, good + bad, category, on_error=_refuse, progress=progress))
+        scores, labels = np.array([s.score for s in scored]), np.arange(len(scored)) >= len(good)
+        point = conformal_threshold(scores[~labels], rate)
+        point = OperatingPoint(point.threshold, "labelled", rate, point.bound, point.n)
+        source = f"labelled folder {labelled} ({len(good)} good, {len(bad)} defective)"
+    elif value is not None:
+        scores, source = np.asarray(stored.get("scores", []), dtype=np.float64), stored.get("scores_from", "")
+        point = OperatingPoint(float(value), "value", None, None, len(scores))
+    elif "scores" not in stored:
+        raise ReconadError(
+            f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it, or use "
+            "--value T or --labelled DIR"
+        )
+    else:
+        scores, source = np.asarray(stored["scores"], dtype=np.float64), stored["scores_from"]
+        point = conformal_threshold(scores, rate)
+    cat["threshold"] = point.threshold
+    labels = np.zeros(len(scores), dtype=bool) if labels is None else labels
+    cat["operating"] = {**point.to_json(), "scores_from": source, "scores": scores[~labels].tolist()}
+    write_config(run_dir, config)
+    verdicts = verdict_rates(labels, scores, point.threshold)
+    return ThresholdChange(category, old, point, source, verdicts)
+
+
+def _refuse(path: str, message: str) -> None:
+    raise ReconadError(message)
+
+
+def _labelled_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder/good`` and ``folder/defective`` (the latter may be absent)."""
+    good_dir, bad_dir = Path(folder) / "good", Path(folder) / "defective"
+    if not good_dir.is_dir():
+        raise ReconadError(f"{folder} has no good/ folder: a labelled folder holds good/ and defective/")
+    good = collect_images([good_dir])
+    return good, (collect_images([bad_dir]) if bad_dir.is_dir() and any(bad_dir.iterdir()) else [])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconad.errors import ReconadError
+from reconad.operating import DEFAULT_FALSE_REJECT, check_rate
 from reconad.params import MAX_SEED, check_value
 
 #: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
@@ -52,11 +53,18 @@ def check_seed(seed: int, what: str = "seed") -> int:
     return check_value(what, seed, int, low=0, high=MAX_SEED)
 
 
+def check_folds(folds: int, what: str = "folds") -> int:
+    """The folds of the per-category models' cross-fitting: an integer from 2 to 20."""
+    return check_value(what, folds, int, low=2, high=20)
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
-    image size, levels, device), where they are cached, and the held-back good images (fraction, seed).
-    Checked on construction; errors name the command-line flag."""
+    image size, levels, device), where they are cached, the good images held back from a unified model
+    (fraction, seed), and the threshold (the false-reject rate it targets; the folds the per-category
+    models are cross-fitted in for their out-of-sample scores). Checked on construction; errors name the
+    command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
@@ -64,6 +72,8 @@ class FitOptions:
     layers: tuple[int, ...] = (2, 3)
     holdout: float = 0.1
     seed: int = 0
+    false_reject: float = DEFAULT_FALSE_REJECT
+    folds: int = 5
     cache_dir: Path | None = None
     no_cache: bool = False
     device: str = "cpu"
@@ -72,6 +82,8 @@ class FitOptions:
         check_image_size(self.image_size, "--image-size")
         object.__setattr__(self, "layers", check_layers(tuple(self.layers), "--layers"))
         check_holdout(self.holdout, "--holdout")
+        check_rate(self.false_reject, "--false-reject")
+        check_folds(self.folds, "--folds")
         check_seed(self.seed, "--seed")
 
     def on(self, device: str) -> FitOptions:

@@ -31,12 +31,20 @@ from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, create_model, model_class
-from reconad.options import DEFAULTS, FitOptions, check_holdout, check_seed
+from reconad.operating import (
+    DEFAULT_FALSE_REJECT,
+    check_rate,
+    conformal_threshold,
+    pooled_verdicts,
+    rate_note,
+    verdict_rates,
+)
+from reconad.options import DEFAULTS, FitOptions, check_folds, check_holdout, check_seed
 from reconad.params import check_values
 from reconad.progress import Progress, no_progress
 from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, load_run, models_to, save_run
 from reconad.runtime import less_kept_memory
-from reconad.scoring import anomaly_maps, calibrate_threshold, image_scores
+from reconad.scoring import anomaly_maps, image_scores
 
 #: How patch scores become maps and image scores unless a run says otherwise (:func:`score_features`).
 DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
@@ -259,27 +267,74 @@ def fit_models(
         return models
 
 
+def cross_fit(
+    model: Model, features: Tensor, folds: int, seed: int, image_size: int, scoring: dict[str, Any]
+) -> tuple[np.ndarray, float]:
+    """Out-of-sample scores of every good image of a category: the images split into ``folds`` seeded folds,
+    each scored by a copy of the unfitted ``model`` fitted on the other folds (a model that never saw it);
+    and the mean of their maps (the overlays' normal level)."""
+    n = len(features)
+    k = min(folds, n)
+    order = np.random.default_rng(seed).permutation(n)
+    scores, level = np.empty(n), 0.0
+    for f in range(k):
+        held = np.sort(order[f::k])
+        kept = np.setdiff1d(np.arange(n), held)
+        maps, s = score_features(
+            copy.deepcopy(model).fit(features[kept]), features[held], image_size, scoring
+        )
+        scores[held] = s.numpy()
+        level += float(maps.sum()) / maps[0].numel()
+    return scores, level / n
+
+
 def _calibrate(
+    template: Model,
     run_models: dict[str, Model],
     data: list[CategoryData],
     feats: TrainingFeatures,
-    image_size: int,
     scoring: dict[str, Any],
+    calibration: Calibration,
 ) -> dict[str, dict[str, Any]]:
-    """Each category's threshold and normal level, from its held-back good images."""
+    """Each category's operating point (:mod:`reconad.operating`) and normal level, from out-of-sample scores
+    of its good images: cross-fitted (per-category models) or held back (unified models)."""
     categories = {}
     for c in data:
-        model = run_models.get(UNIFIED) or run_models[c.name]
-        held = feats[c.name][1].features
-        maps, scores = score_features(model, held, image_size, scoring, [c.name] * len(held))
+        fit_part, held = feats[c.name][0].features, feats[c.name][1].features
+        size = calibration.image_size
+        if UNIFIED in run_models:
+            maps, s = score_features(run_models[UNIFIED], held, size, scoring, [c.name] * len(held))
+            scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
+            n_train = len(fit_part)
+        else:
+            every = torch.cat([fit_part, held])
+            folds, seed = calibration.folds, calibration.seed
+            scores, level = cross_fit(template, every, folds, seed, size, scoring)
+            source, n_train = f"cross-fitted ({min(folds, len(every))} folds)", len(every)
+        point = conformal_threshold(scores, calibration.false_reject)
+        if (note := rate_note(c.name, point)) is not None:
+            calibration.warn(note)
         categories[c.name] = {
             "source": c.source,
-            "n_train": len(feats[c.name][0].features),
-            "n_holdout": len(held),
-            "threshold": calibrate_threshold(scores),
-            "normal_level": float(maps.mean()),
+            "n_train": n_train,
+            "threshold": point.threshold,
+            "normal_level": level,
+            "operating": {**point.to_json(), "scores_from": source, "scores": scores.tolist()},
         }
     return categories
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How :func:`fit` sets each category's threshold (:mod:`reconad.operating`): the false-reject rate
+    asked for, the folds of the per-category models' cross-fitting, their seed, the image size of the maps,
+    and where a note goes when the good images are too few for the rate."""
+
+    false_reject: float = DEFAULT_FALSE_REJECT
+    folds: int = DEFAULTS.folds
+    seed: int = DEFAULTS.seed
+    image_size: int = DEFAULTS.image_size
+    warn: Callable[[str], None] = print
 
 
 def fit(
@@ -295,6 +350,9 @@ def fit(
     progress: Progress = no_progress,
     training: Training | None = None,
     features: TrainingFeatures | None = None,
+    false_reject: float = DEFAULT_FALSE_REJECT,
+    folds: int = DEFAULTS.folds,
+    warn: Callable[[str], None] = print,
 ) -> Run:
     """Fit ``model`` (unfitted, from :func:`new_model`; or a model name, built here with ``params``) on the
     good images of every category (one model each, or one unified model).
@@ -304,9 +362,15 @@ def fit(
     ``training``: how a unified model trains (:class:`Training`); with a ``world`` each process extracts
     its share of the images and the model trains with DistributedDataParallel. Every process returns the
     same run (only rank 0 should save it).
+
+    The threshold meets the ``false_reject`` rate (:mod:`reconad.operating`): per-category models are fitted
+    on every good image and cross-fitted in ``folds`` folds for their scores; a unified model trains on the
+    images not held back and scores those held back. ``warn`` gets a note where the images are too few.
     """
     check_holdout(holdout)
     check_seed(seed)
+    check_rate(false_reject)
+    check_folds(folds)
     if isinstance(model, str):
         model = new_model(model, params or {}, extractor, seed)
     elif params:
@@ -333,7 +397,11 @@ def fit(
         for c in data
     }
     feature_seconds = time.perf_counter() - start
-    models = fit_models(model, {c.name: feats[c.name][0].features for c in data}, training, progress)
+    template = copy.deepcopy(model)  # unfitted, for the cross-fitting
+    train = {c.name: feats[c.name][0].features for c in data}
+    if not model.unified:  # per-category models learn from every good image
+        train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
+    models = fit_models(model, train, training, progress)
     model_seconds = time.perf_counter() - start - feature_seconds
     models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
     config = {
@@ -341,9 +409,17 @@ def fit(
         "params": next(iter(models.values())).get_config(),
         "features": extractor.config(),
         "scoring": scoring,
-        "categories": _calibrate(models, data, feats, extractor.image_size, scoring),
+        "categories": _calibrate(
+            template,
+            models,
+            data,
+            feats,
+            scoring,
+            Calibration(false_reject, folds, seed, extractor.image_size, warn),
+        ),
         "seed": seed,
-        "holdout": holdout,
+        "holdout": holdout if model.unified else None,
+        "folds": None if model.unified else folds,
         "fit_seconds": time.perf_counter() - start,
         "feature_seconds": feature_seconds,
         "model_fit_seconds": model_seconds,
@@ -467,13 +543,23 @@ def test_folder(
 
 
 def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool = False) -> dict[str, Any]:
-    """The ``reconad test --json`` document; ``by_defect`` adds each category's metrics per defect type
-    (:func:`reconad.metrics.by_defect_type`) under ``"defect_types"``."""
-    per_category = {name: r.metrics for name, r in results.items()}
-    if by_defect:
-        for name, r in results.items():
-            types = by_defect_type(r.labels, r.scores, r.masks, r.maps, [s.defect for s in r.samples])
-            per_category[name] = {**r.metrics, "defect_types": types}
+    """The ``reconad test --json`` document: per category the five metrics, the verdicts at the run's
+    threshold (``verdicts``: false rejects and escapes, :func:`reconad.operating.verdict_rates`) and how the
+    threshold was set (``operating``, without its scores); ``by_defect`` adds the metrics and verdicts per
+    defect type (:func:`reconad.metrics.by_defect_type`) under ``"defect_types"``."""
+    per_category = {}
+    for name, r in results.items():
+        operating = {k: v for k, v in run.categories[name].get("operating", {}).items() if k != "scores"}
+        verdicts = verdict_rates(r.labels, r.scores, r.threshold)
+        doc = {**r.metrics, "verdicts": verdicts, "operating": operating}
+        if by_defect:
+            kinds = np.array([s.defect for s in r.samples])
+            types = by_defect_type(r.labels, r.scores, r.masks, r.maps, kinds.tolist())
+            for kind, m in types.items():
+                keep = (r.labels == 0) | (kinds == kind)
+                m["verdicts"] = verdict_rates(r.labels[keep], r.scores[keep], r.threshold)
+            doc["defect_types"] = types
+        per_category[name] = doc
     n_images = sum(r.metrics["n_test"] for r in results.values())
     seconds = sum(r.seconds for r in results.values())
     return {
@@ -482,6 +568,7 @@ def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool =
         "image_size": run.config["features"]["image_size"],
         "categories": per_category,
         "mean": mean_metrics(per_category),
+        "verdicts": pooled_verdicts([d["verdicts"] for d in per_category.values()]),
         "fit_seconds": run.config["fit_seconds"],
         "predict_images_per_second": n_images / seconds if seconds > 0 else None,
         "model_bytes": run.config.get("model_bytes"),
@@ -503,6 +590,7 @@ def fit_folder(
     *,
     resume: bool = False,
     display: Callable[[bool], AbstractContextManager[Progress]] = lambda quiet: nullcontext(no_progress),
+    warn: Callable[[str], None] = print,
 ) -> Run:
     """``reconad fit``: the model checked (once, before any work), the data loaded, fitted (as one process
     of a torchrun job where torchrun started it), saved to ``out_dir`` atomically by rank 0.
@@ -537,6 +625,9 @@ def fit_folder(
                 cache=feature_cache(options, extractor),
                 progress=progress,
                 training=training,
+                false_reject=options.false_reject,
+                folds=options.folds,
+                warn=warn if main else lambda note: None,
             )
         if main:  # one writer: rank 0 (atomically, as ever)
             save_run(run, out_dir)

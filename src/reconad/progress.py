@@ -42,7 +42,8 @@ def no_progress(description: str, done: int, total: int, info: str = "", unit: s
 
 def rate_text(speed: float, unit: str) -> str:
     """``41.2 images/s``, or ``12.5 s/epoch`` when fewer than one ``unit`` a second."""
-    return f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{unit.removesuffix('s')}"
+    one = unit[:-3] + "y" if unit.endswith("ies") else unit.removesuffix("s")
+    return f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{one}"
 
 
 class RateColumn(ProgressColumn):

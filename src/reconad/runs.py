@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reconad.atomic import atomic_folder, atomic_path
+from reconad.atomic import atomic_file, atomic_folder, atomic_path
 from reconad.errors import ReconadError
 from reconad.features.extractor import check_features_config
 from reconad.models.base import Model, model_class
@@ -119,6 +119,13 @@ def save_run(run: Run, path: Path) -> int:
             raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
     run.config = config
     return model_bytes
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """Replace a run's ``run.json`` atomically (its weights untouched): a new threshold, say."""
+    read_config(path)  # a run folder, of a schema this version reads
+    with atomic_file(Path(path) / RUN_FILE) as f:
+        json.dump(config, f, indent=2)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def print_results(out: Console, doc: dict[str, Any], by_defect: bool = False) ->
     for name, m in doc["categories"].items():
         for note in m.get("notes", []):
             out.print(f"[yellow]note[/yellow] {escape(name)}: {escape(note)}", soft_wrap=True)
+    for name, m in doc["categories"].items():
+        out.print(f"{escape(name)}: {verdicts_text(m['verdicts'])}", soft_wrap=True)
     out.print(f"predict: {doc['predict_images_per_second']:.1f} images/s end to end")
 
 
@@ -52,3 +54,26 @@ def params_table(model: str, rows: list[tuple[str, str, str, str]]) -> Table:
     for row in rows:
         table.add_row(*map(escape, row))
     return table
+
+
+def verdicts_text(v: dict[str, Any]) -> str:
+    """``at threshold 3.2: 1/20 good rejected (5.0 %), 0/63 defective passed (0.0 %)``."""
+    parts = []
+    if v["n_good"]:
+        parts.append(f"{v['n_false_reject']}/{v['n_good']} good rejected ({v['false_reject_rate']:.1%})")
+    if v["n_defective"]:
+        parts.append(f"{v['n_escape']}/{v['n_defective']} defective passed ({v['escape_rate']:.1%})")
+    return f"at threshold {v['threshold']:.4g}: " + (", ".join(parts) or "no images")
+
+
+def threshold_text(change: Any) -> str:
+    """``reconad threshold``'s line: old → new, how it was set, and what it gives."""
+    p = change.point
+    how = {"conformal": "conformal", "labelled": "conformal on labelled good images", "value": "set by hand"}
+    bound = f", false rejects ≤ {p.bound:.1%} on new good parts" if p.bound is not None else ""
+    if p.bound is not None and p.target is not None and p.bound > p.target:
+        bound += f" (the best {p.n} good images support; {p.target:.1%} asked)"
+    return (
+        f"{escape(change.category)}: threshold {change.old:.4g} → {p.threshold:.4g} ({how[p.rule]}{bound}; "
+        f"scores: {escape(change.scores_from) or 'none'}); {verdicts_text(change.verdicts).split(': ', 1)[1]}"
+    )

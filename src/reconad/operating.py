@@ -1,0 +1,108 @@
+"""The operating point: the image-score threshold a line runs at, and the verdict rates it gives.
+
+The threshold comes from *out-of-sample* scores of good images (scores of good images a model never saw:
+cross-fitted for the per-category models, held back for the unified ones) by the conformal rule: with ``n``
+such scores, the ``⌈(n + 1)(1 − r)⌉``-th smallest. A new good image, exchangeable with those, then scores
+above it with probability at most ``r``: ``r`` is the *false-reject rate* the line asks for. Where ``n`` is
+too small for ``r`` (``⌈(n + 1)(1 − r)⌉ > n``), the largest score is used, which bounds the rate by
+``1 / (n + 1)`` — the smallest rate the data can support.
+
+An image is anomalous when its score is *above* the threshold. A *false reject* is a good image called
+anomalous; an *escape* is a defective image called normal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from reconad.errors import ReconadError
+from reconad.params import check_value
+
+#: The false-reject rate a fit targets unless told otherwise: the rate today's rule (the maximum of a 20-image
+#: hold-out) stood for nominally (1/21), now met with every good image's score rather than one maximum.
+DEFAULT_FALSE_REJECT = 0.05
+
+
+def check_rate(rate: float, what: str = "--false-reject") -> float:
+    """A false-reject rate: a number in (0, 1)."""
+    return check_value(what, rate, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
+
+
+def supported_rate(n: int) -> float:
+    """The smallest false-reject rate ``n`` out-of-sample good scores can promise: ``1 / (n + 1)``."""
+    return 1.0 / (n + 1)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold and how it was set: ``rule`` (``conformal``, ``value`` or ``labelled``), the false-reject
+    rate asked for (``target``) and the bound the rule gives (``bound``: the target, or the supported rate
+    where the scores are too few; None for a value set by hand), from ``n`` good scores."""
+
+    threshold: float
+    rule: str
+    target: float | None
+    bound: float | None
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def conformal_threshold(good_scores: Sequence[float] | np.ndarray, rate: float) -> OperatingPoint:
+    """The conformal threshold of out-of-sample ``good_scores`` for the false-reject ``rate``."""
+    check_rate(rate)
+    s = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
+    if s.size == 0:
+        raise ReconadError("no good scores to set a threshold from")
+    if not np.isfinite(s).all():
+        raise ReconadError("a good image scored NaN or infinity: cannot set a threshold")
+    n = int(s.size)
+    k = math.ceil((n + 1) * (1 - rate) - 1e-9)  # the 1e-9: (n+1)(1-r) of exact products, not their rounding
+    bound = rate if k <= n else supported_rate(n)
+    return OperatingPoint(float(s[min(k, n) - 1]), "conformal", rate, bound, n)
+
+
+def rate_note(category: str, point: OperatingPoint) -> str | None:
+    """One line when the scores could not support the rate asked for (None when they could)."""
+    if point.target is None or point.bound is None or point.bound <= point.target:
+        return None
+    return (
+        f"category {category}: {point.n} good images support a false-reject rate of {point.bound:.1%} at "
+        f"best, not {point.target:.1%}: the threshold is their largest score (more good images lower it)"
+    )
+
+
+def verdict_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """False rejects (good images above ``threshold``) and escapes (defective ones at or below it), counted
+    and as rates (None where there is no image of that kind)."""
+    labels = np.asarray(labels).astype(bool)
+    anomalous = np.asarray(scores, dtype=np.float64) > threshold
+    n_good, n_bad = int((~labels).sum()), int(labels.sum())
+    rejects, escapes = int((anomalous & ~labels).sum()), int((~anomalous & labels).sum())
+    return {
+        "threshold": float(threshold),
+        "false_reject_rate": rejects / n_good if n_good else None,
+        "escape_rate": escapes / n_bad if n_bad else None,
+        "n_false_reject": rejects,
+        "n_good": n_good,
+        "n_escape": escapes,
+        "n_defective": n_bad,
+    }
+
+
+def pooled_verdicts(per_category: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The verdict counts of several categories added up, and their rates (each category at its own
+    threshold)."""
+    keys = ("n_false_reject", "n_good", "n_escape", "n_defective")
+    n = {k: sum(v[k] for v in per_category) for k in keys}
+    return {
+        "false_reject_rate": n["n_false_reject"] / n["n_good"] if n["n_good"] else None,
+        "escape_rate": n["n_escape"] / n["n_defective"] if n["n_defective"] else None,
+        **n,
+    }
