@@ -206,7 +206,7 @@ def _bench_model(
     tick: Callable[..., None],
 ) -> tuple[ModelReport, dict[str, Any]]:
     """Fit, test and save one model; its report part and its results.json entry."""
-    name, n_cat = model.name, len(sources)
+    name, n_cat, notes = model.name, len(sources), list[str]()
     _reset_peak_rss()
     rss_start = _status_bytes("VmRSS")
 
@@ -228,6 +228,7 @@ def _bench_model(
         features=train,
         false_reject=options.false_reject,
         folds=options.folds,
+        warn=notes.append,
     )
     tick(n_cat)
     results = {}
@@ -246,6 +247,7 @@ def _bench_model(
         rss_start_bytes=rss_start,
         params=run.config["params"],
         run_dir=f"runs/{name}",
+        notes=notes,
     )
     return ModelReport(name, run.config, results, doc, _cost_cells(doc)), doc
 
@@ -281,6 +283,13 @@ def _cost_cells(doc: dict[str, Any]) -> dict[str, str]:
     return dict(zip(COST_COLUMNS, values))
 
 
+def _verdicts_cell(v: dict[str, Any]) -> str:
+    def share(k: int, n: int) -> str:
+        return f"{k}/{n} ({k / n:.1%})" if n else "—"
+
+    return f"{share(v['n_false_reject'], v['n_good'])} · {share(v['n_escape'], v['n_defective'])}"
+
+
 def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """``results.md``: per metric a categories × models table (best of each row in bold), then the costs."""
     models = list(docs)
@@ -307,6 +316,20 @@ def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
+        f"## Verdicts at each run's threshold (false-reject target {meta['arguments']['false_reject']:.1%})",
+        "",
+        "good rejected · defective passed",
+        "",
+        head,
+        rule,
+    ]
+    for c in [*categories, None]:
+        cells = [
+            _verdicts_cell(docs[m]["categories"][c]["verdicts"] if c else docs[m]["verdicts"]) for m in models
+        ]
+        lines.append(f"| {c or '**all**'} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Cost",
         "",
         "| model | " + " | ".join(COST_COLUMNS) + " |",

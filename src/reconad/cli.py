@@ -21,7 +21,7 @@ from reconad.errors import ReconadError
 from reconad.options import DEFAULTS, FitOptions, parse_layers
 from reconad.params import parse_params
 from reconad.progress import Progress, progress_display
-from reconad.report.console import metrics_table, params_table, print_results, threshold_text
+from reconad.report.console import added_text, metrics_table, params_table, print_results, threshold_text
 
 if TYPE_CHECKING:
     from reconad.pipeline import CategoryResult
@@ -250,6 +250,23 @@ def threshold(
             progress=progress,
         )
     out.print(threshold_text(change), soft_wrap=True)
+
+
+@app.command()
+@clean_errors
+def add(
+    run_dir: RunOpt,
+    inputs: Annotated[list[Path], typer.Argument(help="good images or folders of them")],
+    category: Annotated[
+        str | None, typer.Option(help="which category (needed if the run has several)")
+    ] = None,
+    device: DeviceOpt = DEFAULTS.device,
+) -> None:
+    """Learn from confirmed good parts: add good images to a PatchCore or SGFR run without refitting."""
+    from reconad.learn import add_good_images
+
+    with progress_bars() as progress:
+        out.print(added_text(add_good_images(run_dir, inputs, category, device, progress)), soft_wrap=True)
 
 
 @app.command()

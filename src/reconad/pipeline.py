@@ -305,18 +305,20 @@ def _calibrate(
         if UNIFIED in run_models:
             maps, s = score_features(run_models[UNIFIED], held, size, scoring, [c.name] * len(held))
             scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
-            n_train = len(fit_part)
+            n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
             every = torch.cat([fit_part, held])
             folds, seed = calibration.folds, calibration.seed
             scores, level = cross_fit(template, every, folds, seed, size, scoring)
             source, n_train = f"cross-fitted ({min(folds, len(every))} folds)", len(every)
+            extra = {}
         point = conformal_threshold(scores, calibration.false_reject)
         if (note := rate_note(c.name, point)) is not None:
             calibration.warn(note)
         categories[c.name] = {
             "source": c.source,
             "n_train": n_train,
+            **extra,
             "threshold": point.threshold,
             "normal_level": level,
             "operating": {**point.to_json(), "scores_from": source, "scores": scores.tolist()},

@@ -77,3 +77,14 @@ def threshold_text(change: Any) -> str:
         f"{escape(change.category)}: threshold {change.old:.4g} → {p.threshold:.4g} ({how[p.rule]}{bound}; "
         f"scores: {escape(change.scores_from) or 'none'}); {verdicts_text(change.verdicts).split(': ', 1)[1]}"
     )
+
+
+def added_text(done: Any) -> str:
+    """``reconad add``'s line: the images taken, the atoms that joined, the threshold before and after."""
+    if not done.n_added:
+        return f"{escape(done.category)}: the {done.n_given} images were added before: nothing changed"
+    return (
+        f"{escape(done.category)}: {done.n_added} of {done.n_given} images added in {done.seconds:.1f} s; "
+        f"bank {done.atoms_before} → {done.atoms_after} atoms; threshold {done.old_threshold:.4g} → "
+        f"{done.point.threshold:.4g} (from {done.point.n} good scores)"
+    )

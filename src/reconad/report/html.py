@@ -40,7 +40,7 @@ METRIC_NAMES = {
     "image_auroc": "image AUROC",
     "pixel_auroc": "pixel AUROC",
     "pixel_aupro": "AUPRO@0.3",
-    "image_f1_max": "image F1-max",
+    "image_f1_max": "image F1-max (at the best threshold)",
     "pixel_ap": "pixel AP",
 }
 
@@ -194,6 +194,10 @@ class _Page:
             png = histogram_png(res.scores, res.labels, res.threshold, f"{r.label} · {name}: image scores")
             figures.append(self._img(f"{safe}_{_safe(r.label)}_hist.png", png, f"{r.label} {name} histogram"))
         parts = [f'<section id="cat-{_esc(safe)}"><h2>{_esc(name)}</h2>']
+        for r in have:
+            cat = r.config["categories"][name]
+            text = operating_text(cat.get("operating", {}), r.results[name].threshold)
+            parts.append(f'<p class="operating">{_esc(r.label)}: {_esc(text)}</p>')
         parts += [f'<p class="note">{_esc(n)}</p>' for n in dict.fromkeys(notes)]
         parts.append(f'<div class="figures">{"".join(figures)}</div>')
         parts += [_defect_types(r, name) for r in have if r.doc["categories"][name].get("defect_types")]
@@ -269,15 +273,42 @@ def _cell(value: float | None, bold: bool) -> str:
     return f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>"
 
 
+def _share(count: int, total: int) -> str:
+    return f"{count}/{total} ({count / total:.1%})" if total else "—"
+
+
+def _verdict_cells(v: Mapping[str, Any] | None) -> str:
+    """False rejects and escapes at the run's threshold (:func:`reconad.operating.verdict_rates`)."""
+    if not v:
+        return "<td></td><td></td>"
+    rejects, escapes = _share(v["n_false_reject"], v["n_good"]), _share(v["n_escape"], v["n_defective"])
+    return f"<td>{rejects}</td><td>{escapes}</td>"
+
+
+def operating_text(operating: Mapping[str, Any], threshold: float) -> str:
+    """How a category's threshold was set, in one sentence (``run.json``'s ``operating``)."""
+    if not operating:
+        return f"threshold {threshold:.4g}: the maximum score of the held-back good images"
+    if operating["rule"] == "value":
+        return f"threshold {threshold:.4g}: set by hand"
+    rule = "conformal rule" if operating["rule"] == "conformal" else "conformal rule on labelled good images"
+    return (
+        f"threshold {threshold:.4g}: {rule} for {operating['target']:.1%} false rejects (bound "
+        f"{operating['bound']:.1%}) from {operating['n']} good scores, {operating['scores_from']}"
+    )
+
+
 def _metrics_table(first: str, per_row: dict[str, dict], mean: dict | None = None) -> str:
-    """The five metrics and ``n_test`` per row, and a bold ``mean`` row when given."""
+    """The five metrics and ``n_test`` per row, the verdicts at the run's threshold (false rejects, escapes),
+    and a bold ``mean`` row when given."""
     head = "".join(f"<th>{_esc(METRIC_NAMES[k])}</th>" for k in METRIC_KEYS)
+    head += "<th>good rejected (at the threshold)</th><th>defective passed (at the threshold)</th>"
     rows = [f"<tr><th>{_esc(first)}</th>{head}<th>n</th></tr>"]
     for name, m in per_row.items():
-        cells = "".join(_cell(m.get(k), False) for k in METRIC_KEYS)
+        cells = "".join(_cell(m.get(k), False) for k in METRIC_KEYS) + _verdict_cells(m.get("verdicts"))
         rows.append(f"<tr><td>{_esc(name)}</td>{cells}<td>{m.get('n_test', '')}</td></tr>")
     if mean is not None:
-        cells = "".join(_cell(mean.get(k), True) for k in METRIC_KEYS)
+        cells = "".join(_cell(mean.get(k), True) for k in METRIC_KEYS) + "<td></td><td></td>"
         rows.append(f"<tr class=mean><td>mean</td>{cells}<td></td></tr>")
     return f'<table class="metrics">{"".join(rows)}</table>'
 

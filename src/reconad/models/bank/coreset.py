@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reconad.models.bank.knn import NearestNeighbors
+
 
 def _blocks(x: Tensor, points_per_block: int, seed: int) -> Tensor:
     """The k-means block (about ``points_per_block`` points each) of every point."""
@@ -166,3 +168,28 @@ def greedy_coreset(
             break
         new = coreset.next_steps(candidates, n - len(chosen), n_select - len(chosen))
     return torch.from_numpy(np.asarray(chosen[:n_select], dtype=np.int64))
+
+
+def coverage_radius(bank: Tensor, patches: Tensor, seed: int, sample: int = 4096) -> float:
+    """How closely ``bank`` covers the training ``patches``: the largest distance from one of ``sample``
+    seeded patches to its nearest atom (exact search)."""
+    pick = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))[:sample]
+    d = NearestNeighbors(bank, None, 0).search(patches[pick], 1)[0][:, 0]
+    return float(d.clamp_min(0).max().sqrt())
+
+
+def continue_coreset(bank: Tensor, new: Tensor, radius: float) -> Tensor:
+    """Which of the ``new`` patches ``[M, C]`` join ``bank`` ``[B, C]``: greedy farthest-point selection
+    continued from the bank (as the coreset would go on) while the farthest new patch lies further than
+    ``radius`` (the bank's :func:`coverage_radius` of its training patches) from the bank and the atoms
+    chosen so far. New patches the bank covers as closely as it covered its training patches join nothing.
+    The indices of those that join, in the order chosen."""
+    gap = NearestNeighbors(bank, None, 0).search(new, 1)[0][:, 0].clamp_min(0).sqrt()
+    chosen: list[int] = []
+    while len(chosen) < len(new):
+        far = int(gap.argmax())
+        if gap[far] <= radius:
+            break
+        chosen.append(far)
+        gap = torch.minimum(gap, (new - new[far]).norm(dim=1))
+    return torch.tensor(chosen, dtype=torch.long)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
-from reconad.models.bank.coreset import greedy_coreset
+from reconad.models.bank.coreset import continue_coreset, coverage_radius, greedy_coreset
 from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.models.base import init_config, register
 from reconad.params import MAX_SEED, fraction, param, validate
@@ -68,8 +68,25 @@ class PatchCore:
         auto = self.nprobe == "auto"
         self.centroids_ = ivf_centroids(self.bank_, 1 if auto else self.nprobe, self.seed)
         self.nprobe_ = self.nprobe if not auto else self._calibrate(patches, keep)
+        self.coverage_ = coverage_radius(self.bank_, patches, self.seed)
         self._build()
         return self
+
+    def extend(self, features: Tensor) -> PatchCore:
+        """Learn from more good images without refitting: their patches join the bank where it does not
+        already cover them (:func:`~.coreset.continue_coreset`); the IVF cells and ``nprobe`` stay."""
+        patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
+        joining = continue_coreset(self.bank_, patches, self._coverage())
+        self.bank_ = torch.cat([self.bank_, patches[joining]]).contiguous()
+        self._build()
+        return self
+
+    def _coverage(self) -> float:
+        if getattr(self, "coverage_", None) is None:
+            raise ReconadError(
+                "this patchcore run was fitted by an older reconad (no coverage radius): refit it"
+            )
+        return self.coverage_
 
     def _calibrate(self, patches: Tensor, keep: Tensor | None) -> int:
         """``nprobe`` learned from up to 4,096 seeded training patches the coreset left out."""
@@ -102,7 +119,8 @@ class PatchCore:
         return PatchCoreHead(self).eval()
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
+        state = {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
+        return {**state, "coverage": torch.tensor(self.coverage_)}
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
@@ -113,6 +131,7 @@ class PatchCore:
         model.bank_ = state["bank"].float().contiguous()
         model.centroids_ = state.get("centroids", torch.empty(0, model.bank_.shape[1])).float().contiguous()
         model.nprobe_ = int(state["nprobe"]) if "nprobe" in state else int(model.nprobe)
+        model.coverage_ = float(state["coverage"]) if "coverage" in state else None
         model._build()
         return model
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
+from reconad.models.bank.coreset import continue_coreset, coverage_radius
 from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.bank.self_expressive import coverage_select, sparse_codes
 from reconad.models.bank.traced_linalg import spd_inverse
@@ -76,6 +77,18 @@ class SGFR:
         self.support_ = self._sample(x, budget, gen)  # which training patches became atoms (not saved)
         self.bank_ = x[self.support_].contiguous()
         self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed, self.metric)
+        self.coverage_ = coverage_radius(self.bank_, x, self.seed)
+        self._build()
+        return self
+
+    def extend(self, features: Tensor) -> SGFR:
+        """Learn from more good images without refitting: their patches (in the bank's units) join the bank
+        where it does not already cover them (:func:`~.coreset.continue_coreset`, farthest first: not the
+        coverage sampling of :meth:`fit`); the IVF cells and the scale stay."""
+        x = _patches(features) / self.scale_
+        if getattr(self, "coverage_", None) is None:
+            raise ReconadError("this sgfr run was fitted by an older reconad (no coverage radius): refit it")
+        self.bank_ = torch.cat([self.bank_, x[continue_coreset(self.bank_, x, self.coverage_)]]).contiguous()
         self._build()
         return self
 
@@ -146,6 +159,7 @@ class SGFR:
             "bank": self.bank_,
             "centroids": self.centroids_,
             "scale": self.scale_.reshape(1),
+            "coverage": torch.tensor(self.coverage_),
         }
 
     def get_config(self) -> dict[str, Any]:
@@ -157,6 +171,7 @@ class SGFR:
         model.bank_ = state["bank"].float().contiguous()
         model.centroids_ = state["centroids"].float().contiguous()
         model.scale_ = state["scale"].float().reshape(())
+        model.coverage_ = float(state["coverage"]) if "coverage" in state else None
         model._build()
         return model
 

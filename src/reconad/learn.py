@@ -1,0 +1,100 @@
+"""Learning from confirmed good parts: ``reconad add`` grows a fitted per-category run without refitting.
+
+The new images are scored by the run as it is (a model that never saw them: out-of-sample good scores that
+join the stored ones), their patches then join the bank where it does not already cover them (the model's
+``extend``), and the threshold is set again by the run's own rule and rate (:mod:`reconad.operating`). An
+image already added (the same bytes) changes nothing. The run folder is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconad.data.imageio import collect_images
+from reconad.data.sample import Sample
+from reconad.errors import ReconadError
+from reconad.features.cache import file_digest
+from reconad.features.extractor import FeatureExtractor
+from reconad.operating import DEFAULT_FALSE_REJECT, OperatingPoint, conformal_threshold
+from reconad.pipeline import extract, score_features
+from reconad.progress import Progress, no_progress
+from reconad.runs import UNIFIED, load_run, save_run
+
+
+@dataclass
+class AddSummary:
+    """What :func:`add_good_images` did to a category."""
+
+    category: str
+    n_given: int
+    n_added: int  # images not added before
+    atoms_before: int
+    atoms_after: int
+    old_threshold: float
+    point: OperatingPoint
+    seconds: float
+
+
+def add_good_images(
+    run_dir: Path,
+    inputs: Sequence[Path],
+    category: str | None = None,
+    device: str = "cpu",
+    progress: Progress = no_progress,
+) -> AddSummary:
+    """Add the good images ``inputs`` name (files, folders scanned) to the run at ``run_dir`` (its
+    ``category``, or its only one); see the module's docstring."""
+    start = time.perf_counter()
+    run = load_run(run_dir)
+    category = run.category(category)
+    if UNIFIED in run.models:
+        raise ReconadError(
+            f"{run.config['model']} is one trained model for every category: it cannot take images without "
+            "training; refit it with the new images among the good ones (reconad fit … --force)"
+        )
+    cat = run.categories[category]
+    if "scores" not in cat.get("operating", {}):
+        raise ReconadError(
+            f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it"
+        )
+    paths = collect_images(inputs)
+    added = list(cat.get("added", []))
+    fresh: dict[str, Path] = {}
+    for path in paths:
+        digest = file_digest(path)
+        if digest not in added and digest not in fresh:
+            fresh[digest] = path
+    model = run.models[category]
+    before, old = len(model.bank_), float(cat["threshold"])
+    if not fresh:
+        point = OperatingPoint(old, **{k: cat["operating"][k] for k in ("rule", "target", "bound", "n")})
+        return AddSummary(category, len(paths), 0, before, before, old, point, time.perf_counter() - start)
+    extractor = FeatureExtractor.from_config(run.config["features"], device)
+    samples = [Sample(p, 0, category) for p in fresh.values()]
+    feats = extract(samples, extractor, progress=progress, description=f"{category}: added").features
+    _, scores = score_features(model, feats, extractor.image_size, run.config["scoring"])
+    model.extend(feats)
+    operating = cat["operating"]
+    every = [*operating["scores"], *scores.tolist()]
+    if operating["rule"] == "value":  # a threshold set by hand stays
+        point = OperatingPoint(old, "value", None, None, len(every))
+    else:
+        point = conformal_threshold(every, operating.get("target") or DEFAULT_FALSE_REJECT)
+        point = OperatingPoint(point.threshold, operating["rule"], point.target, point.bound, point.n)
+    source = operating["scores_from"].split(" + ")[0]
+    cat.update(
+        threshold=point.threshold,
+        n_train=cat["n_train"] + len(fresh),
+        added=[*added, *fresh],
+        operating={
+            **point.to_json(),
+            "scores_from": f"{source} + {len(added) + len(fresh)} added",
+            "scores": every,
+        },
+    )
+    save_run(run, run_dir)
+    seconds = time.perf_counter() - start
+    return AddSummary(category, len(paths), len(fresh), before, len(model.bank_), old, point, seconds)
