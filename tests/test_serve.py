@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -305,29 +305,29 @@ def test_record_rows_of_concurrent_requests_are_whole(line, good_png: bytes) -> 
     assert all(len(r) == len(COLUMNS) and None not in r.values() for r in rows)
 
 
-def _append_many(path: str, who: str) -> None:
-    """Rows far longer than a page, from two threads: interleaved bytes would split them."""
-    rows = [(who, str(i), "x" * 20_000) for i in range(50)]
-    threads = [threading.Thread(target=lambda: [Record(Path(path)).append([r]) for r in rows]) for _ in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+#: Appends rows far longer than a page from two threads: interleaved bytes would split them. A fresh
+#: interpreter importing only the record's module (``python -c``), so that it starts in a moment.
+APPEND_MANY = """
+import sys, threading
+from pathlib import Path
+from reconad.serve.line import Record
+
+path, who = Path(sys.argv[1]), sys.argv[2]
+rows = [(who, str(i), "x" * 20_000) for i in range(50)]
+threads = [threading.Thread(target=lambda: [Record(path).append([r]) for r in rows]) for _ in "ab"]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
 
 
 def test_record_appends_from_several_processes_are_whole_lines(tmp_path: Path) -> None:
-    import multiprocessing
-
     path = tmp_path / "record.csv"
     Record(path).prepare()
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_append_many, args=(str(path), f"p{i}")) for i in range(2)]
-    for w in workers:
-        w.start()
-    _append_many(str(path), "main")
-    for w in workers:
-        w.join(120)
-        assert w.exitcode == 0
+    command = [sys.executable, "-c", APPEND_MANY, str(path)]
+    writers = [subprocess.Popen([*command, f"p{i}"]) for i in range(3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 3 * 2 * 50
     assert all(line.count(",") == 2 and line.endswith("x" * 20_000) for line in lines[1:])

@@ -164,7 +164,8 @@ def create_app(
         if feedback_dir is None:
             return error(409, "this server stores no feedback: start it with --feedback-dir DIR")
         if label not in LABELS:
-            return error(400, f"bad request: label must be good or defective, got {str(label)[:40]!r}")
+            got = f"got {label[:40]!r}" if label else "send the form field 'label'"
+            return error(400, f"bad request: label must be good or defective: {got}")
         upload = Upload(file.filename or "image", await file.read())
         category = await run_in_threadpool(predictor.check, upload, category)
         return await run_in_threadpool(store_feedback, feedback_dir, category, label, upload)

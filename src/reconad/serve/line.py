@@ -23,12 +23,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconad.atomic import atomic_file, check_writable
 from reconad.errors import ReconadError
 from reconad.image_runtime import IMAGE_SUFFIXES, show_path
-from reconad.serve.predictor import Upload
+
+if TYPE_CHECKING:  # the record is written without torch loaded (a test appends from fresh processes)
+    from reconad.serve.predictor import Upload
 
 COLUMNS = ("time", "name", "sha256", "category", "score", "threshold", "verdict", "run_id")
 HEADER = (",".join(COLUMNS) + "\n").encode()
