@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,8 @@ from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from reconad.serve.app import create_app  # noqa: E402
-from reconad.serve.predictor import Predictor  # noqa: E402
+from reconad.serve.line import COLUMNS, Record  # noqa: E402
+from reconad.serve.predictor import BORDERLINE_MARGIN, Predictor, Upload, is_borderline  # noqa: E402
 
 MAX_UPLOAD = 1 << 20  # 1 MB: small enough to exceed in a test
 KEY = "s3cret-key"
@@ -92,6 +97,11 @@ def test_model(client: TestClient, fitted_run: Path) -> None:
     assert info["image_size"] == config["features"]["image_size"]
     assert info["fitted_at"] == config["created"]
     assert info["reconad_version"] and info["fitted_with_version"] == config["reconad_version"]
+    digest = hashlib.sha256((fitted_run / "run.json").read_bytes()).hexdigest()[:8]
+    stamp = datetime.fromisoformat(config["created"]).strftime("%Y%m%dT%H%M%SZ")
+    assert info["run_id"] == f"{stamp}-{digest}"
+    assert info["borderline_margin"] == BORDERLINE_MARGIN
+    assert info["record"] is False and info["feedback"] is False
 
 
 def test_predict_one_and_several(client: TestClient, parts: Path) -> None:
@@ -101,8 +111,9 @@ def test_predict_one_and_several(client: TestClient, parts: Path) -> None:
     results = response.json()["results"]
     assert [r["name"] for r in results] == ["good.png", "bad.png"]
     for r in results:
-        assert set(r) == {"name", "category", "score", "threshold", "is_anomalous"}  # no map unless asked
+        assert set(r) == {"name", "category", "score", "threshold", "is_anomalous", "borderline"}  # no map
         assert r["category"] == "synthetic_part" and r["is_anomalous"] == (r["score"] > r["threshold"])
+        assert r["borderline"] == (abs(r["score"] - r["threshold"]) <= BORDERLINE_MARGIN * r["threshold"])
     assert results[1]["score"] > results[0]["score"]
 
 
@@ -240,6 +251,181 @@ def test_api_key_leaves_the_page_and_health_open(keyed_client: TestClient) -> No
     assert keyed_client.get("/v1/model", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
+# --- on the line: the record of every decision, and feedback -----------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def line(predictor: Predictor, tmp_path: Path) -> tuple[TestClient, Path, Path]:
+    """A keyed client of an app that records to ``record.csv`` and keeps feedback under ``feedback/``."""
+    record, feedback = tmp_path / "record.csv", tmp_path / "feedback"
+    Record(record).prepare()
+    app = create_app(predictor, api_key=KEY, record=record, feedback_dir=feedback)
+    return TestClient(app, raise_server_exceptions=False, headers=AUTH), record, feedback
+
+
+def read_record(path: Path) -> list[dict[str, str]]:
+    text = path.read_text()
+    assert text.endswith("\n") and text.startswith(",".join(COLUMNS) + "\n")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def send_feedback(client: TestClient, name: str, data: bytes, headers=None, **fields: str):
+    files = {"file": (name, data, "image/png")}
+    return client.post("/v1/feedback", files=files, data=fields, headers=headers)
+
+
+def test_record_has_a_row_per_image_checked(line, predictor: Predictor, parts: Path) -> None:
+    client, record, _ = line
+    good, bad = parts / "test" / "good" / "000.png", next((parts / "test" / "blob").glob("*.png"))
+    first = post(client, ("good.png", good.read_bytes()), ("bad.png", bad.read_bytes()))
+    second = post(client, ("again.png", good.read_bytes()))
+    assert first.status_code == second.status_code == 200
+    assert_error(post(client, ("cut.png", TRUNCATED)), 400)  # not scored: no row
+    results = first.json()["results"] + second.json()["results"]
+    rows = read_record(record)
+    assert [r["name"] for r in rows] == ["good.png", "bad.png", "again.png"]
+    for row, result, data in zip(rows, results, [good.read_bytes(), bad.read_bytes(), good.read_bytes()]):
+        assert row["time"].endswith("Z") and datetime.fromisoformat(row["time"].replace("Z", "+00:00"))
+        assert row["sha256"] == hashlib.sha256(data).hexdigest()
+        assert row["category"] == "synthetic_part" and row["run_id"] == predictor.run_id
+        assert float(row["score"]) == result["score"] and float(row["threshold"]) == result["threshold"]
+        assert row["verdict"] == ("anomalous" if result["is_anomalous"] else "normal")
+    assert rows[1]["verdict"] == "anomalous"
+
+
+def test_record_rows_of_concurrent_requests_are_whole(line, good_png: bytes) -> None:
+    client, record, _ = line
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda i: post(client, (f"c{i}.png", good_png)).status_code, range(8)))
+    assert codes == [200] * 8
+    rows = read_record(record)
+    assert sorted(r["name"] for r in rows) == sorted(f"c{i}.png" for i in range(8))
+    assert all(len(r) == len(COLUMNS) and None not in r.values() for r in rows)
+
+
+#: Appends rows far longer than a page from two threads: interleaved bytes would split them. A fresh
+#: interpreter importing only the record's module (``python -c``), so that it starts in a moment.
+APPEND_MANY = """
+import sys, threading
+from pathlib import Path
+from reconad.serve.line import Record
+
+path, who = Path(sys.argv[1]), sys.argv[2]
+rows = [(who, str(i), "x" * 20_000) for i in range(50)]
+threads = [threading.Thread(target=lambda: [Record(path).append([r]) for r in rows]) for _ in "ab"]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_record_appends_from_several_processes_are_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "record.csv"
+    Record(path).prepare()
+    command = [sys.executable, "-c", APPEND_MANY, str(path)]
+    writers = [subprocess.Popen([*command, f"p{i}"]) for i in range(3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 3 * 2 * 50
+    assert all(line.count(",") == 2 and line.endswith("x" * 20_000) for line in lines[1:])
+
+
+def test_record_is_appended_to_never_truncated(tmp_path: Path, predictor: Predictor, good_png: bytes) -> None:
+    path = tmp_path / "record.csv"
+    Record(path).prepare()
+    Record(path).add(
+        [{"name": "old.png", "category": "c", "score": 1.0, "threshold": 2.0, "is_anomalous": 0}],
+        [Upload("old.png", b"x")],
+        "run-1",
+    )
+    before = path.read_bytes()
+    client = TestClient(create_app(predictor, record=path))
+    Record(path).prepare()  # a restart: the header is not written again
+    assert post(client, ("new.png", good_png)).status_code == 200
+    assert path.read_bytes().startswith(before)
+    assert [r["name"] for r in read_record(path)] == ["old.png", "new.png"]
+    path.unlink()  # moved away while serving: the next row starts a new record, header first
+    assert post(client, ("newer.png", good_png)).status_code == 200
+    assert [r["name"] for r in read_record(path)] == ["newer.png"]
+
+
+def test_record_download(line, client: TestClient, good_png: bytes) -> None:
+    keyed, record, _ = line
+    assert post(keyed, ("ok.png", good_png)).status_code == 200
+    response = keyed.get("/v1/record")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert response.content == record.read_bytes() and len(read_record(record)) == 1
+    assert keyed.get("/v1/model").json()["record"] is True
+    assert_error(keyed.get("/v1/record", headers={"Authorization": "Bearer wrong"}), 401, "wrong API key")
+    assert_error(client.get("/v1/record"), 404, "--record")
+
+
+def test_feedback_is_stored_in_the_layout_add_and_threshold_read(line, good_png: bytes) -> None:
+    client, _, feedback = line
+    sha = hashlib.sha256(good_png).hexdigest()
+    response = send_feedback(client, "part 7.png", good_png, label="good")
+    assert response.status_code == 200, response.text
+    want = {"stored": f"synthetic_part/good/{sha[:16]}.png", "label": "good", "category": "synthetic_part"}
+    assert response.json() == {**want, "sha256": sha}
+    assert (feedback / want["stored"]).read_bytes() == good_png
+    again = send_feedback(client, "other-name.jpeg", good_png, label="good", category="synthetic_part")
+    assert again.json() == response.json()  # the same bytes: the same file, not written twice
+    assert [p.relative_to(feedback).as_posix() for p in feedback.rglob("*") if p.is_file()] == [
+        want["stored"]
+    ]
+    relabelled = send_feedback(client, "part 7.png", good_png, label="defective").json()
+    assert relabelled["stored"] == f"synthetic_part/defective/{sha[:16]}.png"
+    assert relabelled["replaced"] == [want["stored"]] and not (feedback / want["stored"]).exists()
+    jpeg = io.BytesIO()
+    Image.fromarray(noise(32, 32)).save(jpeg, format="JPEG")
+    named = send_feedback(client, "shot.JPG", jpeg.getvalue(), label="good").json()
+    assert named["stored"].endswith(".jpg")
+    unnamed = send_feedback(client, "no-suffix", png_bytes(noise(32, 32, seed=5)), label="good").json()
+    assert unnamed["stored"].endswith(".png")
+    assert not [p for p in feedback.rglob(".*")]  # no temporaries left
+    assert client.get("/v1/model").json()["feedback"] is True
+
+
+@pytest.mark.parametrize(
+    "which, fields, headers, status, words",
+    [
+        ("no_dir", {"label": "good"}, {}, 409, ["--feedback-dir"]),
+        ("line", {"label": "fine"}, {}, 400, ["label", "good or defective", "fine"]),
+        ("line", {}, {}, 400, ["label"]),
+        ("line", {"label": "good", "category": "nope"}, {}, 404, ["no category 'nope'"]),
+        ("line", {"label": "good"}, {"Authorization": "Bearer wrong"}, 401, ["wrong API key"]),
+        ("line", {"label": "good", "name": "notes.png"}, {}, 415, ["notes.png", "not a recognised"]),
+        ("line", {"label": "good", "name": "cut.png"}, {}, 400, ["cut.png", "truncated"]),
+    ],
+    ids=[
+        "without_feedback_dir",
+        "bad_label",
+        "no_label",
+        "unknown_category",
+        "wrong_key",
+        "text",
+        "truncated",
+    ],
+)
+def test_feedback_refused(line, client, good_png, which, fields, headers, status, words) -> None:
+    keyed, _, feedback = line
+    name = fields.pop("name", "ok.png")
+    data = {"notes.png": b"hello, I am a text file\n", "cut.png": TRUNCATED}.get(name, good_png)
+    target = client if which == "no_dir" else keyed
+    response = target.post("/v1/feedback", files={"file": (name, data)}, data=fields, headers=headers)
+    assert_error(response, status, *words)
+    assert not feedback.exists() or not [p for p in feedback.rglob("*") if p.is_file()]
+
+
+def test_borderline_is_a_score_within_the_margin_of_the_threshold() -> None:
+    assert BORDERLINE_MARGIN == 0.10
+    assert is_borderline(9.0, 10.0) and is_borderline(11.0, 10.0) and is_borderline(10.0, 10.0)
+    assert not is_borderline(8.99, 10.0) and not is_borderline(11.01, 10.0)
+
+
 # --- the same numbers as reconad predict --------------------------------------------------------------------
 
 
@@ -276,6 +462,7 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
     calls: list[tuple] = []
     names = [workers.ENV_RUN, workers.ENV_MAX_UPLOAD, workers.ENV_KEY_VAR, workers.ENV_THREADS]
+    names += [workers.ENV_RECORD, workers.ENV_FEEDBACK]
     for name in names:  # serve() sets them: monkeypatch puts back what was there before the test
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
@@ -302,13 +489,27 @@ def test_serve_command_serves_one_worker_in_process(fitted_run: Path, uvicorn_ca
 
 
 def test_serve_command_hands_several_workers_to_the_supervisor(
-    fitted_run: Path, uvicorn_calls, monkeypatch
+    fitted_run: Path, uvicorn_calls, monkeypatch, tmp_path: Path
 ) -> None:
     from reconad.serve.workers import SUPERVISOR
 
     monkeypatch.setenv("MY_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
     result = invoke(
-        "serve", fitted_run, "--port", 9999, "--workers", 2, "--max-upload-mb", 3, "--api-key-env", "MY_KEY"
+        "serve",
+        fitted_run,
+        "--port",
+        9999,
+        "--workers",
+        2,
+        "--max-upload-mb",
+        3,
+        "--api-key-env",
+        "MY_KEY",
+        "--record",
+        "line/record.csv",
+        "--feedback-dir",
+        "line/feedback",
     )
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr
@@ -318,6 +519,10 @@ def test_serve_command_hands_several_workers_to_the_supervisor(
     assert env["RECONAD_SERVE_MAX_UPLOAD_BYTES"] == str(3 * 2**20)
     assert env["RECONAD_SERVE_API_KEY_ENV"] == "MY_KEY"
     assert int(env["RECONAD_SERVE_TORCH_THREADS"]) >= 1
+    assert env["RECONAD_SERVE_RECORD"] == str(tmp_path / "line" / "record.csv")  # absolute: workers may cd
+    assert env["RECONAD_SERVE_FEEDBACK_DIR"] == str(tmp_path / "line" / "feedback")
+    assert (tmp_path / "line" / "record.csv").read_text() == ",".join(COLUMNS) + "\n"  # before any worker
+    assert (tmp_path / "line" / "feedback").is_dir()
 
 
 @pytest.mark.parametrize(
@@ -338,11 +543,17 @@ def test_serve_warns_beyond_loopback_without_a_key(
         (["--workers", "0"], ["--workers"]),
         (["--max-upload-mb", "0"], ["--max-upload-mb"]),
         (["--api-key-env", "RECONAD_TEST_UNSET_KEY"], ["RECONAD_TEST_UNSET_KEY", "unset or empty"]),
+        (["--record", "{tmp}"], ["is a folder"]),
+        (["--record", "{tmp}/notes.txt"], ["notes.txt", "not a reconad record"]),
+        (["--feedback-dir", "{tmp}/notes.txt"], ["notes.txt", "not a folder"]),
     ],
 )
-def test_serve_refuses_bad_settings(fitted_run: Path, uvicorn_calls, args, words) -> None:
-    assert_clean_error(invoke("serve", fitted_run, *args), *words)
+def test_serve_refuses_bad_settings(fitted_run: Path, uvicorn_calls, tmp_path: Path, args, words) -> None:
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    result = invoke("serve", fitted_run, *[a.format(tmp=tmp_path) for a in args])
+    assert_clean_error(result, *words)
     assert not uvicorn_calls
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -360,7 +571,7 @@ def test_serve_refuses_a_port_in_use(fitted_run: Path) -> None:
     assert "error: the server could not start" in result.stderr and "Traceback" not in result.output
 
 
-def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: bytes, monkeypatch) -> None:
+def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: bytes, monkeypatch, tmp_path):
     from reconad.serve.app import app_from_env
 
     monkeypatch.setenv("RECONAD_SERVE_RUN", str(fitted_run))
@@ -368,10 +579,14 @@ def test_app_factory_reads_the_settings_serve_wrote(fitted_run: Path, good_png: 
     monkeypatch.setenv("RECONAD_SERVE_API_KEY_ENV", "MY_KEY")
     monkeypatch.setenv("MY_KEY", KEY)
     monkeypatch.delenv("RECONAD_SERVE_TORCH_THREADS", raising=False)
+    monkeypatch.setenv("RECONAD_SERVE_RECORD", str(tmp_path / "record.csv"))
+    monkeypatch.setenv("RECONAD_SERVE_FEEDBACK_DIR", str(tmp_path / "feedback"))
     client = TestClient(app_from_env(), raise_server_exceptions=False)
     assert_error(post(client, ("ok.png", good_png)), 401, "missing API key")
     auth = {"Authorization": f"Bearer {KEY}"}
     assert_serves(client, good_png, headers=auth)
+    assert [r["name"] for r in read_record(tmp_path / "record.csv")] == ["ok.png"]
+    assert send_feedback(client, "ok.png", good_png, label="good", headers=auth).status_code == 200
     assert_error(post(client, ("big.png", good_png + b"\0" * 2000), headers=auth), 413, "upload too large")
 
 
@@ -385,8 +600,8 @@ def test_app_factory_that_cannot_start_exits_with_uvicorns_startup_failure_code(
 
     monkeypatch.setenv("RECONAD_SERVE_RUN", str(tmp_path))
     monkeypatch.setenv("RECONAD_SERVE_MAX_UPLOAD_BYTES", "1000")
-    monkeypatch.delenv("RECONAD_SERVE_API_KEY_ENV", raising=False)
-    monkeypatch.delenv("RECONAD_SERVE_TORCH_THREADS", raising=False)
+    for name in ("API_KEY_ENV", "TORCH_THREADS", "RECORD", "FEEDBACK_DIR"):
+        monkeypatch.delenv(f"RECONAD_SERVE_{name}", raising=False)
     ended = []
     monkeypatch.setattr(os, "_exit", ended.append)  # a worker ends at once; pytest must not
     app_from_env()

@@ -1,10 +1,12 @@
 """``reconad serve --workers 2`` for real: a subprocess on a free loopback port whose two workers each load
-the run and serve the same scores as one process; SIGTERM (to the server) or SIGINT (to its process group, as
-Ctrl-C sends it) stops every process cleanly; a worker that cannot start stops the service with exit 2."""
+the run, serve the same scores as one process and append whole rows to one ``--record``; SIGTERM (to the
+server) or SIGINT (to its process group, as Ctrl-C sends it) stops every process cleanly; a worker that
+cannot start stops the service with exit 2."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import signal
 import socket
@@ -83,6 +85,7 @@ def test_two_workers_serve_the_scores_of_one_and_stop_cleanly(
     script, log, port = tmp_path / "reconad", tmp_path / "serve.log", free_port()
     script.write_text(CONSOLE_SCRIPT)
     command = [sys.executable, str(script), "--quiet", "serve", str(fitted_run), "--port", str(port)]
+    command += ["--record", str(tmp_path / "record.csv")]  # both workers append to it
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [*command, "--workers", "2"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -101,6 +104,10 @@ def test_two_workers_serve_the_scores_of_one_and_stop_cleanly(
                 (got,) = response.json()["results"]
                 assert got["name"] == want["name"] and got["is_anomalous"] == want["is_anomalous"]
                 assert got["score"] == pytest.approx(want["score"], rel=1e-5)
+        with open(tmp_path / "record.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted(r["name"] for r in rows) == sorted(p.name for p in files * 2)
+        assert all(len(r) == 8 and None not in r.values() for r in rows)
         if stop.startswith("SIGTERM"):
             server.send_signal(signal.SIGTERM)
         else:

@@ -306,9 +306,9 @@ def serve(
     port: int = 8000,
     workers: Annotated[int, typer.Option(help="processes, each loading the run once")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 20,
-    api_key_env: Annotated[
-        str | None, typer.Option(help="environment variable holding the key /v1/* requires (Bearer)")
-    ] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env variable with the /v1/* Bearer key")] = None,
+    record: Annotated[Path | None, typer.Option(help="CSV file: a row appended per image checked")] = None,
+    feedback_dir: Annotated[Path | None, typer.Option(help="where POST /v1/feedback stores images")] = None,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, GET /healthz and an inspection page at /."""
     settings = dict(locals())

@@ -1,8 +1,10 @@
-"""The web app: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz`` and the inspection page ``GET /``.
+"""The web app: ``POST /v1/predict``, ``POST /v1/feedback``, ``GET /v1/model``, ``GET /v1/record``,
+``GET /healthz`` and the inspection page ``GET /``.
 
 Every error is JSON ``{"error": "<one line>"}`` with its status (400 bad request or unreadable image, 401 no
-or wrong API key, 404 unknown category or path, 413 upload or image too large, 415 not an image), never a
-traceback. With an API key, ``/v1/*`` is refused before its body is read.
+or wrong API key, 404 unknown category or path, 409 feedback to a server without a feedback folder, 413
+upload or image too large, 415 not an image), never a traceback. With an API key, ``/v1/*`` is refused before
+its body is read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -25,8 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from reconad import __version__
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 from reconad.runs import UnknownCategory
+from reconad.serve.line import LABELS, Record, store_feedback
 from reconad.serve.predictor import Predictor, Upload
-from reconad.serve.workers import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS
+from reconad.serve.workers import ENV_FEEDBACK, ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RECORD, ENV_RUN, ENV_THREADS
 
 STATIC = Path(__file__).parent / "static"
 #: The page loads nothing from elsewhere: scripts, styles and images come from this server (or are data/blob
@@ -121,10 +124,18 @@ def _add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
 
 
 def create_app(
-    predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, api_key: str | None = None
+    predictor: Predictor,
+    *,
+    max_upload_bytes: int = 20 * 2**20,
+    api_key: str | None = None,
+    record: Path | None = None,
+    feedback_dir: Path | None = None,
 ) -> FastAPI:
     """The app serving ``predictor``; ``api_key`` guards ``/v1/*``; a request body over
-    ``max_upload_bytes`` is refused (413) before it is parsed or decoded."""
+    ``max_upload_bytes`` is refused (413) before it is parsed or decoded. With ``record`` (a CSV file, see
+    :class:`~reconad.serve.line.Record`) each image scored adds a row; with ``feedback_dir`` the page's
+    labels are stored there (:func:`~reconad.serve.line.store_feedback`)."""
+    recorder = Record(record) if record else None
     app = FastAPI(title="reconad", version=__version__, docs_url=None, redoc_url=None)
     _add_error_handlers(app, max_upload_bytes)
     app.add_middleware(DeclaredSizeLimit, max_bytes=max_upload_bytes)
@@ -140,11 +151,36 @@ def create_app(
     ) -> dict[str, Any]:
         uploads = [Upload(f.filename or f"image-{i + 1}", await f.read()) for i, f in enumerate(file)]
         results = await run_in_threadpool(predictor.predict, uploads, category, map == "png")
+        if recorder:
+            await run_in_threadpool(recorder.add, results, uploads, predictor.run_id)
         return {"results": results}
+
+    @v1.post("/feedback", max_body_size=max_upload_bytes)
+    async def feedback(
+        file: Annotated[UploadFile, File(description="one image")],
+        label: Annotated[str | None, Form(description="good or defective")] = None,
+        category: Annotated[str | None, Form()] = None,
+    ) -> Any:
+        if feedback_dir is None:
+            return error(409, "this server stores no feedback: start it with --feedback-dir DIR")
+        if label not in LABELS:
+            got = f"got {label[:40]!r}" if label else "send the form field 'label'"
+            return error(400, f"bad request: label must be good or defective: {got}")
+        upload = Upload(file.filename or "image", await file.read())
+        category = await run_in_threadpool(predictor.check, upload, category)
+        return await run_in_threadpool(store_feedback, feedback_dir, category, label, upload)
+
+    @v1.get("/record")
+    def download_record() -> Any:
+        if recorder is None:
+            return error(404, "this server keeps no record: start it with --record FILE")
+        size, chunks = recorder.snapshot()
+        headers = {"Content-Length": str(size), "Content-Disposition": 'attachment; filename="record.csv"'}
+        return StreamingResponse(chunks, media_type="text/csv", headers=headers)
 
     @v1.get("/model")
     def model() -> dict[str, Any]:
-        return predictor.info()
+        return {**predictor.info(), "record": recorder is not None, "feedback": feedback_dir is not None}
 
     app.include_router(v1)
 
@@ -195,4 +231,6 @@ def _app_from_env() -> FastAPI:
         Predictor(Path(os.environ[ENV_RUN])),
         max_upload_bytes=int(os.environ[ENV_MAX_UPLOAD]),
         api_key=os.environ[key_var] if key_var else None,
+        record=Path(os.environ[ENV_RECORD]) if os.environ.get(ENV_RECORD) else None,
+        feedback_dir=Path(os.environ[ENV_FEEDBACK]) if os.environ.get(ENV_FEEDBACK) else None,
     )

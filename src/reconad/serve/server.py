@@ -12,8 +12,17 @@ from pathlib import Path
 
 from reconad.errors import ReconadError
 from reconad.serve.app import create_app
+from reconad.serve.line import Record, check_feedback_dir
 from reconad.serve.predictor import Predictor
-from reconad.serve.workers import ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RUN, ENV_THREADS, SUPERVISOR
+from reconad.serve.workers import (
+    ENV_FEEDBACK,
+    ENV_KEY_VAR,
+    ENV_MAX_UPLOAD,
+    ENV_RECORD,
+    ENV_RUN,
+    ENV_THREADS,
+    SUPERVISOR,
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -54,16 +63,23 @@ def serve(
     workers: int = 1,
     max_upload_mb: float = 20,
     api_key_env: str | None = None,
+    record: Path | None = None,
+    feedback_dir: Path | None = None,
     warn: Callable[[str], None] = print,
 ) -> None:
     """Serve ``run_dir`` until SIGINT or SIGTERM. One worker serves in this process; several replace this
     process by their supervisor (:mod:`reconad.serve.workers`), each worker loading the run once and getting
     an equal share of the cores for torch. Raise :class:`ReconadError` if the run does not load (checked
-    here, before any worker starts) or the server cannot start."""
+    here, before any worker starts) or the server cannot start. ``record`` (a CSV file appended to) and
+    ``feedback_dir`` are checked and created here too: :mod:`reconad.serve.line`."""
     import uvicorn
 
     for warning in check_settings(host, port, workers, max_upload_mb, api_key_env):
         warn(warning)
+    if record:
+        Record(record).prepare()  # the header, written once before any worker starts
+    if feedback_dir:
+        check_feedback_dir(feedback_dir)
     predictor = Predictor(run_dir)  # the run and its backbone: the check before any worker starts
     max_upload_bytes = int(max_upload_mb * 2**20)
     if workers > 1:  # exec: this process and its memory become the supervisor; each worker loads its own
@@ -73,11 +89,19 @@ def serve(
         if api_key_env:
             os.environ[ENV_KEY_VAR] = api_key_env
         os.environ[ENV_THREADS] = str(max(1, (os.cpu_count() or 1) // workers))
+        for var, path in ((ENV_RECORD, record), (ENV_FEEDBACK, feedback_dir)):
+            os.environ[var] = str(Path(path).resolve()) if path else ""
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, "-c", SUPERVISOR, host, str(port), str(workers)])
     api_key = os.environ[api_key_env] if api_key_env else None
-    app = create_app(predictor, max_upload_bytes=max_upload_bytes, api_key=api_key)
+    app = create_app(
+        predictor,
+        max_upload_bytes=max_upload_bytes,
+        api_key=api_key,
+        record=record,
+        feedback_dir=feedback_dir,
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     except SystemExit as stop:  # uvicorn's start-up failure (an address in use): it has logged why

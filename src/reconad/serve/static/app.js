@@ -1,9 +1,16 @@
 // The inspection page: send each chosen or dropped image to /v1/predict?map=png, show its heat-map overlay,
-// its score against the threshold and the verdict, and keep a list of everything checked since the page opened.
+// its score against the threshold, the verdict and whether it is borderline, and keep a list of everything
+// checked since the page opened. When the server keeps feedback, each result can be labelled good or defective
+// (the same image goes to /v1/feedback); when it keeps a record, the record can be downloaded.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("reconad-key") || "", entries: [], selected: null };
+const state = {
+  key: sessionStorage.getItem("reconad-key") || "",
+  entries: [],
+  selected: null,
+  feedback: false,
+};
 
 function headers() {
   return state.key ? { Authorization: `Bearer ${state.key}` } : {};
@@ -46,7 +53,14 @@ async function loadModel() {
   $("model-info").textContent =
     `${model.model} on ${model.backbone} at ${model.image_size} px · ` +
     `${model.categories.length} ${model.categories.length === 1 ? "category" : "categories"}${fitted} · ` +
-    `reconad ${model.reconad_version}`;
+    `run ${model.run_id} · reconad ${model.reconad_version}`;
+  const margin = model.borderline_margin;  // the meter puts score / threshold = 1 at mid-scale
+  $("margin").textContent = `±${+(margin * 100).toFixed(2)} %`;
+  $("meter-band").style.left = `${50 * (1 - margin)}%`;
+  $("meter-band").style.width = `${100 * margin}%`;
+  state.feedback = Boolean(model.feedback);
+  $("record").hidden = !model.record;
+  if (state.selected) show(state.selected);
   status("Ready: choose or drop images.");
 }
 
@@ -97,6 +111,7 @@ function show(entry) {
   $("result-name").textContent = entry.name;
   $("verdict").textContent = verdict;
   $("verdict").className = `verdict ${verdict}`;
+  $("borderline").hidden = !entry.borderline;
   $("original").src = entry.url;
   $("original").alt = `${entry.name} as uploaded`;
   if (entry.error) {
@@ -114,6 +129,7 @@ function show(entry) {
     $("meter-fill").style.width = `${Math.max(0, Math.min(ratio / 2, 1)) * 100}%`;
   }
   $("meter-fill").className = `meter-fill ${verdict}`;
+  showFeedback(entry);
   for (const button of $("history").querySelectorAll("button")) {
     button.setAttribute("aria-current", String(button.entry === entry));
   }
@@ -130,8 +146,13 @@ function addToHistory(entry) {
   name.className = "name";
   name.textContent = entry.name;
   const badge = document.createElement("span");
-  badge.className = `badge ${verdictOf(entry)}`;
-  badge.textContent = verdictOf(entry);
+  badge.className = "badges";
+  for (const text of entry.borderline ? [verdictOf(entry), "borderline"] : [verdictOf(entry)]) {
+    const one = document.createElement("span");
+    one.className = `badge ${text}`;
+    one.textContent = text;
+    badge.append(one);
+  }
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = entry.error ? "" : entry.score.toPrecision(4);
@@ -144,6 +165,58 @@ function addToHistory(entry) {
   const n = state.entries.length;
   const bad = state.entries.filter((e) => e.is_anomalous).length;
   $("count").textContent = `(${n}; ${bad} anomalous)`;
+}
+
+function showFeedback(entry) {
+  $("feedback").hidden = !state.feedback || Boolean(entry.error);
+  const done = entry.feedback;
+  for (const button of $("feedback").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(done?.label === button.dataset.label));
+  }
+  $("feedback-status").textContent = done
+    ? `Stored as ${done.label} (${done.stored}).`
+    : entry.feedbackError ? `Not stored: ${entry.feedbackError}` : "";
+  $("feedback-status").classList.toggle("error", !done && Boolean(entry.feedbackError));
+}
+
+async function sendFeedback(label) {
+  const entry = state.selected;
+  if (!entry || entry.error) return;
+  const form = new FormData();
+  form.append("file", entry.file, entry.file.name);
+  form.append("label", label);
+  form.append("category", entry.category);
+  $("feedback-status").textContent = `Storing as ${label}…`;
+  try {
+    const response = await fetch("/v1/feedback", { method: "POST", body: form, headers: headers() });
+    if (response.ok) {
+      entry.feedback = await response.json();
+      entry.feedbackError = null;
+    } else {
+      entry.feedback = null;
+      entry.feedbackError = await errorText(response);
+    }
+  } catch (err) {
+    entry.feedback = null;
+    entry.feedbackError = `could not reach the server: ${err.message}`;
+  }
+  if (state.selected === entry) showFeedback(entry);
+}
+
+async function downloadRecord() {
+  const response = await fetch("/v1/record", { headers: headers() });
+  if (!response.ok) {
+    status(`Cannot download the record: ${await errorText(response)}`, true);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = "record.csv";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 function moveInHistory(event) {
@@ -185,6 +258,10 @@ function setUp() {
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
   $("history").addEventListener("keydown", moveInHistory);
+  for (const button of $("feedback").querySelectorAll("button")) {
+    button.addEventListener("click", () => sendFeedback(button.dataset.label));
+  }
+  $("record-download").addEventListener("click", () => downloadRecord().catch((err) => status(err.message, true)));
   $("api-key").addEventListener("change", (event) => {
     state.key = event.target.value.trim();
     sessionStorage.setItem("reconad-key", state.key);
