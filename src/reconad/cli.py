@@ -7,7 +7,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -18,7 +17,7 @@ from rich.markup import escape
 from reconad.atomic import check_writable, write_json
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
-from reconad.options import DEFAULTS, FitOptions, parse_layers
+from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
 from reconad.progress import Progress, progress_display
 from reconad.report.console import metrics_table, params_table, print_results
@@ -99,12 +98,6 @@ def progress_bars(quiet: bool = False) -> Iterator[Progress]:
         yield update
 
 
-def fit_options(flags: dict[str, Any]) -> FitOptions:
-    """The :class:`FitOptions` of a command's flags (its ``locals()``: each field by its name), checked."""
-    given = {f.name: flags[f.name] for f in fields(FitOptions) if f.name in flags}
-    return FitOptions(**{**given, "layers": parse_layers(flags["layers"])})
-
-
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),
@@ -138,7 +131,7 @@ def fit(
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline
 
-    options = fit_options(locals())
+    options = FitOptions.from_flags(locals())
     check_writable(out_dir, folder=True)
     run = pipeline.fit_folder(
         model, parse_params(param), data, category, out_dir, options, resume=resume, display=progress_bars
@@ -330,7 +323,7 @@ def bench(
     holdout: HoldoutOpt = DEFAULTS.holdout,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
-    options = fit_options(locals())
+    options = FitOptions.from_flags(locals())
     from reconad.bench import per_model, run_bench
 
     params = per_model(parse_params(param))
