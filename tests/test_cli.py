@@ -209,6 +209,25 @@ def test_real_process_exit_code_and_stderr(tmp_path):
 # --- test: bad input and undefined metrics ------------------------------------------------------------------
 
 
+def test_test_a_run_from_another_folder(tmp_path, parts, copy_run, monkeypatch):
+    """A run fitted on a relative data path stores it absolute, so ``reconad test RUN`` works from any
+    folder; an older run that stored a relative path still reads it against the current folder."""
+    monkeypatch.chdir(parts.parent)
+    assert fit(f"mvtec:{parts.name}", tmp_path / "fitted").exit_code == 0
+    assert load_run(tmp_path / "fitted").categories["synthetic_part"]["source"] == f"mvtec:{parts}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = invoke("test", tmp_path / "fitted", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["categories"]["synthetic_part"]["n_test"] == 10
+    old = copy_run()
+    config = json.loads((old / "run.json").read_text())
+    config["categories"]["synthetic_part"]["source"] = f"mvtec:{parts.name}"
+    (old / "run.json").write_text(json.dumps(config))
+    monkeypatch.chdir(parts.parent)
+    assert invoke("test", old).exit_code == 0
+
+
 def test_test_missing_run(tmp_path):
     assert_clean_error(invoke("test", tmp_path / "nope"), "not a reconad run", "nope")
 
