@@ -135,6 +135,31 @@ def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_run(tmp_path, parts):
     assert (out / "thesis.txt").read_text() == "do not delete"
 
 
+def test_fit_refuses_to_replace_a_run_without_force(tmp_path, parts, copy_run, monkeypatch):
+    """A second fit into a run folder is refused before any work (no backbone, no data read) unless --force;
+    with it, the run is replaced."""
+    import reconad.pipeline
+
+    out = copy_run()
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the --out check")
+
+    with monkeypatch.context() as m:
+        for name in ("FeatureExtractor", "load_sources"):
+            m.setattr(reconad.pipeline, name, no_work)
+        line = assert_clean_error(
+            fit(f"mvtec:{parts}", out, "--seed", 1), str(out), "already holds a reconad run"
+        )
+    assert line.endswith("pass --force to replace it, or choose another --out")
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporaries beside it
+    result = fit(f"mvtec:{parts}", out, "--seed", 1, "--force")
+    assert result.exit_code == 0, result.output
+    assert load_run(out).config["seed"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 @pytest.mark.parametrize(
     ("command", "words"),
     [

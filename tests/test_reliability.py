@@ -120,7 +120,7 @@ def test_killed_fit_leaves_the_previous_run_or_none(tmp_path, slow_parts, copy_r
     out = copy_run() if previous else tmp_path / "run"
     before = (out / "run.json").read_text() if previous else None
     cache = Path(os.environ["RECONAD_CACHE"]) / f"kill-{sig.name}"
-    args = ["fit", "patchcore", "--data", f"mvtec:{slow_parts}", "--out", out, "--image-size", 160]
+    args = ["fit", "patchcore", "--data", f"mvtec:{slow_parts}", "--out", out, "--image-size", 160, "--force"]
     proc = spawn(*args, "--cache-dir", cache)
     wait_until(proc, lambda: any(cache.rglob("*.safetensors")))  # the first batch of features is done
     proc.send_signal(sig)

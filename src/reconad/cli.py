@@ -107,6 +107,7 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
 NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
 ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
 RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace what --out already holds")]
 
 
 @app.command()
@@ -127,14 +128,16 @@ def fit(
     no_cache: NoCacheOpt = DEFAULTS.no_cache,
     resume: ResumeOpt = False,
     device: DeviceOpt = DEFAULTS.device,
+    force: ForceOpt = False,
 ) -> None:
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline
 
     options = FitOptions.from_flags(locals())
     check_writable(out_dir, folder=True)
+    params = parse_params(param)
     run = pipeline.fit_folder(
-        model, parse_params(param), data, category, out_dir, options, resume=resume, display=progress_bars
+        model, params, data, category, out_dir, options, resume=resume, force=force, display=progress_bars
     )
     if (distributed.launched() or (0,))[0] != 0:
         return  # the other processes of a torchrun job stay quiet
@@ -280,7 +283,8 @@ def demo(
         "reconad-demo"
     ),
 ) -> None:
-    """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data."""
+    """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data.
+    Run again, it replaces the run, metrics and overlays of the last demo in --out (no --force needed)."""
     from reconad import pipeline
     from reconad.data.synthetic import make_parts
     from reconad.report.overlay import write_overlays
@@ -291,7 +295,7 @@ def demo(
         out.print(f"generated synthetic parts with drawn defects → {part.parent}")
         data = [f"mvtec:{part.parent}"]
     run_dir = out_dir / f"run-{model}"
-    pipeline.fit_folder(model, {}, data, category, run_dir, display=progress_bars)
+    pipeline.fit_folder(model, {}, data, category, run_dir, force=True, display=progress_bars)
     run, results, doc = do_test(run_dir, data, category, DEFAULTS.device)
     write_json(out_dir / "metrics.json", doc)
     out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
