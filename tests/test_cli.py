@@ -332,15 +332,50 @@ def test_predict_skips_bad_files_and_scores_the_rest(tmp_path, fitted_run):
     assert "2 of 5 images could not be read" in result.stderr
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["path"] for r in rows) == sorted(map(str, good))
+    assert [r["path"] for r in rows] == sorted(map(str, [*good, *bad]))  # every file, in input order
     for r in rows:
-        assert float(r["score"]) >= 0 and r["is_anomalous"] in ("0", "1")
+        if r["path"] in {str(b) for b in bad}:  # an error row: the one-line message, no score or overlay
+            assert (r["score"], r["is_anomalous"], r["overlay"]) == ("", "", "")
+            assert r["error"].startswith(f"cannot read image {r['path']}") and "\n" not in r["error"]
+            assert f"skipped {r['error']}" in skipped
+            continue
+        assert float(r["score"]) >= 0 and r["is_anomalous"] in ("0", "1") and r["error"] == ""
         overlay = np.asarray(Image.open(out / r["overlay"]))
         assert overlay.shape == (48, 48, 3)  # drawn at the original image size
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(r["overlay"] for r in rows), "scores.csv"])
+    overlays = [r["overlay"] for r in rows if r["overlay"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, "scores.csv"])
     umask = os.umask(0)
     os.umask(umask)
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_predict_refuses_to_replace_scores_without_force(tmp_path, fitted_run, monkeypatch):
+    """``predict`` into a folder that holds a scores.csv is refused before the run is loaded unless --force;
+    with it, the table is replaced."""
+    import reconad.inference
+
+    images = good_images(tmp_path / "new", 2)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "scores.csv").write_text("path,score\nyesterday.png,1\n")
+    (out / "notes.txt").write_text("keep")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the --out check")
+
+    with monkeypatch.context() as m:
+        m.setattr(reconad.inference, "load_run", no_work)
+        line = assert_clean_error(
+            invoke("predict", fitted_run, images[0], "--out", out), str(out / "scores.csv")
+        )
+    assert line.endswith("pass --force to replace it, or choose another --out")
+    assert (out / "scores.csv").read_text() == "path,score\nyesterday.png,1\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "scores.csv"]
+    result = invoke("predict", fitted_run, *images, "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == list(map(str, images))
+    assert (out / "notes.txt").read_text() == "keep"
 
 
 def test_predict_missing_input(tmp_path, fitted_run):

@@ -214,12 +214,13 @@ def predict(
         str | None, typer.Option(help="which category's model (needed if the run has several)")
     ] = None,
     device: DeviceOpt = DEFAULTS.device,
+    force: ForceOpt = False,
 ) -> None:
-    """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
+    """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous, error)."""
     from reconad.inference import predict_folder
 
     with progress_bars() as progress:
-        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress)
+        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force)
     out.print(
         f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
         f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
