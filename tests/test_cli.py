@@ -135,6 +135,31 @@ def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_run(tmp_path, parts):
     assert (out / "thesis.txt").read_text() == "do not delete"
 
 
+def test_fit_refuses_to_replace_a_run_without_force(tmp_path, parts, copy_run, monkeypatch):
+    """A second fit into a run folder is refused before any work (no backbone, no data read) unless --force;
+    with it, the run is replaced."""
+    import reconad.pipeline
+
+    out = copy_run()
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the --out check")
+
+    with monkeypatch.context() as m:
+        for name in ("FeatureExtractor", "load_sources"):
+            m.setattr(reconad.pipeline, name, no_work)
+        line = assert_clean_error(
+            fit(f"mvtec:{parts}", out, "--seed", 1), str(out), "already holds a reconad run"
+        )
+    assert line.endswith("pass --force to replace it, or choose another --out")
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporaries beside it
+    result = fit(f"mvtec:{parts}", out, "--seed", 1, "--force")
+    assert result.exit_code == 0, result.output
+    assert load_run(out).config["seed"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 @pytest.mark.parametrize(
     ("command", "words"),
     [
@@ -207,6 +232,25 @@ def test_real_process_exit_code_and_stderr(tmp_path):
 
 
 # --- test: bad input and undefined metrics ------------------------------------------------------------------
+
+
+def test_test_a_run_from_another_folder(tmp_path, parts, copy_run, monkeypatch):
+    """A run fitted on a relative data path stores it absolute, so ``reconad test RUN`` works from any
+    folder; an older run that stored a relative path still reads it against the current folder."""
+    monkeypatch.chdir(parts.parent)
+    assert fit(f"mvtec:{parts.name}", tmp_path / "fitted").exit_code == 0
+    assert load_run(tmp_path / "fitted").categories["synthetic_part"]["source"] == f"mvtec:{parts}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = invoke("test", tmp_path / "fitted", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["categories"]["synthetic_part"]["n_test"] == 10
+    old = copy_run()
+    config = json.loads((old / "run.json").read_text())
+    config["categories"]["synthetic_part"]["source"] = f"mvtec:{parts.name}"
+    (old / "run.json").write_text(json.dumps(config))
+    monkeypatch.chdir(parts.parent)
+    assert invoke("test", old).exit_code == 0
 
 
 def test_test_missing_run(tmp_path):
@@ -288,15 +332,50 @@ def test_predict_skips_bad_files_and_scores_the_rest(tmp_path, fitted_run):
     assert "2 of 5 images could not be read" in result.stderr
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["path"] for r in rows) == sorted(map(str, good))
+    assert [r["path"] for r in rows] == sorted(map(str, [*good, *bad]))  # every file, in input order
     for r in rows:
-        assert float(r["score"]) >= 0 and r["is_anomalous"] in ("0", "1")
+        if r["path"] in {str(b) for b in bad}:  # an error row: the one-line message, no score or overlay
+            assert (r["score"], r["is_anomalous"], r["overlay"]) == ("", "", "")
+            assert r["error"].startswith(f"cannot read image {r['path']}") and "\n" not in r["error"]
+            assert f"skipped {r['error']}" in skipped
+            continue
+        assert float(r["score"]) >= 0 and r["is_anomalous"] in ("0", "1") and r["error"] == ""
         overlay = np.asarray(Image.open(out / r["overlay"]))
         assert overlay.shape == (48, 48, 3)  # drawn at the original image size
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(r["overlay"] for r in rows), "scores.csv"])
+    overlays = [r["overlay"] for r in rows if r["overlay"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, "scores.csv"])
     umask = os.umask(0)
     os.umask(umask)
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_predict_refuses_to_replace_scores_without_force(tmp_path, fitted_run, monkeypatch):
+    """``predict`` into a folder that holds a scores.csv is refused before the run is loaded unless --force;
+    with it, the table is replaced."""
+    import reconad.inference
+
+    images = good_images(tmp_path / "new", 2)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "scores.csv").write_text("path,score\nyesterday.png,1\n")
+    (out / "notes.txt").write_text("keep")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before the --out check")
+
+    with monkeypatch.context() as m:
+        m.setattr(reconad.inference, "load_run", no_work)
+        line = assert_clean_error(
+            invoke("predict", fitted_run, images[0], "--out", out), str(out / "scores.csv")
+        )
+    assert line.endswith("pass --force to replace it, or choose another --out")
+    assert (out / "scores.csv").read_text() == "path,score\nyesterday.png,1\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "scores.csv"]
+    result = invoke("predict", fitted_run, *images, "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == list(map(str, images))
+    assert (out / "notes.txt").read_text() == "keep"
 
 
 def test_predict_missing_input(tmp_path, fitted_run):

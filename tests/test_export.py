@@ -191,7 +191,7 @@ def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run,
         read_scores(tmp_path / "library" / "scores.csv"),
         read_scores(tmp_path / "export" / "scores.csv"),
     )
-    assert list(ours[0]) == ["path", "score", "is_anomalous", "overlay"]
+    assert list(ours[0]) == ["path", "score", "is_anomalous", "overlay", "error"]
     assert [(r["path"], r["is_anomalous"], r["overlay"]) for r in ours] == [
         (r["path"], r["is_anomalous"], r["overlay"]) for r in library
     ]
@@ -205,7 +205,9 @@ def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run,
         assert mode == (tmp_path / "library" / name).stat().st_mode & 0o777
 
 
-def test_predict_script_skips_unreadable_images(tmp_path, exported, parts):
+def test_predict_script_skips_unreadable_images(tmp_path, exported, fitted_run, parts):
+    """Each unreadable image is named on stderr and gets the row reconad predict gives it: its error, no
+    score or overlay, in input order."""
     folder = tmp_path / "in"
     shutil.copytree(parts / "test" / "good", folder)
     for kind in UNREADABLE:
@@ -214,7 +216,13 @@ def test_predict_script_skips_unreadable_images(tmp_path, exported, parts):
     assert done.returncode == 1
     skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == len(UNREADABLE)
-    assert len(read_scores(tmp_path / "out" / "scores.csv")) == len(list((parts / "test" / "good").iterdir()))
+    ours = read_scores(tmp_path / "out" / "scores.csv")
+    assert len([r for r in ours if not r["error"]]) == len(list((parts / "test" / "good").iterdir()))
+    assert sorted(f"skipped {r['error']}" for r in ours if r["error"]) == sorted(skipped)
+    assert invoke("predict", fitted_run, folder, "--out", tmp_path / "library").exit_code == 1
+    library = read_scores(tmp_path / "library" / "scores.csv")
+    columns = ("path", "is_anomalous", "overlay", "error")
+    assert [tuple(r[c] for c in columns) for r in ours] == [tuple(r[c] for c in columns) for r in library]
 
 
 def test_predict_script_refuses_a_modified_graph(tmp_path, exported, parts):

@@ -80,7 +80,10 @@ def test_predict_over_every_bad_input(tmp_path, fitted_run):
         assert any(f"cannot read image {os.fsencode(path).decode()}" in line for line in skipped), path
     with open(out / "scores.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
-    assert sorted(rows) == sorted(map(str, readable))
+    assert sorted(p for p, r in rows.items() if not r["error"]) == sorted(map(str, readable))
+    failed = {p: r["error"] for p, r in rows.items() if r["error"]}  # each unreadable file: a row saying why
+    assert sorted(failed) == sorted(map(str, [*unreadable, tmp_path / "loop.png"]))
+    assert all(f"skipped {message}" in skipped for message in failed.values())
     for path in readable:
         overlay = np.asarray(Image.open(out / rows[str(path)]["overlay"]))
         with Image.open(path) as img:
@@ -120,7 +123,7 @@ def test_killed_fit_leaves_the_previous_run_or_none(tmp_path, slow_parts, copy_r
     out = copy_run() if previous else tmp_path / "run"
     before = (out / "run.json").read_text() if previous else None
     cache = Path(os.environ["RECONAD_CACHE"]) / f"kill-{sig.name}"
-    args = ["fit", "patchcore", "--data", f"mvtec:{slow_parts}", "--out", out, "--image-size", 160]
+    args = ["fit", "patchcore", "--data", f"mvtec:{slow_parts}", "--out", out, "--image-size", 160, "--force"]
     proc = spawn(*args, "--cache-dir", cache)
     wait_until(proc, lambda: any(cache.rglob("*.safetensors")))  # the first batch of features is done
     proc.send_signal(sig)

@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import CountingExtractor, good_images, invoke
+from conftest import CountingExtractor, good_images, invoke, write_bad
 
 from reconad import inference, pipeline
 from reconad.data import load_sources
@@ -49,6 +49,23 @@ def test_predict_over_many_batches_writes_every_row_in_order(tmp_path, fitted_ru
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     assert all((out / r["overlay"]).is_file() for r in rows)
+
+
+def test_predict_error_rows_stay_in_input_order_across_batches(tmp_path, fitted_run):
+    """Unreadable files first, at a batch's edge and last: each gets its row (error, no score) where it
+    was in the input, among the scored rows of three batches."""
+    good = good_images(tmp_path / "new", 34)
+    bad = [write_bad("text_as_png", tmp_path / "bad" / str(i)) for i in range(3)]
+    inputs = [bad[0], *good[:15], bad[1], *good[15:], bad[2]]
+    out = tmp_path / "pred"
+    result = invoke("predict", fitted_run, *inputs, "--out", out)
+    assert result.exit_code == 1, result.output
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "score", "is_anomalous", "overlay", "error"]
+    assert [r["path"] for r in rows] == list(map(str, inputs))
+    assert [bool(r["error"]) for r in rows] == [p in bad for p in inputs]
+    assert all(bool(r["score"]) == bool(r["overlay"]) == (not r["error"]) for r in rows)
 
 
 def test_interrupted_predict_leaves_no_scores_file(tmp_path, fitted_run, monkeypatch):

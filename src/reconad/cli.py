@@ -7,7 +7,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -18,7 +17,7 @@ from rich.markup import escape
 from reconad.atomic import check_writable, write_json
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
-from reconad.options import DEFAULTS, FitOptions, parse_layers
+from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
 from reconad.progress import Progress, progress_display
 from reconad.report.console import added_text, metrics_table, params_table, print_results, threshold_text
@@ -103,12 +102,6 @@ def progress_bars(quiet: bool = False) -> Iterator[Progress]:
         yield update
 
 
-def fit_options(flags: dict[str, Any]) -> FitOptions:
-    """The :class:`FitOptions` of a command's flags (its ``locals()``: each field by its name), checked."""
-    given = {f.name: flags[f.name] for f in fields(FitOptions) if f.name in flags}
-    return FitOptions(**{**given, "layers": parse_layers(flags["layers"])})
-
-
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),
@@ -118,6 +111,7 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
 NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
 ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
 RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace what --out already holds")]
 
 
 @app.command()
@@ -140,20 +134,23 @@ def fit(
     no_cache: NoCacheOpt = DEFAULTS.no_cache,
     resume: ResumeOpt = False,
     device: DeviceOpt = DEFAULTS.device,
+    force: ForceOpt = False,
 ) -> None:
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline
 
-    options = fit_options(locals())
+    options = FitOptions.from_flags(locals())
     check_writable(out_dir, folder=True)
+    params = parse_params(param)
     run = pipeline.fit_folder(
         model,
-        parse_params(param),
+        params,
         data,
         category,
         out_dir,
         options,
         resume=resume,
+        force=force,
         display=progress_bars,
         warn=warn,
     )
@@ -279,12 +276,13 @@ def predict(
         str | None, typer.Option(help="which category's model (needed if the run has several)")
     ] = None,
     device: DeviceOpt = DEFAULTS.device,
+    force: ForceOpt = False,
 ) -> None:
-    """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous)."""
+    """Score new images: a heat-map overlay per image and scores.csv (path, score, is_anomalous, error)."""
     from reconad.inference import predict_folder
 
     with progress_bars() as progress:
-        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress)
+        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force)
     out.print(
         f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
         f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
@@ -348,7 +346,8 @@ def demo(
         "reconad-demo"
     ),
 ) -> None:
-    """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data."""
+    """Fit, test and draw overlays end to end: on generated parts (offline, no data needed) or on --data.
+    Run again, it replaces the run, metrics and overlays of the last demo in --out (no --force needed)."""
     from reconad import pipeline
     from reconad.data.synthetic import make_parts
     from reconad.report.overlay import write_overlays
@@ -359,7 +358,7 @@ def demo(
         out.print(f"generated synthetic parts with drawn defects → {part.parent}")
         data = [f"mvtec:{part.parent}"]
     run_dir = out_dir / f"run-{model}"
-    pipeline.fit_folder(model, {}, data, category, run_dir, display=progress_bars, warn=warn)
+    pipeline.fit_folder(model, {}, data, category, run_dir, force=True, display=progress_bars, warn=warn)
     run, results, doc = do_test(run_dir, data, category, DEFAULTS.device)
     write_json(out_dir / "metrics.json", doc)
     out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
@@ -393,7 +392,7 @@ def bench(
     folds: FoldsOpt = DEFAULTS.folds,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
-    options = fit_options(locals())
+    options = FitOptions.from_flags(locals())
     from reconad.bench import per_model, run_bench
 
     params = per_model(parse_params(param))

@@ -22,7 +22,7 @@ from reconad.data import resize_images
 from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
-from reconad.image_runtime import overlay_name
+from reconad.image_runtime import overlay_name, show_path
 from reconad.operating import DEFAULT_FALSE_REJECT, OperatingPoint, conformal_threshold, verdict_rates
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
@@ -74,7 +74,8 @@ def score_images(
     on_error: Callable[[str, str], None] | None = None,
     progress: Progress = no_progress,
 ) -> Iterator[Scored]:
-    """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``."""
+    """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``, called in
+    input order between the images yielded (just before the next readable file's result)."""
     models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
 
     def load(path: Any) -> np.ndarray | str:
@@ -87,12 +88,13 @@ def score_images(
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         loaded = map_on_cores(load, chunk)
+        readable = [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
+        scored = iter(score_decoded(run, extractor, readable, category))
         for p, x in zip(chunk, loaded):
-            if isinstance(x, str) and on_error:
+            if not isinstance(x, str):
+                yield next(scored)
+            elif on_error:
                 on_error(str(p), x)
-        yield from score_decoded(
-            run, extractor, [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)], category
-        )
         done += len(chunk)
         progress("predict", done, len(paths))
 
@@ -123,38 +125,51 @@ def predict_folder(
     out_dir: Path,
     device: str = "cpu",
     progress: Progress = no_progress,
+    force: bool = False,
 ) -> tuple[Run, PredictSummary]:
     """``reconad predict``: the images ``inputs`` name (files, folders scanned) scored with the run at
     ``run_dir`` (``category``, or its only one) into ``out_dir``: an overlay per image and ``scores.csv``
-    (path, score, is_anomalous, overlay). Rows are written as they come (nothing per image is kept in
-    memory); the file appears under its name only once every image is scored."""
+    (path, score, is_anomalous, overlay, error), a row per image in input order (an unreadable one: its
+    error, no score). Rows are written as they come (nothing per image is kept in memory); the file appears
+    under its name only once every image is scored. A ``scores.csv`` already there is refused before any
+    work unless ``force``."""
+    check_writable(out_dir, folder=True)
+    table = out_dir / "scores.csv"
+    if table.exists() and not force:
+        raise ReconadError(f"{show_path(table)} exists: pass --force to replace it, or choose another --out")
     run = load_run(run_dir)
     category = run.category(category)
-    check_writable(out_dir, folder=True)
     paths = collect_images(inputs)
     extractor = FeatureExtractor.from_config(run.config["features"], device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary, taken, batch = PredictSummary(category, len(paths)), set[str](), list[Scored]()
+    summary, taken, batch = PredictSummary(category, len(paths)), set[str](), list[Scored | tuple[str, str]]()
 
     def write_batch(rows: Any) -> None:  # overlays encode on every core, between backbone forwards
-        for scored, png in zip(batch, overlays(run, category, batch)):
+        pngs = iter(overlays(run, category, [s for s in batch if isinstance(s, Scored)]))
+        for scored in batch:
+            if not isinstance(scored, Scored):  # an unreadable file: its row says why
+                rows.writerow((scored[0], "", "", "", scored[1]))
+                continue
             name = overlay_name(Path(scored.path), taken)
             with atomic_file(out_dir / name, "wb") as f:
-                f.write(png)
-            rows.writerow((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name))
+                f.write(next(pngs))
+            rows.writerow((scored.path, f"{scored.score:.6g}", int(scored.is_anomalous), name, ""))
             summary.n_scored += 1
             summary.n_anomalous += int(scored.is_anomalous)
         batch.clear()
 
+    def on_error(path: str, message: str) -> None:
+        summary.failures.append((path, message))
+        batch.append((path, message))
+
     start = time.perf_counter()
     csv_args = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
-    with atomic_file(out_dir / "scores.csv", "w", **csv_args) as f:
+    with atomic_file(table, "w", **csv_args) as f:
         rows = csv.writer(f)
-        rows.writerow(["path", "score", "is_anomalous", "overlay"])
-        on_error = lambda p, m: summary.failures.append((p, m))  # noqa: E731
+        rows.writerow(["path", "score", "is_anomalous", "overlay", "error"])
         for scored in score_images(run, extractor, paths, category, on_error=on_error, progress=progress):
             batch.append(scored)
-            if len(batch) == BATCH:  # a batch scored: its overlays encode before the next forward
+            if len(batch) >= BATCH:  # a batch scored: its overlays encode before the next forward
                 write_batch(rows)
         write_batch(rows)
     summary.seconds = time.perf_counter() - start

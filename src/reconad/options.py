@@ -8,8 +8,9 @@ loading torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from reconad.errors import ReconadError
 from reconad.operating import DEFAULT_FALSE_REJECT, check_rate
@@ -85,6 +86,13 @@ class FitOptions:
         check_rate(self.false_reject, "--false-reject")
         check_folds(self.folds, "--folds")
         check_seed(self.seed, "--seed")
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> FitOptions:
+        """The options of a command's flags (its ``locals()``: each field by its name, ``layers`` as the
+        text ``--layers`` takes), checked."""
+        given = {f.name: flags[f.name] for f in fields(cls) if f.name in flags}
+        return cls(**{**given, "layers": parse_layers(flags["layers"])})
 
     def on(self, device: str) -> FitOptions:
         """The same options on another device (a torchrun process's own GPU)."""

@@ -591,14 +591,16 @@ def fit_folder(
     options: FitOptions = DEFAULTS,
     *,
     resume: bool = False,
+    force: bool = False,
     display: Callable[[bool], AbstractContextManager[Progress]] = lambda quiet: nullcontext(no_progress),
     warn: Callable[[str], None] = print,
 ) -> Run:
     """``reconad fit``: the model checked (once, before any work), the data loaded, fitted (as one process
-    of a torchrun job where torchrun started it), saved to ``out_dir`` atomically by rank 0.
+    of a torchrun job where torchrun started it), saved to ``out_dir`` atomically by rank 0. A run already
+    at ``out_dir`` is refused before any work unless ``force``.
     ``display(quiet)``: the progress display (quiet on every rank but 0)."""
     spec = ModelSpec.check(model_name, params)
-    check_run_folder(out_dir)
+    check_run_folder(out_dir, force)
     extractor = FeatureExtractor.from_options(options)
     model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)

@@ -82,10 +82,15 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
 
 
-def check_run_folder(path: Path) -> None:
-    """Fail before any work when ``path`` exists and is not a run folder (a fit would replace it)."""
+def check_run_folder(path: Path, force: bool = False) -> None:
+    """Fail before any work when ``path`` exists (a fit would replace it): always where it is not a run
+    folder, and where it is one unless ``force``."""
     if path.exists() and not (path / RUN_FILE).is_file():
         raise ReconadError(f"{path} exists and is not a reconad run: choose another --out")
+    if path.exists() and not force:
+        raise ReconadError(
+            f"{path} already holds a reconad run: pass --force to replace it, or choose another --out"
+        )
 
 
 def weights_file(key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def parse_source(spec: str) -> tuple[str, Path]:
 
 
 def load_sources(specs: list[str], categories: list[str] | None = None, seed: int = 0) -> list[CategoryData]:
-    """Load every source (setting ``.source``), keep only ``categories`` if given, refuse duplicate names."""
+    """Load every source (setting ``.source``: the spec with its path made absolute, so a run fitted on it is
+    tested from any folder), keep only ``categories`` if given, refuse duplicate names."""
     if not specs:
         raise ReconadError("no data source given (use FORMAT:PATH, e.g. mvtec:data/mvtec_ad)")
     found: list[CategoryData] = []
@@ -41,7 +43,7 @@ def load_sources(specs: list[str], categories: list[str] | None = None, seed: in
             if cat.name in origin:
                 raise ReconadError(f"category {cat.name!r} appears in both {origin[cat.name]!r} and {spec!r}")
             origin[cat.name] = spec
-            cat.source = spec
+            cat.source = f"{fmt}:{os.path.abspath(path)}"
             found.append(cat)
     if categories:
         unknown = [c for c in categories if c not in origin]

@@ -2,10 +2,11 @@
 
     python predict.py IMAGE_OR_DIR ... --out OUT [--category C]
 
-writes ``OUT/scores.csv`` (path, score, is_anomalous, overlay) and a heat-map overlay per image, as
+writes ``OUT/scores.csv`` (path, score, is_anomalous, overlay, error) and a heat-map overlay per image, as
 ``reconad predict`` does. Images are decoded and resized exactly as the library does (``image_runtime.py``,
 beside this script); the graph does the rest, from pixels to maps and scores. A graph whose SHA-256 differs
-from ``manifest.json`` is refused; unreadable images are skipped and named (exit code 1).
+from ``manifest.json`` is refused; an unreadable image is skipped, named and given a row with its error (exit
+code 1).
 """
 
 from __future__ import annotations
@@ -160,29 +161,34 @@ def predict(
             return str(err)
         return image, resize_image(image, size)
 
-    rows: list[tuple[str, str, int, str]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
     skipped: list[str] = []
     taken: set[str] = set()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         loaded = on_cores(load, chunk)
-        skipped += [x for x in loaded if isinstance(x, str)]
-        good = [(p, x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
-        if not good:
-            continue
-        maps, scores = session.run(None, {"images": np.stack([small for _, (_, small) in good])})
-        pairs = [(image, amap) for (_, (image, _)), amap in zip(good, maps)]
-        pngs = on_cores(lambda pair: overlay_png(*pair, threshold, normal), pairs)
-        for (path, _), score, png in zip(good, scores, pngs):
+        good = [x for x in loaded if not isinstance(x, str)]
+        results: Any = iter(())
+        if good:
+            maps, scores = session.run(None, {"images": np.stack([small for _, small in good])})
+            pairs = [(image, amap) for (image, _), amap in zip(good, maps)]
+            pngs = on_cores(lambda pair: overlay_png(*pair, threshold, normal), pairs)
+            results = zip(scores, pngs)
+        for path, x in zip(chunk, loaded):  # a row per image in input order; an unreadable one says why
+            if isinstance(x, str):
+                skipped.append(x)
+                rows.append((str(path), "", "", "", x))
+                continue
+            score, png = next(results)
             name = overlay_name(path, taken)
             write_atomic(out / name, png)
-            rows.append((str(path), f"{float(score):.6g}", int(score > threshold), name))
+            rows.append((str(path), f"{float(score):.6g}", str(int(score > threshold)), name, ""))
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["path", "score", "is_anomalous", "overlay"])
+    writer.writerow(["path", "score", "is_anomalous", "overlay", "error"])
     writer.writerows(rows)
     write_atomic(out / "scores.csv", text.getvalue().encode("utf-8", "surrogateescape"))
-    return len(rows), skipped
+    return len(rows) - len(skipped), skipped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
