@@ -296,12 +296,18 @@ def test_test_json_schema(tmp_path, fitted_run):
         "fit_seconds",
         "predict_images_per_second",
         "model_bytes",
+        "verdicts",
     }
     metric_keys = {"image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_ap"}
     assert (doc["model"], doc["backbone"], doc["image_size"]) == ("patchcore", "tf_efficientnet_lite0", 64)
     assert list(doc["categories"]) == ["synthetic_part"]
     m = doc["categories"]["synthetic_part"]
-    assert set(m) == metric_keys | {"n_test"}  # every metric defined here: no notes
+    assert set(m) == metric_keys | {"n_test", "verdicts", "operating"}  # every metric defined here: no notes
+    verdicts = m["verdicts"]
+    assert verdicts == doc["verdicts"] | {"threshold": verdicts["threshold"]}  # one category: the pooled ones
+    assert (verdicts["n_good"], verdicts["n_defective"]) == (4, 6)
+    assert verdicts["false_reject_rate"] == verdicts["n_false_reject"] / 4
+    assert m["operating"]["rule"] == "conformal" and "scores" not in m["operating"]
     assert m["n_test"] == 10 and isinstance(m["n_test"], int)
     assert set(doc["mean"]) == metric_keys
     for key in metric_keys:
@@ -413,7 +419,7 @@ def test_demo_small(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["model"] == "patchcore" and doc["categories"]["synthetic_part"]["n_test"] == 5
-    assert load_run(out / "run-patchcore").categories["synthetic_part"]["n_train"] == 9
+    assert load_run(out / "run-patchcore").categories["synthetic_part"]["n_train"] == 10  # every good image
     overlays = list((out / "overlays").glob("*.png"))
     assert overlays and all(np.asarray(Image.open(p)).shape == (256, 256, 3) for p in overlays)
 
