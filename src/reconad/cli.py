@@ -2,53 +2,49 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from reconad.atomic import check_writable, write_json
-from reconad.data.sources import FORMATS
-from reconad.errors import ReconadError
 from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
-from reconad.progress import Progress, progress_display
 from reconad.report.console import added_text, metrics_table, params_table, print_results, threshold_text
+from reconad.terminal import (
+    DEFAULT_LAYERS,
+    STATE,
+    BackboneOpt,
+    CacheDirOpt,
+    CategoryOpt,
+    DataOpt,
+    DeviceOpt,
+    FalseRejectOpt,
+    FoldsOpt,
+    ForceOpt,
+    HoldoutOpt,
+    ImageSizeOpt,
+    LayersOpt,
+    NoCacheOpt,
+    ParamOpt,
+    ResumeOpt,
+    RunOpt,
+    WeightsOpt,
+    clean_errors,
+    err,
+    out,
+    progress_bars,
+    warn,
+)
 
 if TYPE_CHECKING:
     from reconad.pipeline import CategoryResult
     from reconad.runs import Run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-err = Console(stderr=True)
-out = Console()
-STATE = {"debug": False, "quiet": False}
-F = TypeVar("F", bound=Callable[..., Any])
-
-DataOpt = Annotated[
-    list[str],
-    typer.Option("--data", "-d", help=f"FORMAT:PATH ({', '.join(FORMATS)}); repeatable"),
-]
-CategoryOpt = Annotated[
-    list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
-]
-BackboneOpt = Annotated[str, typer.Option(help="timm model name")]
-WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")]
-ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
-LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
-DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
-HoldoutOpt = Annotated[float, typer.Option(help="unified models: good images held back to set the threshold")]
-FalseRejectOpt = Annotated[float, typer.Option(help="the share of good parts the threshold may reject")]
-FoldsOpt = Annotated[
-    int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
-]
 
 
 @app.callback()
@@ -61,57 +57,6 @@ def main(
 
     STATE["debug"], STATE["quiet"] = debug, quiet
     keep_freed_memory()
-
-
-def clean_errors(fn: F) -> F:
-    """Turn a :class:`ReconadError` into one red line and exit code 2 (a traceback only with ``--debug``)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind", soft_wrap=True)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as error:
-            if STATE["debug"]:
-                raise
-            if isinstance(error, (ReconadError, OSError)):  # a user mistake, or the file system said no
-                err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            err.print(  # a bug: one line unless debugging
-                f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
-                "(rerun with --debug for details)",
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
-
-
-@contextmanager
-def progress_bars(quiet: bool = False) -> Iterator[Progress]:
-    """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
-    with progress_display(err, quiet=quiet or STATE["quiet"]) as update:
-        yield update
-
-
-ParamOpt = Annotated[
-    list[str] | None,
-    typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),
-]
-CacheDirOpt = Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
-NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
-ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
-RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="replace what --out already holds")]
 
 
 @app.command()
@@ -234,18 +179,11 @@ def threshold(
     device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Re-set a threshold without refitting: for a false-reject rate, to a value, or from labelled images."""
+    flags = dict(locals())
     from reconad.inference import set_threshold
 
     with progress_bars() as progress:
-        change = set_threshold(
-            run_dir,
-            category,
-            false_reject=false_reject,
-            value=value,
-            labelled=labelled,
-            device=device,
-            progress=progress,
-        )
+        change = set_threshold(**flags, progress=progress)
     out.print(threshold_text(change), soft_wrap=True)
 
 

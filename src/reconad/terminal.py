@@ -1,0 +1,94 @@
+"""The terminal side of the command line: its consoles, errors as one line, warnings, progress bars, and the
+flags several commands share (typer annotations; the fit options' defaults come from
+:data:`reconad.options.DEFAULTS`). Torch-free, so that ``reconad --help`` answers at once."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from reconad.data.sources import FORMATS
+from reconad.errors import ReconadError
+from reconad.options import DEFAULTS
+from reconad.progress import Progress, progress_display
+
+err = Console(stderr=True)
+out = Console()
+STATE = {"debug": False, "quiet": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+DataOpt = Annotated[
+    list[str],
+    typer.Option("--data", "-d", help=f"FORMAT:PATH ({', '.join(FORMATS)}); repeatable"),
+]
+CategoryOpt = Annotated[
+    list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
+]
+BackboneOpt = Annotated[str, typer.Option(help="timm model name")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")]
+ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
+LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
+DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
+HoldoutOpt = Annotated[float, typer.Option(help="unified models: good images held back to set the threshold")]
+FalseRejectOpt = Annotated[float, typer.Option(help="the share of good parts the threshold may reject")]
+FoldsOpt = Annotated[
+    int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
+]
+
+
+def clean_errors(fn: F) -> F:
+    """Turn a :class:`ReconadError` into one red line and exit code 2 (a traceback only with ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]: nothing half-written was left behind", soft_wrap=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            if STATE["debug"]:
+                raise
+            if isinstance(error, (ReconadError, OSError)):  # a user mistake, or the file system said no
+                err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            err.print(  # a bug: one line unless debugging
+                f"[red]internal error:[/red] {type(error).__name__}: {escape(str(error))} "
+                "(rerun with --debug for details)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
+@contextmanager
+def progress_bars(quiet: bool = False) -> Iterator[Progress]:
+    """Progress on stderr (:mod:`reconad.progress`): bars on a terminal, lines in a log; none if quiet."""
+    with progress_display(err, quiet=quiet or STATE["quiet"]) as update:
+        yield update
+
+
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),
+]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
+NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
+ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
+RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace what --out already holds")]
