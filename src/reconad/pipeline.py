@@ -339,6 +339,30 @@ class Calibration:
     warn: Callable[[str], None] = print
 
 
+def training_features(
+    data: list[CategoryData],
+    extractor: FeatureExtractor,
+    world: World | None,
+    cache: FeatureCache | None,
+    holdout: float,
+    seed: int,
+    progress: Progress = no_progress,
+) -> TrainingFeatures:
+    """Each category's (model part, held-back part) of its good training images (:func:`split_holdout`),
+    extracted (a torchrun process extracts its share, :func:`extract_shared`)."""
+    return {
+        c.name: tuple(
+            extract_shared(
+                part, extractor, world, cache=cache, progress=progress, description=f"{c.name}: {what}"
+            )
+            for part, what in zip(
+                split_holdout(c.train, holdout, seed), ("features", "held back"), strict=True
+            )
+        )
+        for c in data
+    }
+
+
 def fit(
     model: Model | str,
     data: list[CategoryData],
@@ -387,19 +411,10 @@ def fit(
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    feats = features or {
-        c.name: tuple(
-            extract_shared(
-                part, extractor, world, cache=cache, progress=progress, description=f"{c.name}: {what}"
-            )
-            for part, what in zip(
-                split_holdout(c.train, holdout, seed), ("features", "held back"), strict=True
-            )
-        )
-        for c in data
-    }
+    feats = features or training_features(data, extractor, world, cache, holdout, seed, progress)
     feature_seconds = time.perf_counter() - start
     template = copy.deepcopy(model)  # unfitted, for the cross-fitting
+    calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn)
     train = {c.name: feats[c.name][0].features for c in data}
     if not model.unified:  # per-category models learn from every good image
         train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
@@ -411,14 +426,7 @@ def fit(
         "params": next(iter(models.values())).get_config(),
         "features": extractor.config(),
         "scoring": scoring,
-        "categories": _calibrate(
-            template,
-            models,
-            data,
-            feats,
-            scoring,
-            Calibration(false_reject, folds, seed, extractor.image_size, warn),
-        ),
+        "categories": _calibrate(template, models, data, feats, scoring, calibration),
         "seed": seed,
         "holdout": holdout if model.unified else None,
         "folds": None if model.unified else folds,
