@@ -132,7 +132,7 @@ def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts,
     assert_parity(runs[model], exports[model], resized_test_images(parts))
 
 
-def test_export_of_a_process_that_never_predicted(runs, tmp_path):
+def test_export_of_a_process_that_never_predicted(runs, parts, tmp_path):
     """A fresh ``reconad export`` process has no attention mask cached yet: building one reads tensor values,
     which the trace refuses: the graphs are traced once the masks exist (an UniAD-style run failed)."""
     from reconad.models import attention
@@ -142,6 +142,7 @@ def test_export_of_a_process_that_never_predicted(runs, tmp_path):
         cached.cache_clear()
     result = invoke("export", runs["uniad"], "--out", tmp_path / "uniad")
     assert result.exit_code == 0, result.output
+    assert_parity(runs["uniad"], tmp_path / "uniad", resized_test_images(parts))  # the graph traced whole
 
 
 @pytest.mark.parametrize("model", ["patchcore", "rlr"])
