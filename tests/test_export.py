@@ -127,7 +127,17 @@ def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
     return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
 
 
-@pytest.mark.parametrize("model", ["patchcore", "sgfr", "rlr", "rlr-selfref", "uniad"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "patchcore",
+        "sgfr",
+        "rlr",
+        pytest.param("rlr-selfref", marks=pytest.mark.slow),  # the head of rlr (UnifiedHead)
+        # the quick loop checks UniAD's graph in test_export_of_a_process_that_never_predicted
+        pytest.param("uniad", marks=pytest.mark.slow),
+    ],
+)
 def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts, model):
     assert_parity(runs[model], exports[model], resized_test_images(parts))
 
@@ -299,6 +309,7 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     return python
 
 
+@pytest.mark.slow  # a fresh virtual environment and a pip install
 def test_predict_script_runs_without_torch(tmp_path, exported, parts, bare_python):
     library = run_script(exported, parts / "test", "--out", tmp_path / "here")
     assert library.returncode == 0, library.stderr

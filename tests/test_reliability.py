@@ -111,6 +111,7 @@ def slow_parts(tmp_path: Path) -> Path:
     return make_parts(tmp_path / "slow", n_train=200, n_test_good=2, n_test_bad=2, size=64, seed=1)
 
 
+@pytest.mark.slow  # a real `reconad fit` of 200 images, killed
 @pytest.mark.parametrize(
     ("sig", "previous"),
     [(signal.SIGKILL, True), (signal.SIGINT, False)],
@@ -140,6 +141,7 @@ def test_killed_fit_leaves_the_previous_run_or_none(tmp_path, slow_parts, copy_r
         assert not out.exists()
 
 
+@pytest.mark.slow  # a real `reconad predict` process, killed
 def test_killed_predict_leaves_only_whole_files(tmp_path, fitted_run):
     folder = tmp_path / "many"
     good_images(folder, 60, size=256)
@@ -210,6 +212,7 @@ def test_interrupted_report_keeps_the_previous_one(tmp_path, fitted_run, monkeyp
 RLR_TINY = ["widths=[16,16]", "layers=1", "heads=2", "epochs=3", "batch_size=4"]
 
 
+@pytest.mark.slow  # a real `reconad fit rlr` process, killed, then resumed
 def test_a_killed_rlr_fit_resumes_from_its_last_checkpoint(tmp_path, parts):
     """``reconad fit rlr`` killed (SIGKILL) after an epoch's checkpoint: nothing at ``--out``, a whole
     checkpoint beside it; ``--resume`` goes on from that checkpoint and removes it once the run is saved.
