@@ -127,15 +127,14 @@ def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
     return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
 
 
+#: The quick loop checks PatchCore's graph here, a unified model's (UniAD: the UnifiedHead of all three) in
+#: test_export_of_a_process_that_never_predicted, and SGFR's search in ONNX in test_export_heads.py: each
+#: further model costs a fit and an export (~15 s on 2 cores).
 @pytest.mark.parametrize(
     "model",
     [
         "patchcore",
-        "sgfr",
-        "rlr",
-        pytest.param("rlr-selfref", marks=pytest.mark.slow),  # the head of rlr (UnifiedHead)
-        # the quick loop checks UniAD's graph in test_export_of_a_process_that_never_predicted
-        pytest.param("uniad", marks=pytest.mark.slow),
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("sgfr", "rlr", "rlr-selfref", "uniad")),
     ],
 )
 def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts, model):
@@ -155,7 +154,7 @@ def test_export_of_a_process_that_never_predicted(runs, parts, tmp_path):
     assert_parity(runs["uniad"], tmp_path / "uniad", resized_test_images(parts))  # the graph traced whole
 
 
-@pytest.mark.parametrize("model", ["patchcore", "rlr"])
+@pytest.mark.parametrize("model", ["patchcore", pytest.param("rlr", marks=pytest.mark.slow)])  # rlr: a fit
 def test_manifest_and_graphs(runs, exports, model):
     exported = exports[model]
     manifest = json.loads((exported / "manifest.json").read_text())
