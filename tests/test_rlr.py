@@ -206,10 +206,7 @@ def test_features_are_standardised_per_channel() -> None:
     assert "net.0.feature_mean" in b.state_dict()
 
 
-@pytest.mark.parametrize(
-    ("cls", "flags"),
-    [MODELS_UNDER_TEST[0], *(pytest.param(*case, marks=pytest.mark.slow) for case in MODELS_UNDER_TEST[1:])],
-)  # 12 epochs each: the quick loop trains RLR itself
+@pytest.mark.parametrize(("cls", "flags"), MODELS_UNDER_TEST)
 def test_training_reduces_the_loss(cls: type, flags: dict) -> None:
     model = cls(**TINY, epochs=12, lr=3e-3, lr_schedule="constant", jitter_scale=1.0, **flags)
     model.fit(_features(n=8))
@@ -217,7 +214,6 @@ def test_training_reduces_the_loss(cls: type, flags: dict) -> None:
     assert last < 0.6 * first
 
 
-@pytest.mark.slow  # 30 epochs
 def test_anomalous_patch_scores_higher() -> None:
     feats = _features(n=8)
     model = RLR(**TINY, epochs=30, lr=3e-3, lr_schedule="constant", jitter_scale=1.0).fit(feats)

@@ -104,7 +104,6 @@ def test_shapes_on_a_non_square_grid_and_save_load_gives_identical_predictions(t
         loaded.predict(_features(h=16, w=16))
 
 
-@pytest.mark.slow  # 8 epochs of 16 images
 def test_the_loss_falls_and_the_score_is_the_reconstruction_distance():
     feats = _features(n=16)
     model = UniAD(**TINY, epochs=8, lr=1e-3, batch_size=4, jitter_scale=4.0).fit(feats)
