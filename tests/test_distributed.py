@@ -38,6 +38,25 @@ def results(out: Path, nproc: int = 2) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
+def test_each_process_keeps_its_rows_of_the_one_effective_batch():
+    """In one process, no torchrun (the quick loop's check): a plain process is in no world; in a world of 2
+    each process trains DistributedSampler's share of the images and keeps its rows of the jitter drawn for
+    the whole effective batch, so together they draw what one process draws."""
+    from reconad.models.trainer import feature_jitter, positions
+
+    from reconad import distributed
+
+    assert distributed.launched() is None and distributed.current() is None
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    whole = feature_jitter(x, 1.0, 0.5, torch.Generator().manual_seed(1))
+    worlds = [distributed.World(rank, 2, rank, "gloo") for rank in range(2)]
+    for w in worlds:
+        mine = feature_jitter(x[w.rank :: 2], 1.0, 0.5, torch.Generator().manual_seed(1), w)
+        assert torch.equal(mine, whole[w.rank :: 2]), w.rank
+    assert [positions(5, w).tolist() for w in worlds] == [[0, 2, 4], [1, 3, 0]]  # padded by its first
+
+
+@pytest.mark.slow  # torchrun: 2 processes that import torch
 def test_features_are_gathered_whole_and_in_order(tmp_path):
     done = torchrun(WORKER, "gather", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -69,6 +88,7 @@ def assert_same_model(ddp_file: Path, single, features: torch.Tensor) -> None:
     torch.testing.assert_close(loaded.predict(features), single.predict(features), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_train_the_weights_of_one_with_the_same_effective_batch(tmp_path):
     done = torchrun(WORKER, "train-jitter-off", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -80,6 +100,7 @@ def test_two_processes_train_the_weights_of_one_with_the_same_effective_batch(tm
     assert r0["losses"] == r1["losses"] and r0["losses"] == pytest.approx(single.loss_history_, abs=1e-5)
 
 
+@pytest.mark.slow  # torchrun
 def test_with_jitter_every_process_holds_the_same_weights_after_every_step_and_the_loss_falls(tmp_path):
     done = torchrun(WORKER, "train-jitter-on", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -93,6 +114,7 @@ def test_with_jitter_every_process_holds_the_same_weights_after_every_step_and_t
     assert_same_model(tmp_path / "ddp-on.safetensors", single, features(4))
 
 
+@pytest.mark.slow  # torchrun
 def test_resume_under_torchrun_ends_with_the_uninterrupted_weights(tmp_path):
     done = torchrun(WORKER, "resume", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -127,12 +127,21 @@ def resized_test_images(parts: Path, size: int = 64) -> np.ndarray:
     return resize_images([read_image(p) for p in scan_images(parts / "test")], size)
 
 
-@pytest.mark.parametrize("model", ["patchcore", "sgfr", "rlr", "rlr-selfref", "uniad"])
+#: The quick loop checks PatchCore's graph here, a unified model's (UniAD: the UnifiedHead of all three) in
+#: test_export_of_a_process_that_never_predicted, and SGFR's search in ONNX in test_export_heads.py: each
+#: further model costs a fit and an export (~15 s on 2 cores).
+@pytest.mark.parametrize(
+    "model",
+    [
+        "patchcore",
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("sgfr", "rlr", "rlr-selfref", "uniad")),
+    ],
+)
 def test_graph_gives_the_librarys_maps_scores_and_verdicts(runs, exports, parts, model):
     assert_parity(runs[model], exports[model], resized_test_images(parts))
 
 
-def test_export_of_a_process_that_never_predicted(runs, tmp_path):
+def test_export_of_a_process_that_never_predicted(runs, parts, tmp_path):
     """A fresh ``reconad export`` process has no attention mask cached yet: building one reads tensor values,
     which the trace refuses: the graphs are traced once the masks exist (an UniAD-style run failed)."""
     from reconad.models.trained import attention
@@ -142,9 +151,10 @@ def test_export_of_a_process_that_never_predicted(runs, tmp_path):
         cached.cache_clear()
     result = invoke("export", runs["uniad"], "--out", tmp_path / "uniad")
     assert result.exit_code == 0, result.output
+    assert_parity(runs["uniad"], tmp_path / "uniad", resized_test_images(parts))  # the graph traced whole
 
 
-@pytest.mark.parametrize("model", ["patchcore", "rlr"])
+@pytest.mark.parametrize("model", ["patchcore", pytest.param("rlr", marks=pytest.mark.slow)])  # rlr: a fit
 def test_manifest_and_graphs(runs, exports, model):
     exported = exports[model]
     manifest = json.loads((exported / "manifest.json").read_text())
@@ -306,6 +316,7 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     return python
 
 
+@pytest.mark.slow  # a fresh virtual environment and a pip install
 def test_predict_script_runs_without_torch(tmp_path, exported, parts, bare_python):
     library = run_script(exported, parts / "test", "--out", tmp_path / "here")
     assert library.returncode == 0, library.stderr

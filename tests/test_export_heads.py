@@ -80,6 +80,7 @@ def test_sgfr_head_searches_the_ivf_lists(metric):
     torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
 
 
+@pytest.mark.slow  # 1–2 min each on 2 cores (an SGFR solve over 100 candidates)
 @pytest.mark.parametrize("metric", ["abscos", "l2"])
 def test_sgfr_head_when_the_probed_lists_hold_fewer_atoms_than_candidates(metric):
     """One probed list of fewer entries than ``n_candidates``: the unfilled slots count as zero atoms, as in
@@ -95,7 +96,11 @@ def test_sgfr_head_when_the_probed_lists_hold_fewer_atoms_than_candidates(metric
     torch.testing.assert_close(head(feats[30:]), expected, rtol=0, atol=1e-3 * float(expected.max()))
 
 
-@pytest.mark.parametrize(("metric", "batches"), [("abscos", (10, 1)), ("l2", (10,))], ids=["abscos", "l2"])
+@pytest.mark.parametrize(
+    ("metric", "batches"),
+    [pytest.param("abscos", (10, 1), marks=pytest.mark.slow), ("l2", (10,))],  # the quick loop traces one
+    ids=["abscos", "l2"],
+)
 def test_ivf_search_in_onnx_runtime(metric, batches):
     """Traced to ONNX, the IVF search (how many pairs probe each list is known only when it runs) gives the
     head's scores on batches of another size than the traced one (one image: lists no patch probes)."""

@@ -233,16 +233,25 @@ def test_mostly_valid_values_are_accepted_or_refused_in_one_line(extractor, case
 @example(case=("sgfr", {"sampling_ratio": "0.3", "metric": "l2", "rounds": "2"}))
 @example(case=("rlr-selfref", {"jitter_prob": "0.5", "lr_schedule": "constant"}))
 @example(case=("uniad", {"dropout": "0.2", "lr_schedule": "cosine"}))
+@example(case=("uniad", {"dropout": "1.5"}))  # surely refused, by the check before any work
+@example(case=("uniad", {"window": "9"}))  # surely refused, by the fit: a 9×9 mask does not fit the 4×4 grid
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, tmp_path_factory):
+def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, extractor, tmp_path_factory):
+    """Refused: one line (the check's own where the check before any work refuses), nothing written.
+    Accepted: the run holds the values given (as the check converted them)."""
     name, raw = case
     out = tmp_path_factory.mktemp("fuzz") / "run"
     given_params = {**CHEAP.get(name, {}), **raw}
     args = [f"--param={k}={v}" for k, v in given_params.items()]
     result = fit(parts, out, name, "--holdout", 0.2, *args)
     if result.exit_code == 2:
-        assert_clean_error(result)
+        line = assert_clean_error(result)
         assert_nothing_written(out)
+        try:
+            pipeline.new_model(name, model_params(name, given_params), extractor, seed=0)
+        except ReconadError as err:  # refused before any work: in the check's own words
+            assert line == f"error: {err}"
     else:
         assert result.exit_code == 0, (raw, result.output)
-        assert load_run(out).config["params"].keys() >= given_params.keys()
+        saved, checked = load_run(out).config["params"], model_params(name, given_params)
+        assert {k: saved[k] for k in checked} == json.loads(json.dumps(checked)), (raw, saved)

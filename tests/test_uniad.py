@@ -1,4 +1,5 @@
-"""UniAD: the neck, the neighbour mask, shapes, learning, persistence, resume and its declared parameters."""
+"""UniAD: the neck, the neighbour mask, shapes, learning, persistence and its declared parameters (its resume:
+``test_rlr.py::test_resume_equals_an_uninterrupted_run``)."""
 
 from __future__ import annotations
 
@@ -112,16 +113,6 @@ def test_the_loss_falls_and_the_score_is_the_reconstruction_distance():
     with torch.no_grad():
         want = (model.nets_[0](x) - x).norm(dim=-1).view(2, 4, 6)
     assert torch.allclose(model.predict(feats[:2])[0], want, atol=1e-5)
-
-
-def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path):
-    """Dropout and jitter draw from the one seeded generator the checkpoints save."""
-    feats = _features()
-    whole = UniAD(**TINY, epochs=2).fit(feats)
-    UniAD(**TINY, epochs=1).fit(feats, checkpoint_dir=tmp_path)
-    resumed = UniAD(**TINY, epochs=2).fit(feats, checkpoint_dir=tmp_path, resume=True)
-    for key, value in whole.state_dict().items():
-        assert torch.equal(resumed.state_dict()[key], value), key
 
 
 def test_its_own_recipe_adamw_clipping_and_the_step_schedule():
