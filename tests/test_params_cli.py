@@ -248,10 +248,10 @@ def test_a_real_fit_with_random_values_exits_2_or_writes_a_run(case, parts, extr
         line = assert_clean_error(result)
         assert_nothing_written(out)
         try:
-            pipeline.new_model(name, model_params(name, given_params), extractor, seed=0)
+            pipeline.new_model(name, given_params, extractor, seed=0)
         except ReconadError as err:  # refused before any work: in the check's own words
             assert line == f"error: {err}"
     else:
         assert result.exit_code == 0, (raw, result.output)
-        saved, checked = load_run(out).config["params"], model_params(name, given_params)
+        saved, checked = load_run(out).config["params"], check_params(name, given_params)
         assert {k: saved[k] for k in checked} == json.loads(json.dumps(checked)), (raw, saved)
