@@ -268,11 +268,17 @@ def fit_models(
 
 
 def cross_fit(
-    model: Model, features: Tensor, folds: int, seed: int, image_size: int, scoring: dict[str, Any]
+    model: Model,
+    features: Tensor,
+    folds: int,
+    seed: int,
+    image_size: int,
+    scoring: dict[str, Any],
+    fitted: Callable[[], None] = lambda: None,
 ) -> tuple[np.ndarray, float]:
     """Out-of-sample scores of every good image of a category: the images split into ``folds`` seeded folds,
     each scored by a copy of the unfitted ``model`` fitted on the other folds (a model that never saw it);
-    and the mean of their maps (the overlays' normal level)."""
+    and the mean of their maps (the overlays' normal level). ``fitted()`` is called after each fold."""
     n = len(features)
     k = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
@@ -285,6 +291,7 @@ def cross_fit(
         )
         scores[held] = s.numpy()
         level += float(maps.sum()) / maps[0].numel()
+        fitted()
     return scores, level / n
 
 
@@ -298,7 +305,15 @@ def _calibrate(
 ) -> dict[str, dict[str, Any]]:
     """Each category's operating point (:mod:`reconad.operating`) and normal level, from out-of-sample scores
     of its good images: cross-fitted (per-category models) or held back (unified models)."""
-    categories = {}
+    categories, done = {}, 0
+    sizes = [len(feats[c.name][0].features) + len(feats[c.name][1].features) for c in data]
+    total = sum(min(calibration.folds, n) for n in sizes)
+
+    def fitted() -> None:
+        nonlocal done
+        done += 1
+        calibration.progress("cross-fitting", done, total, unit="fits")
+
     for c in data:
         fit_part, held = feats[c.name][0].features, feats[c.name][1].features
         size = calibration.image_size
@@ -309,7 +324,7 @@ def _calibrate(
         else:
             every = torch.cat([fit_part, held])
             folds, seed = calibration.folds, calibration.seed
-            scores, level = cross_fit(template, every, folds, seed, size, scoring)
+            scores, level = cross_fit(template, every, folds, seed, size, scoring, fitted)
             source, n_train = f"cross-fitted ({min(folds, len(every))} folds)", len(every)
             extra = {}
         point = conformal_threshold(scores, calibration.false_reject)
@@ -337,6 +352,7 @@ class Calibration:
     seed: int = DEFAULTS.seed
     image_size: int = DEFAULTS.image_size
     warn: Callable[[str], None] = print
+    progress: Progress = no_progress
 
 
 def training_features(
@@ -414,7 +430,7 @@ def fit(
     feats = features or training_features(data, extractor, world, cache, holdout, seed, progress)
     feature_seconds = time.perf_counter() - start
     template = copy.deepcopy(model)  # unfitted, for the cross-fitting
-    calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn)
+    calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn, progress)
     train = {c.name: feats[c.name][0].features for c in data}
     if not model.unified:  # per-category models learn from every good image
         train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
