@@ -64,9 +64,13 @@ def test_add_grows_the_bank_without_refitting_and_only_once(model, tmp_path, par
     assert f"+ {n_new} added" in cat["operating"]["scores_from"]
 
     snapshot = (run / "run.json").read_text(), sorted(p.name for p in (run / "weights").iterdir())
-    again = invoke("add", run, new)  # the same bytes again: nothing changes
-    assert again.exit_code == 0 and "nothing changed" in again.stdout
-    assert ((run / "run.json").read_text(), sorted(p.name for p in (run / "weights").iterdir())) == snapshot
+    for same in (new, parts / "train" / "good"):  # added before, or trained on: no out-of-sample score
+        again = invoke("add", run, same)
+        assert again.exit_code == 0 and "nothing changed" in again.stdout
+        assert (
+            (run / "run.json").read_text(),
+            sorted(p.name for p in (run / "weights").iterdir()),
+        ) == snapshot
 
 
 def test_add_refuses_a_unified_run_in_one_line(tmp_path):

@@ -125,7 +125,28 @@ def test_threshold_modes(small_run, tmp_path, parts):
     op = config()["operating"]
     assert op["rule"] == "labelled" and op["n"] == len(list((labelled / "good").iterdir()))
     assert "defective passed" in result.stdout
-    for bad in (["--value", "1", "--false-reject", "0.1"], [], ["--labelled", tmp_path / "nothing"]):
+    bad_modes = (
+        ["--value", "1", "--false-reject", "0.1"],
+        [],
+        ["--labelled", tmp_path / "nothing"],
+        ["--value", "nan"],
+        ["--value", "inf"],
+        ["--labelled", labelled, "--false-reject", "1.5"],
+    )
+    for bad in bad_modes:
         before = (run / "run.json").read_text()
         result = invoke("threshold", run, *bad)
         assert result.exit_code == 2 and (run / "run.json").read_text() == before, result.output
+
+
+def test_fit_leaves_the_callers_model_unfitted(parts, extractor):
+    """A model built once (:func:`reconad.pipeline.new_model`) can fit several runs: fit works on copies."""
+    from reconad import pipeline
+    from reconad.data import load_sources
+
+    data = load_sources([f"mvtec:{parts}"])
+    model = pipeline.new_model("patchcore", {"coreset_ratio": 0.05}, extractor)
+    first = pipeline.fit(model, data, extractor, folds=2)
+    assert not hasattr(model, "bank_")
+    second = pipeline.fit(model, data, extractor, folds=2)
+    assert first.models["synthetic_part"] is not second.models["synthetic_part"]

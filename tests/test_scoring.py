@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from reconad.errors import ReconadError
-from reconad.scoring import anomaly_maps, calibrate_threshold, gaussian_blur, image_scores
+from reconad.scoring import anomaly_maps, gaussian_blur, image_scores
 
 
 def test_shapes_square_and_rectangular():
@@ -95,25 +95,3 @@ def test_bad_inputs_raise_reconad_error():
         anomaly_maps([], 8)
     with pytest.raises(ReconadError, match="sigma"):
         anomaly_maps(torch.rand(1, 4, 4), 8, sigma=-1.0)
-
-
-def test_threshold_default_is_max_of_good_scores():
-    good = np.array([0.2, 0.9, 0.4, 0.5])
-    t = calibrate_threshold(good)
-    assert t == pytest.approx(0.9)
-    assert not (good > t).any()  # no held-back good image is flagged
-    assert calibrate_threshold(torch.tensor([0.2, 0.9, 0.4, 0.5])) == pytest.approx(0.9)
-
-
-def test_threshold_quantile():
-    good = np.arange(101, dtype=float)
-    assert calibrate_threshold(good, quantile=0.5) == pytest.approx(50.0)
-    assert calibrate_threshold(good, quantile=0.99) == pytest.approx(99.0)
-    assert calibrate_threshold(good, quantile=0.9) < calibrate_threshold(good)
-
-
-def test_threshold_errors():
-    with pytest.raises(ReconadError, match="no held-back"):
-        calibrate_threshold(np.array([]))
-    with pytest.raises(ReconadError, match="quantile"):
-        calibrate_threshold(np.array([1.0]), quantile=1.5)

@@ -29,6 +29,7 @@ from reconad.terminal import (
     ImageSizeOpt,
     LayersOpt,
     NoCacheOpt,
+    OneCategoryOpt,
     ParamOpt,
     ResumeOpt,
     RunOpt,
@@ -168,9 +169,7 @@ def test(
 @clean_errors
 def threshold(
     run_dir: RunOpt,
-    category: Annotated[
-        str | None, typer.Option(help="which category (needed if the run has several)")
-    ] = None,
+    category: OneCategoryOpt = None,
     false_reject: Annotated[
         float | None, typer.Option(help="from the stored good scores, at this rate")
     ] = None,
@@ -192,9 +191,7 @@ def threshold(
 def add(
     run_dir: RunOpt,
     inputs: Annotated[list[Path], typer.Argument(help="good images or folders of them")],
-    category: Annotated[
-        str | None, typer.Option(help="which category (needed if the run has several)")
-    ] = None,
+    category: OneCategoryOpt = None,
     device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Learn from confirmed good parts: add good images to a PatchCore or SGFR run without refitting."""
@@ -210,9 +207,7 @@ def predict(
     run_dir: RunOpt,
     inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for overlays and scores.csv")],
-    category: Annotated[
-        str | None, typer.Option(help="which category's model (needed if the run has several)")
-    ] = None,
+    category: OneCategoryOpt = None,
     device: DeviceOpt = DEFAULTS.device,
     force: ForceOpt = False,
 ) -> None:

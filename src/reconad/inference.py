@@ -8,6 +8,7 @@ the same scores, verdicts and overlays for the same image.
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.image_runtime import overlay_name, show_path
-from reconad.operating import DEFAULT_FALSE_REJECT, OperatingPoint, conformal_threshold, verdict_rates
+from reconad.operating import (
+    DEFAULT_FALSE_REJECT,
+    OperatingPoint,
+    check_rate,
+    conformal_threshold,
+    verdict_rates,
+)
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
 from reconad.report.overlay import overlay_png
@@ -204,6 +211,10 @@ def set_threshold(
     replaced atomically; the weights are only read (``labelled``)."""
     if (value is not None) + (labelled is not None) + (false_reject is not None and labelled is None) != 1:
         raise ReconadError("give one of --false-reject RATE, --value T or --labelled DIR")
+    if false_reject is not None:
+        check_rate(false_reject)
+    if value is not None and not math.isfinite(value):
+        raise ReconadError(f"--value must be a finite number, got {value}")
     config = read_config(run_dir)
     category = Run(config).category(category)
     cat = config["categories"][category]
@@ -222,7 +233,7 @@ def set_threshold(
     elif value is not None:
         scores, source = np.asarray(stored.get("scores", []), dtype=np.float64), stored.get("scores_from", "")
         point = OperatingPoint(float(value), "value", None, None, len(scores))
-    elif "scores" not in stored:
+    elif not stored.get("scores"):
         raise ReconadError(
             f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it, or use "
             "--value T or --labelled DIR"

@@ -30,7 +30,7 @@ class AddSummary:
 
     category: str
     n_given: int
-    n_added: int  # images not added before
+    n_added: int  # images neither trained on nor added before
     atoms_before: int
     atoms_after: int
     old_threshold: float
@@ -56,16 +56,17 @@ def add_good_images(
             "training; refit it with the new images among the good ones (reconad fit … --force)"
         )
     cat = run.categories[category]
-    if "scores" not in cat.get("operating", {}):
+    if not cat.get("operating", {}).get("scores"):
         raise ReconadError(
             f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it"
         )
     paths = collect_images(inputs)
     added = list(cat.get("added", []))
+    known = {*added, *cat.get("trained_on", [])}  # a training image is no out-of-sample score
     fresh: dict[str, Path] = {}
     for path in paths:
         digest = file_digest(path)
-        if digest not in added and digest not in fresh:
+        if digest not in known and digest not in fresh:
             fresh[digest] = path
     model = run.models[category]
     before, old = len(model.bank_), float(cat["threshold"])

@@ -249,7 +249,7 @@ def fit_models(
     with less_kept_memory():
         if model.unified:
             names = [name for name, x in train.items() for _ in range(len(x))]
-            fitted = model.fit(
+            fitted = copy.deepcopy(model).fit(  # the caller's model stays unfitted
                 torch.cat(list(train.values())),
                 names,
                 checkpoint_dir=training.checkpoint_dir,
@@ -261,8 +261,7 @@ def fit_models(
         models: dict[str, Model] = {}
         for i, (name, x) in enumerate(train.items()):
             progress("fitting", i, len(train), unit="categories")
-            fresh = model if i == len(train) - 1 else copy.deepcopy(model)  # each category from unfitted
-            models[name] = fresh.fit(x)
+            models[name] = copy.deepcopy(model).fit(x)  # each category from the unfitted model
         progress("fitting", len(train), len(train), unit="categories")
         return models
 
@@ -300,6 +299,7 @@ def _calibrate(
     run_models: dict[str, Model],
     data: list[CategoryData],
     feats: TrainingFeatures,
+    train: dict[str, Tensor],
     scoring: dict[str, Any],
     calibration: Calibration,
 ) -> dict[str, dict[str, Any]]:
@@ -322,7 +322,7 @@ def _calibrate(
             scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
             n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
-            every = torch.cat([fit_part, held])
+            every = train[c.name]
             folds, seed = calibration.folds, calibration.seed
             scores, level = cross_fit(template, every, folds, seed, size, scoring, fitted)
             source, n_train = f"cross-fitted ({min(folds, len(every))} folds)", len(every)
@@ -337,6 +337,7 @@ def _calibrate(
             "threshold": point.threshold,
             "normal_level": level,
             "operating": {**point.to_json(), "scores_from": source, "scores": scores.tolist()},
+            "trained_on": [file_digest(s.path) for s in c.train],  # SHA-256: what reconad add must not re-add
         }
     return categories
 
@@ -429,20 +430,21 @@ def fit(
     start = time.perf_counter()
     feats = features or training_features(data, extractor, world, cache, holdout, seed, progress)
     feature_seconds = time.perf_counter() - start
-    template = copy.deepcopy(model)  # unfitted, for the cross-fitting
     calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn, progress)
     train = {c.name: feats[c.name][0].features for c in data}
     if not model.unified:  # per-category models learn from every good image
         train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
     models = fit_models(model, train, training, progress)
-    model_seconds = time.perf_counter() - start - feature_seconds
     models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
+    categories = _calibrate(model, models, data, feats, train, scoring, calibration)
+    model_seconds = time.perf_counter() - start - feature_seconds  # the cross-fitting included
+    del train
     config = {
         "model": model.name,
         "params": next(iter(models.values())).get_config(),
         "features": extractor.config(),
         "scoring": scoring,
-        "categories": _calibrate(template, models, data, feats, scoring, calibration),
+        "categories": categories,
         "seed": seed,
         "holdout": holdout if model.unified else None,
         "folds": None if model.unified else folds,

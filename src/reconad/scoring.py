@@ -9,7 +9,6 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -133,25 +132,3 @@ def image_scores(maps: Tensor, reduce: str = "max") -> Tensor:
         k = max(1, math.ceil(TOPK_FRACTION * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(dim=1)
     raise ReconadError(f"unknown image score reduction {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
-
-
-def calibrate_threshold(good_scores: np.ndarray | Tensor, quantile: float = 1.0) -> float:
-    """The image-score threshold above which an image is called anomalous.
-
-    ``good_scores`` are image scores of good images held back from the training bank (never seen by
-    ``fit``). Scores of these methods have no natural scale (a feature distance, a reconstruction error),
-    and only good images are available at fit time, so the threshold is set from the distribution of
-    scores normal images get: by default their maximum (``quantile=1``), i.e. no false alarm on the
-    held-back good images; ``quantile < 1`` (e.g. 0.99) trades a few expected false alarms for higher
-    sensitivity and is less driven by one unusual good image.
-    """
-    if not 0.0 <= quantile <= 1.0:
-        raise ReconadError(f"quantile must be in [0, 1], got {quantile}")
-    if isinstance(good_scores, Tensor):
-        good_scores = good_scores.detach().cpu().numpy()
-    s = np.asarray(good_scores, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise ReconadError("cannot calibrate a threshold: no held-back good image scores")
-    if np.isnan(s).any():
-        raise ReconadError("cannot calibrate a threshold: good image scores contain NaN")
-    return float(np.quantile(s, quantile))

@@ -28,6 +28,9 @@ DataOpt = Annotated[
     list[str],
     typer.Option("--data", "-d", help=f"FORMAT:PATH ({', '.join(FORMATS)}); repeatable"),
 ]
+OneCategoryOpt = Annotated[
+    str | None, typer.Option("--category", "-c", help="which category (needed if the run has several)")
+]
 CategoryOpt = Annotated[
     list[str] | None, typer.Option("--category", "-c", help="restrict to these categories; repeatable")
 ]

@@ -82,7 +82,8 @@ def threshold_text(change: Any) -> str:
 def added_text(done: Any) -> str:
     """``reconad add``'s line: the images taken, the atoms that joined, the threshold before and after."""
     if not done.n_added:
-        return f"{escape(done.category)}: the {done.n_given} images were added before: nothing changed"
+        known = f"the {done.n_given} images were trained on or added before"
+        return f"{escape(done.category)}: {known}: nothing changed"
     return (
         f"{escape(done.category)}: {done.n_added} of {done.n_given} images added in {done.seconds:.1f} s; "
         f"bank {done.atoms_before} → {done.atoms_after} atoms; threshold {done.old_threshold:.4g} → "

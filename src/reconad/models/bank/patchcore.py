@@ -120,7 +120,7 @@ class PatchCore:
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"bank": self.bank_, "centroids": self.centroids_, "nprobe": torch.tensor(self.nprobe_)}
-        return {**state, "coverage": torch.tensor(self.coverage_)}
+        return state if self.coverage_ is None else {**state, "coverage": torch.tensor(self.coverage_)}
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)

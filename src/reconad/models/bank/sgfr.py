@@ -159,8 +159,7 @@ class SGFR:
             "bank": self.bank_,
             "centroids": self.centroids_,
             "scale": self.scale_.reshape(1),
-            "coverage": torch.tensor(self.coverage_),
-        }
+        } | ({} if self.coverage_ is None else {"coverage": torch.tensor(self.coverage_)})
 
     def get_config(self) -> dict[str, Any]:
         return init_config(self)
