@@ -8,6 +8,7 @@ are thin layers over these functions.
 from __future__ import annotations
 
 import copy
+import inspect
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
-from reconad.models.base import Model, create_model, model_class
+from reconad.models.base import Model, model_class
 from reconad.operating import (
     DEFAULT_FALSE_REJECT,
     check_rate,
@@ -171,8 +172,13 @@ class ModelSpec:
         needs grids that divide the image size)."""
         if self.cls.unified:
             extractor.check_whole_grids()
-        context = {"level_channels": extractor.level_channels, "level_grids": extractor.level_grids}
-        return create_model(self.cls, **{**context, "seed": seed, **self.params})
+        given = {
+            "level_channels": extractor.level_channels,
+            "level_grids": extractor.level_grids,
+            "seed": seed,
+        }
+        taken = inspect.signature(self.cls).parameters  # the context a model does not take is left out
+        return self.cls(**{k: v for k, v in {**given, **self.params}.items() if k in taken})
 
 
 def new_model(
