@@ -42,7 +42,7 @@ def test_each_process_keeps_its_rows_of_the_one_effective_batch():
     """In one process, no torchrun (the quick loop's check): a plain process is in no world; in a world of 2
     each process trains DistributedSampler's share of the images and keeps its rows of the jitter drawn for
     the whole effective batch, so together they draw what one process draws."""
-    from reconad.models.trainer import feature_jitter, positions
+    from reconad.models.trained.trainer import feature_jitter, positions
 
     from reconad import distributed
 
