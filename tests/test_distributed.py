@@ -42,9 +42,8 @@ def test_each_process_keeps_its_rows_of_the_one_effective_batch():
     """In one process, no torchrun (the quick loop's check): a plain process is in no world; in a world of 2
     each process trains DistributedSampler's share of the images and keeps its rows of the jitter drawn for
     the whole effective batch, so together they draw what one process draws."""
-    from reconad.models.trained.trainer import feature_jitter, positions
-
     from reconad import distributed
+    from reconad.models.trained.trainer import feature_jitter, positions
 
     assert distributed.launched() is None and distributed.current() is None
     x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
