@@ -30,7 +30,8 @@ from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.learn import add_good_images
 from reconad.operating import conformal_threshold, verdict_rates
-from reconad.runs import UNIFIED, Run, load_run, save_run
+from reconad.runfolder import UNIFIED
+from reconad.runs import Run, load_run, save_run
 from reconad.runtime import keep_freed_memory
 
 

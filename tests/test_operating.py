@@ -139,6 +139,25 @@ def test_threshold_modes(small_run, tmp_path, parts):
         assert result.exit_code == 2 and (run / "run.json").read_text() == before, result.output
 
 
+def test_threshold_from_stored_scores_reads_run_json_without_torch(small_run, tmp_path):
+    """`reconad threshold --false-reject` and `--value` import no torch (no features computed): a fresh
+    process re-sets the threshold with torch unimportable."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    code = (
+        "import sys; sys.modules['torch'] = None; from reconad.cli import app; "
+        f"app(['threshold', {str(run)!r}, '--false-reject', '0.2'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    scores = next(iter(json.loads((run / "run.json").read_text())["categories"].values()))["operating"]
+    assert scores["target"] == 0.2 and "→" in done.stdout
+
+
 def test_fit_leaves_the_callers_model_unfitted(parts, extractor):
     """A model built once (:func:`reconad.pipeline.new_model`) can fit several runs: fit works on copies."""
     from reconad import pipeline

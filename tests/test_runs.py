@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from reconad import inference, pipeline
 from reconad.data import load_sources
 from reconad.errors import ReconadError
-from reconad.runs import SCHEMA_VERSION, load_run, save_run
+from reconad.runfolder import SCHEMA_VERSION
+from reconad.runs import load_run, save_run
 
 
 class Evil:

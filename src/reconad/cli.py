@@ -178,11 +178,15 @@ def threshold(
     device: DeviceOpt = DEFAULTS.device,
 ) -> None:
     """Re-set a threshold without refitting: for a false-reject rate, to a value, or from labelled images."""
-    flags = dict(locals())
-    from reconad.inference import set_threshold
+    from reconad.operating import set_threshold
 
     with progress_bars() as progress:
-        change = set_threshold(**flags, progress=progress)
+        scorer = None
+        if labelled is not None:  # only then is torch imported: the other modes read run.json alone
+            from reconad.inference import LabelledFolder
+
+            scorer = LabelledFolder(labelled, device, progress)
+        change = set_threshold(run_dir, category, false_reject=false_reject, value=value, labelled=scorer)
     out.print(threshold_text(change), soft_wrap=True)
 
 

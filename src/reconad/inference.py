@@ -8,7 +8,6 @@ the same scores, verdicts and overlays for the same image.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,17 +23,11 @@ from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.image_runtime import overlay_name, show_path
-from reconad.operating import (
-    DEFAULT_FALSE_REJECT,
-    OperatingPoint,
-    check_rate,
-    conformal_threshold,
-    verdict_rates,
-)
+from reconad.operating import Labelled
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
 from reconad.report.overlay import overlay_png
-from reconad.runs import Run, load_run, models_to, read_config, write_config
+from reconad.runs import Run, load_run, models_to
 from reconad.scoring import anomaly_maps
 
 #: Images decoded, featured and scored at once.
@@ -183,70 +176,23 @@ def predict_folder(
     return run, summary
 
 
-@dataclass
-class ThresholdChange:
-    """What :func:`set_threshold` did to a category: the old and new threshold, how the new one was set, and
-    the verdicts it gives on the scores it was set from (good images, and defective ones where labelled)."""
+@dataclass(frozen=True)
+class LabelledFolder:
+    """Scores a labelled folder (``good/`` and ``defective/``, images at any depth) with a run folder's
+    category: the :data:`~reconad.operating.LabelledScorer` of ``reconad threshold --labelled``."""
 
-    category: str
-    old: float
-    point: OperatingPoint
-    scores_from: str
-    verdicts: dict[str, Any]
+    folder: Path
+    device: str = "cpu"
+    progress: Progress = no_progress
 
-
-def set_threshold(
-    run_dir: Path,
-    category: str | None,
-    *,
-    false_reject: float | None = None,
-    value: float | None = None,
-    labelled: Path | None = None,
-    device: str = "cpu",
-    progress: Progress = no_progress,
-) -> ThresholdChange:
-    """Re-set a category's threshold without refitting, from the run's stored out-of-sample good scores at
-    ``false_reject``, to a ``value``, or from a ``labelled`` folder (``good/`` and ``defective/``, images at
-    any depth: its good images' scores at ``false_reject``, or at the rate the run targets). ``run.json`` is
-    replaced atomically; the weights are only read (``labelled``)."""
-    if (value is not None) + (labelled is not None) + (false_reject is not None and labelled is None) != 1:
-        raise ReconadError("give one of --false-reject RATE, --value T or --labelled DIR")
-    if false_reject is not None:
-        check_rate(false_reject)
-    if value is not None and not math.isfinite(value):
-        raise ReconadError(f"--value must be a finite number, got {value}")
-    config = read_config(run_dir)
-    category = Run(config).category(category)
-    cat = config["categories"][category]
-    old, stored = float(cat["threshold"]), cat.get("operating", {})
-    rate = false_reject if false_reject is not None else stored.get("target") or DEFAULT_FALSE_REJECT
-    labels: np.ndarray | None = None
-    if labelled is not None:
-        good, bad = _labelled_images(labelled)
+    def __call__(self, run_dir: Path, category: str) -> Labelled:
+        good, bad = _labelled_images(self.folder)
         run = load_run(run_dir)
-        extractor = FeatureExtractor.from_config(run.config["features"], device)
-        scored = list(score_images(run, extractor, good + bad, category, on_error=_refuse, progress=progress))
-        scores, labels = np.array([s.score for s in scored]), np.arange(len(scored)) >= len(good)
-        point = conformal_threshold(scores[~labels], rate)
-        point = OperatingPoint(point.threshold, "labelled", rate, point.bound, point.n)
-        source = f"labelled folder {labelled} ({len(good)} good, {len(bad)} defective)"
-    elif value is not None:
-        scores, source = np.asarray(stored.get("scores", []), dtype=np.float64), stored.get("scores_from", "")
-        point = OperatingPoint(float(value), "value", None, None, len(scores))
-    elif not stored.get("scores"):
-        raise ReconadError(
-            f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it, or use "
-            "--value T or --labelled DIR"
-        )
-    else:
-        scores, source = np.asarray(stored["scores"], dtype=np.float64), stored["scores_from"]
-        point = conformal_threshold(scores, rate)
-    cat["threshold"] = point.threshold
-    labels = np.zeros(len(scores), dtype=bool) if labels is None else labels
-    cat["operating"] = {**point.to_json(), "scores_from": source, "scores": scores[~labels].tolist()}
-    write_config(run_dir, config)
-    verdicts = verdict_rates(labels, scores, point.threshold)
-    return ThresholdChange(category, old, point, source, verdicts)
+        extractor = FeatureExtractor.from_config(run.config["features"], self.device)
+        scored = score_images(run, extractor, good + bad, category, on_error=_refuse, progress=self.progress)
+        scores = np.array([s.score for s in scored])
+        source = f"labelled folder {self.folder} ({len(good)} good, {len(bad)} defective)"
+        return Labelled(scores[: len(good)], scores[len(good) :], source)
 
 
 def _refuse(path: str, message: str) -> None:

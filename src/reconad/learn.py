@@ -18,10 +18,11 @@ from reconad.data.sample import Sample
 from reconad.errors import ReconadError
 from reconad.features.cache import file_digest
 from reconad.features.extractor import FeatureExtractor
-from reconad.operating import DEFAULT_FALSE_REJECT, OperatingPoint, conformal_threshold
+from reconad.operating import OperatingPoint, conformal_threshold, stored_scores, target_rate
 from reconad.pipeline import extract, score_features
 from reconad.progress import Progress, no_progress
-from reconad.runs import UNIFIED, load_run, save_run
+from reconad.runfolder import UNIFIED
+from reconad.runs import load_run, save_run
 
 
 @dataclass
@@ -56,10 +57,7 @@ def add_good_images(
             "training; refit it with the new images among the good ones (reconad fit … --force)"
         )
     cat = run.categories[category]
-    if not cat.get("operating", {}).get("scores"):
-        raise ReconadError(
-            f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it"
-        )
+    stored_scores(cat, run_dir)
     paths = collect_images(inputs)
     added = list(cat.get("added", []))
     known = {*added, *cat.get("trained_on", [])}  # a training image is no out-of-sample score
@@ -83,7 +81,7 @@ def add_good_images(
     if operating["rule"] == "value":  # a threshold set by hand stays
         point = OperatingPoint(old, "value", None, None, len(every))
     else:
-        point = conformal_threshold(every, operating.get("target") or DEFAULT_FALSE_REJECT)
+        point = conformal_threshold(every, target_rate(cat))
         point = OperatingPoint(point.threshold, operating["rule"], point.target, point.bound, point.n)
     source = operating["scores_from"].split(" + ")[0]
     cat.update(

@@ -14,14 +14,16 @@ anomalous; an *escape* is a defective image called normal.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reconad.errors import ReconadError
 from reconad.params import check_value
+from reconad.runfolder import choose_category, read_config, write_config
 
 #: The false-reject rate a fit targets unless told otherwise: the rate today's rule (the maximum of a 20-image
 #: hold-out) stood for nominally (1/21), now met with every good image's score rather than one maximum.
@@ -106,3 +108,87 @@ def pooled_verdicts(per_category: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "escape_rate": n["n_escape"] / n["n_defective"] if n["n_defective"] else None,
         **n,
     }
+
+
+def stored_scores(category: dict[str, Any], run_dir: Path, instead: str = "") -> np.ndarray:
+    """A category's stored out-of-sample good scores; one line saying to refit (or do ``instead``) where an
+    older reconad kept none."""
+    scores = category.get("operating", {}).get("scores")
+    if not scores:
+        raise ReconadError(
+            f"{run_dir} keeps no out-of-sample good scores (fitted by an older reconad): refit it{instead}"
+        )
+    return np.asarray(scores, dtype=np.float64)
+
+
+def target_rate(category: dict[str, Any]) -> float:
+    """The false-reject rate a category's threshold targets (the default for a run that stored none)."""
+    return category.get("operating", {}).get("target") or DEFAULT_FALSE_REJECT
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A labelled folder's scores by the run: its good and its defective images, and where they came from."""
+
+    good: np.ndarray
+    defective: np.ndarray
+    source: str
+
+
+#: Scores a labelled folder for a run folder's category: ``(run_dir, category) -> Labelled``.
+LabelledScorer = Callable[[Path, str], Labelled]
+
+
+@dataclass
+class ThresholdChange:
+    """What :func:`set_threshold` did to a category: the old and new threshold, how the new one was set, and
+    the verdicts it gives on the scores it was set from (good images, and defective ones where labelled)."""
+
+    category: str
+    old: float
+    point: OperatingPoint
+    scores_from: str
+    verdicts: dict[str, Any]
+
+
+def set_threshold(
+    run_dir: Path,
+    category: str | None,
+    *,
+    false_reject: float | None = None,
+    value: float | None = None,
+    labelled: LabelledScorer | None = None,
+) -> ThresholdChange:
+    """Re-set a category's threshold without refitting (``run.json`` replaced atomically; the weights only
+    read, by ``labelled``): from the run's stored out-of-sample good scores at ``false_reject``, to a
+    ``value``, or from the good images that ``labelled`` scores at ``false_reject`` or the run's target."""
+    if (value is not None) + (labelled is not None) + (false_reject is not None and labelled is None) != 1:
+        raise ReconadError("give one of --false-reject RATE, --value T or --labelled DIR")
+    if false_reject is not None:
+        check_rate(false_reject)
+    if value is not None and not math.isfinite(value):
+        raise ReconadError(f"--value must be a finite number, got {value}")
+    config = read_config(run_dir)
+    category = choose_category(config, category)
+    cat = config["categories"][category]
+    old, rate = float(cat["threshold"]), false_reject or target_rate(cat)
+    bad = np.zeros(0)
+    if labelled is not None:
+        scored = labelled(run_dir, category)
+        scores, bad, source = scored.good, scored.defective, scored.source
+        point = conformal_threshold(scores, rate)
+        point = OperatingPoint(point.threshold, "labelled", rate, point.bound, point.n)
+    elif value is not None:
+        scores = np.asarray(cat.get("operating", {}).get("scores", []), dtype=np.float64)
+        source = cat.get("operating", {}).get("scores_from", "")
+        point = OperatingPoint(float(value), "value", None, None, len(scores))
+    else:
+        scores = stored_scores(cat, run_dir, ", or use --value T or --labelled DIR")
+        source = cat["operating"]["scores_from"]
+        point = conformal_threshold(scores, rate)
+    cat["threshold"] = point.threshold
+    cat["operating"] = {**point.to_json(), "scores_from": source, "scores": scores.tolist()}
+    write_config(run_dir, config)
+    labels = np.r_[np.zeros(len(scores), dtype=bool), np.ones(len(bad), dtype=bool)]
+    verdicts = verdict_rates(labels, np.r_[scores, bad], point.threshold)
+    return ThresholdChange(category, old, point, source, verdicts)

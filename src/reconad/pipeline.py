@@ -43,7 +43,8 @@ from reconad.operating import (
 from reconad.options import DEFAULTS, FitOptions, check_folds, check_holdout, check_seed
 from reconad.params import check_values
 from reconad.progress import Progress, no_progress
-from reconad.runs import UNIFIED, Run, check_run_folder, checkpoint_dir, load_run, models_to, save_run
+from reconad.runfolder import UNIFIED, check_run_folder, checkpoint_dir
+from reconad.runs import Run, load_run, models_to, save_run
 from reconad.runtime import less_kept_memory
 from reconad.scoring import anomaly_maps, image_scores
 
@@ -249,7 +250,7 @@ def fit_models(
     model: Model, train: dict[str, Tensor], training: Training | None = None, progress: Progress = no_progress
 ) -> dict[str, Model]:
     """``model`` (unfitted) fitted on every category's good features at once (unified: one model under
-    :data:`~reconad.runs.UNIFIED`), or a copy of it fitted on each category's (``train``: category →
+    :data:`~reconad.runfolder.UNIFIED`), or a copy of it fitted on each category's (``train``: category →
     features ``[N, C, h, w]``)."""
     training = training or Training()
     with less_kept_memory():

@@ -15,23 +15,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reconad.atomic import atomic_file, atomic_folder, atomic_path
+from reconad.atomic import atomic_folder, atomic_path
 from reconad.errors import ReconadError
 from reconad.features.extractor import check_features_config
 from reconad.models.base import Model, model_class
-
-SCHEMA_VERSION = 1
-RUN_FILE = "run.json"
-UNIFIED = "unified"  # the key of the single model of a unified run
-
-
-class UnknownCategory(ReconadError):
-    """A category the run has no model for."""
-
-
-def printable(name: str, limit: int = 200) -> str:
-    """``name`` safe for a one-line message: control characters as ``?``, at most ``limit`` characters."""
-    return "".join(c if c.isprintable() else "?" for c in name)[:limit] or "upload"
+from reconad.runfolder import (
+    RUN_FILE,
+    SCHEMA_VERSION,
+    UNIFIED,
+    choose_category,
+    read_config,
+    weights_file,
+)
 
 
 @dataclass
@@ -48,16 +43,7 @@ class Run:
     def category(self, requested: str | None, ask: str = "pass --category") -> str:
         """The category to score with: ``requested``, or the run's only one; a one-line error saying to
         ``ask`` for one where the run has several, :class:`UnknownCategory` for one it does not have."""
-        names = list(self.categories)
-        if not requested:
-            if len(names) > 1:
-                raise ReconadError(f"the run has several categories ({', '.join(names)}): {ask}")
-            return names[0]
-        if requested not in self.categories:
-            raise UnknownCategory(
-                f"the run has no category {printable(requested)!r} (it has {', '.join(names)})"
-            )
-        return requested
+        return choose_category(self.config, requested, ask)
 
     def model_for(self, category: str) -> Model:
         return self.models.get(UNIFIED) or self.models[category]
@@ -75,28 +61,6 @@ def models_to(models: dict[str, Model], device: str | torch.device | None) -> No
         move = getattr(model, "to", None)
         if move is not None:
             move(device)
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    """Where unified models keep per-epoch checkpoints until the run is saved."""
-    return run_dir.with_name(f".{run_dir.name}.checkpoints")
-
-
-def check_run_folder(path: Path, force: bool = False) -> None:
-    """Fail before any work when ``path`` exists (a fit would replace it): always where it is not a run
-    folder, and where it is one unless ``force``."""
-    if path.exists() and not (path / RUN_FILE).is_file():
-        raise ReconadError(f"{path} exists and is not a reconad run: choose another --out")
-    if path.exists() and not force:
-        raise ReconadError(
-            f"{path} already holds a reconad run: pass --force to replace it, or choose another --out"
-        )
-
-
-def weights_file(key: str) -> str:
-    """File name of a model's weights inside the run folder (category names made path-safe)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    return f"weights/{safe}.safetensors"
 
 
 def save_run(run: Run, path: Path) -> int:
@@ -124,33 +88,6 @@ def save_run(run: Run, path: Path) -> int:
             raise ReconadError(f"{path} exists and is not a reconad run: refusing to overwrite it")
     run.config = config
     return model_bytes
-
-
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    """Replace a run's ``run.json`` atomically (its weights untouched): a new threshold, say."""
-    read_config(path)  # a run folder, of a schema this version reads
-    with atomic_file(Path(path) / RUN_FILE) as f:
-        json.dump(config, f, indent=2)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """``run.json`` of a run folder, with its schema version checked."""
-    file = Path(path) / RUN_FILE
-    if not file.is_file():
-        raise ReconadError(f"{path} is not a reconad run (no {RUN_FILE})")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReconadError(f"{file} is not valid JSON: {err}") from err
-    version = config.get("schema_version") if isinstance(config, dict) else None
-    if not isinstance(version, int):
-        raise ReconadError(f"{file} has no schema_version: not a reconad run")
-    if version > SCHEMA_VERSION:
-        raise ReconadError(
-            f"{path} was written by a newer reconad (run schema {version}; this one reads up to "
-            f"{SCHEMA_VERSION}): upgrade reconad"
-        )
-    return config
 
 
 def load_run(path: Path) -> Run:

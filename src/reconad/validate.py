@@ -22,7 +22,7 @@ from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
 from reconad.pipeline import DEFAULT_SCORING, Training, extract, fit_models, new_model, score_features
-from reconad.runs import UNIFIED
+from reconad.runfolder import UNIFIED
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 

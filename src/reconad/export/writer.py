@@ -22,7 +22,8 @@ from reconad.export.heads import maps_and_scores
 from reconad.features.cache import file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.pipeline import Progress, no_progress
-from reconad.runs import UNIFIED, Run, load_run
+from reconad.runfolder import UNIFIED
+from reconad.runs import Run, load_run
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,7 +31,7 @@ RUNTIME = Path(__file__).with_name("predict.py")
 
 
 def graph_file(key: str) -> str:
-    """The graph's file name for a category (or :data:`~reconad.runs.UNIFIED`), made path-safe."""
+    """The graph's file name for a category (or :data:`~reconad.runfolder.UNIFIED`), made path-safe."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in key) + ".onnx"
 
 

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reconad import __version__
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
-from reconad.runs import UnknownCategory
+from reconad.runfolder import UnknownCategory
 from reconad.serve.line import LABELS, Record, store_feedback
 from reconad.serve.predictor import Predictor, Upload
 from reconad.serve.workers import ENV_FEEDBACK, ENV_KEY_VAR, ENV_MAX_UPLOAD, ENV_RECORD, ENV_RUN, ENV_THREADS

@@ -15,7 +15,8 @@ from reconad.data.imageio import decode_bytes
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.inference import overlays, score_decoded
-from reconad.runs import RUN_FILE, load_run, printable
+from reconad.runfolder import RUN_FILE, printable
+from reconad.runs import load_run
 
 #: A score within this fraction of the threshold (above or below) is *borderline*: the verdict stands, but it
 #: is a close call worth a second look. Declared once: each result carries ``borderline``, ``GET /v1/model``
