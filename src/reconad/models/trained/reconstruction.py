@@ -225,5 +225,9 @@ class ReconstructionModel(UnifiedModel):
 
     def token_errors(self, net: nn.Module, tokens: Tensor) -> Tensor:
         """:func:`reconstruction_error` of the level's standardised tokens."""
+        return reconstruction_error(*self.reconstruct(net, tokens))
+
+    def reconstruct(self, net: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The level's standardised tokens and their reconstruction."""
         x = net.standardise(tokens)
-        return reconstruction_error(x, net(x))
+        return x, net(x)
