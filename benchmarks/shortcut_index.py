@@ -5,7 +5,14 @@ defect-free pixels, per category of each run's test split (higher = anomalies we
 
 For runs made by ``reconad fit`` / ``reconad bench`` (any model; the index is meant for the reconstruction
 models). Test features come from the feature cache, data from the paths the run was fitted on. Prints a
-markdown table: one row per run, one column per category, and their mean.
+markdown table: per run one row per score, one column per category, and their mean.
+
+Each model's own score (``own``: RLR's MSE + (1 − cos) on standardised features, UniAD's L2 norm on raw ones)
+is not comparable across models: a norm is the square root of a squared error and halves the index's
+logarithm. Every unified model is therefore also scored by one common score (``common``,
+:func:`common_errors`): per token, the mean over channels of the squared error between the target the
+network reconstructs and its reconstruction, each channel divided by its target's standard deviation over the
+category's test tokens. Bank models have no reconstruction: their ``common`` row is left out.
 """
 
 from __future__ import annotations
@@ -53,6 +60,17 @@ def scored_test_splits(
         yield cat, test, _joined(parts)
 
 
+def common_errors(pairs: list[tuple[Tensor, Tensor]], grids: list[tuple[int, int]]) -> list[Tensor]:
+    """The common score of each network's (target, reconstruction) tokens ``[N, h·w, C]`` (one category's
+    test split), as a map ``[N, h, w]`` on its grid: the squared error per channel in units of that channel's
+    standard deviation over the split's targets, averaged over the channels."""
+    maps = []
+    for (target, rec), hw in zip(pairs, grids, strict=True):
+        scale = target.flatten(0, 1).double().std(dim=0).clamp_min(1e-12)
+        maps.append(((rec - target).double() / scale).pow(2).mean(dim=-1).float().view(-1, *hw))
+    return maps
+
+
 def shortcut_index(maps: torch.Tensor, masks: np.ndarray) -> float | None:
     """Mean error inside defect masks ÷ mean error on defect-free pixels (``maps``: the model's errors resized
     to the mask size as the library resizes them, no smoothing); ``None`` without defect pixels."""
@@ -72,17 +90,22 @@ def run_extractor(run: Run, extractors: Extractors) -> tuple[FeatureExtractor, F
     return extractors[key]
 
 
-def run_index(path: Path, extractors: Extractors) -> dict[str, float]:
-    """Per category of the run, its shortcut index on that category's test split."""
+def run_index(path: Path, extractors: Extractors) -> dict[str, dict[str, float]]:
+    """Per score (``own``, and ``common`` for the unified models), per category of the run, its shortcut index
+    on that category's test split."""
     run = load_run(path)
     extractor, cache = run_extractor(run, extractors)
-    out = {}
+    out: dict[str, dict[str, float]] = {"own": {}, "common": {}}
     for cat, test, patches in scored_test_splits(run, extractor, cache, with_masks=True):
-        maps = anomaly_maps(patches, test.masks.shape[-2:], 0, run.model_for(cat.name).align_corners)
-        index = shortcut_index(maps, test.masks)
-        if index is not None:
-            out[cat.name] = index
-    return out
+        model = run.model_for(cat.name)
+        scores = {"own": patches}
+        if hasattr(model, "reconstructions"):
+            scores["common"] = common_errors(model.reconstructions(test.features), model.level_hw_)
+        for score, errors in scores.items():
+            maps = anomaly_maps(errors, test.masks.shape[-2:], 0, model.align_corners)
+            if (index := shortcut_index(maps, test.masks)) is not None:
+                out[score][cat.name] = index
+    return {score: r for score, r in out.items() if r}
 
 
 def main() -> None:
@@ -91,12 +114,12 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args()
     extractors: Extractors = {}
-    rows = {str(p): run_index(p, extractors) for p in args.runs}
+    rows = {(str(p), score): r for p in args.runs for score, r in run_index(p, extractors).items()}
     cats = list(dict.fromkeys(c for r in rows.values() for c in r))
-    print("| run | " + " | ".join(cats) + " | mean |\n|---|" + "---:|" * (len(cats) + 1))
-    for run, r in rows.items():
+    print("| run | score | " + " | ".join(cats) + " | mean |\n|---|---|" + "---:|" * (len(cats) + 1))
+    for (run, score), r in rows.items():
         cells = " | ".join(f"{r[c]:.3f}" if c in r else "—" for c in cats)
-        print(f"| {run} | {cells} | {np.mean(list(r.values())):.3f} |")
+        print(f"| {run} | {score} | {cells} | {np.mean(list(r.values())):.3f} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from reconad.models.base import MODELS, create_model
 from reconad.models.trained.attention import window_mask
 from reconad.models.trained.reconstruction import LevelShape, reconstruction_error, sincos_position_2d
 from reconad.models.trained.rlr import RLR, RLRLayer, RLRLevel
-from reconad.models.trained.rlr_selfref import RLRSelfRef
+from reconad.models.trained.rlr_selfref import RLRSelfRef, SelfRefLayer
 from reconad.models.trained.trainer import BatchLoss, feature_jitter, learning_rate
 from reconad.scoring import anomaly_maps
 
@@ -96,6 +96,27 @@ def test_embeddings_start_kaiming_normal_as_the_official_code() -> None:
     level = RLRLevel(LevelShape(112, 128, HW, 3, layers=1, heads=2, ff_mult=2), lca=True, mlka=True)
     for layer in (level.embed, level.ref_embed):
         assert float(layer.weight.detach().std()) == pytest.approx((2 / 112) ** 0.5, rel=0.05)
+
+
+def test_attention_projections_start_as_the_official_multihead_attention() -> None:
+    """The official code's ``nn.MultiheadAttention``: query, key and value weights xavier-uniform over their
+    stacked ``[3w, w]`` matrix (bound √(6 / 4w)), every bias zero, the output weight nn.Linear's default;
+    RLR's two attentions and RLR-selfref's alike."""
+    width = 256
+    torch.manual_seed(0)
+    official = torch.nn.MultiheadAttention(width, 8).requires_grad_(False)
+    bound = (6 / (4 * width)) ** 0.5
+    assert float(official.in_proj_weight.abs().max()) == pytest.approx(bound, rel=0.01)
+    layer = RLRLayer(width, 8, 2, HW, 3, lca=True, mlka=True)
+    attn = SelfRefLayer(width, 8, 2, HW, 3)
+    projections = [(p.q, p.k, p.v, p.o) for p in (layer.lca, layer.mlka)] + [(attn.qkv, attn.o)]
+    for *inputs, out in projections:
+        weights = torch.cat([p.weight.detach() for p in inputs])
+        assert weights.shape == official.in_proj_weight.shape
+        assert float(weights.abs().max()) == pytest.approx(bound, rel=0.01)
+        assert float(weights.std()) == pytest.approx(float(official.in_proj_weight.std()), rel=0.02)
+        assert all(float(p.bias.abs().max()) == 0 for p in (*inputs, out))
+        assert float(out.weight.std()) == pytest.approx(float(official.out_proj.weight.std()), rel=0.05)
 
 
 @pytest.mark.parametrize("cls", [RLR, RLRSelfRef])

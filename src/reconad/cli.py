@@ -33,6 +33,7 @@ from reconad.terminal import (
     ParamOpt,
     ResumeOpt,
     RunOpt,
+    UnifiedOpt,
     WeightsOpt,
     clean_errors,
     err,
@@ -81,6 +82,7 @@ def fit(
     resume: ResumeOpt = False,
     device: DeviceOpt = DEFAULTS.device,
     force: ForceOpt = False,
+    unified: UnifiedOpt = DEFAULTS.unified,
 ) -> None:
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline

@@ -53,8 +53,8 @@ def add_good_images(
     category = run.category(category)
     if UNIFIED in run.models:
         raise ReconadError(
-            f"{run.config['model']} is one trained model for every category: it cannot take images without "
-            "training; refit it with the new images among the good ones (reconad fit … --force)"
+            f"{run.config['model']} keeps one model for every category: its images cannot join one "
+            "category's; refit it with the new images among the good ones (reconad fit … --force)"
         )
     cat = run.categories[category]
     stored_scores(cat, run_dir)

@@ -63,9 +63,9 @@ def check_folds(folds: int, what: str = "folds") -> int:
 class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
     image size, levels, device), where they are cached, the good images held back from a unified model
-    (fraction, seed), and the threshold (the false-reject rate it targets; the folds the per-category
-    models are cross-fitted in for their out-of-sample scores). Checked on construction; errors name the
-    command-line flag."""
+    (fraction, seed), the threshold (the false-reject rate it targets; the folds the per-category
+    models are cross-fitted in for their out-of-sample scores), and whether a per-category model keeps one
+    bank for every category (``unified``). Checked on construction; errors name the command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
@@ -78,6 +78,7 @@ class FitOptions:
     cache_dir: Path | None = None
     no_cache: bool = False
     device: str = "cpu"
+    unified: bool = False
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, "--image-size")

@@ -247,23 +247,29 @@ TrainingFeatures = dict[str, tuple[Extracted, Extracted]]
 
 
 def fit_models(
-    model: Model, train: dict[str, Tensor], training: Training | None = None, progress: Progress = no_progress
+    model: Model,
+    train: dict[str, Tensor],
+    training: Training | None = None,
+    progress: Progress = no_progress,
+    unified: bool = False,
 ) -> dict[str, Model]:
-    """``model`` (unfitted) fitted on every category's good features at once (unified: one model under
-    :data:`~reconad.runfolder.UNIFIED`), or a copy of it fitted on each category's (``train``: category →
-    features ``[N, C, h, w]``)."""
+    """``model`` (unfitted) fitted on every category's good features at once (a unified model, or a bank
+    model asked to be ``unified``: one model under :data:`~reconad.runfolder.UNIFIED`), or a copy of it
+    fitted on each category's (``train``: category → features ``[N, C, h, w]``)."""
     training = training or Training()
     with less_kept_memory():
-        if model.unified:
+        if model.unified or unified:
             names = [name for name, x in train.items() for _ in range(len(x))]
-            fitted = copy.deepcopy(model).fit(  # the caller's model stays unfitted
-                torch.cat(list(train.values())),
-                names,
-                checkpoint_dir=training.checkpoint_dir,
-                resume=training.resume,
-                progress=training.progress,
-                world=training.world,
-            )
+            how = {
+                "checkpoint_dir": training.checkpoint_dir,
+                "resume": training.resume,
+                "progress": training.progress,
+                "world": training.world,
+            }
+            progress("fitting", 0, 1, unit="models")
+            every = torch.cat(list(train.values()))  # the caller's model stays unfitted:
+            fitted = copy.deepcopy(model).fit(every, names, **(how if model.unified else {}))
+            progress("fitting", 1, 1, unit="models")
             return {UNIFIED: fitted}
         models: dict[str, Model] = {}
         for i, (name, x) in enumerate(train.items()):
@@ -281,14 +287,15 @@ def cross_fit(
     image_size: int,
     scoring: dict[str, Any],
     fitted: Callable[[], None] = lambda: None,
-) -> tuple[np.ndarray, float]:
-    """Out-of-sample scores of every good image of a category: the images split into ``folds`` seeded folds,
-    each scored by a copy of the unfitted ``model`` fitted on the other folds (a model that never saw it);
-    and the mean of their maps (the overlays' normal level). ``fitted()`` is called after each fold."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-sample scores of every good image of a category (or of every category pooled, a unified bank):
+    the images split into ``folds`` seeded folds, each scored by a copy of the unfitted ``model`` fitted on
+    the other folds (a model that never saw it); and the mean of each image's map (their mean is the
+    overlays' normal level). ``fitted()`` is called after each fold."""
     n = len(features)
     k = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
-    scores, level = np.empty(n), 0.0
+    scores, levels = np.empty(n), np.empty(n)
     for f in range(k):
         held = np.sort(order[f::k])
         kept = np.setdiff1d(np.arange(n), held)
@@ -296,9 +303,9 @@ def cross_fit(
             copy.deepcopy(model).fit(features[kept]), features[held], image_size, scoring
         )
         scores[held] = s.numpy()
-        level += float(maps.sum()) / maps[0].numel()
+        levels[held] = maps.flatten(1).mean(1).numpy()
         fitted()
-    return scores, level / n
+    return scores, levels
 
 
 def _calibrate(
@@ -311,29 +318,38 @@ def _calibrate(
     calibration: Calibration,
 ) -> dict[str, dict[str, Any]]:
     """Each category's operating point (:mod:`reconad.operating`) and normal level, from out-of-sample scores
-    of its good images: cross-fitted (per-category models) or held back (unified models)."""
+    of its good images: cross-fitted (per-category models; a unified bank over every category's images
+    pooled, its threshold still per category) or held back (unified trained models)."""
     categories, done = {}, 0
     sizes = [len(feats[c.name][0].features) + len(feats[c.name][1].features) for c in data]
-    total = sum(min(calibration.folds, n) for n in sizes)
+    pooled = UNIFIED in run_models and not template.unified  # one bank for every category
+    folds, seed, size = calibration.folds, calibration.seed, calibration.image_size
+    total = min(folds, sum(sizes)) if pooled else sum(min(folds, n) for n in sizes)
 
     def fitted() -> None:
         nonlocal done
         done += 1
         calibration.progress("cross-fitting", done, total, unit="fits")
 
-    for c in data:
+    if pooled:
+        every = torch.cat([train[c.name] for c in data])
+        pooled_scores, pooled_levels = cross_fit(template, every, folds, seed, size, scoring, fitted)
+        bounds = np.cumsum([0, *(len(train[c.name]) for c in data)])
+    for i, c in enumerate(data):
         fit_part, held = feats[c.name][0].features, feats[c.name][1].features
-        size = calibration.image_size
-        if UNIFIED in run_models:
+        if pooled:
+            mine = slice(bounds[i], bounds[i + 1])
+            scores, level = pooled_scores[mine], float(pooled_levels[mine].mean())
+            source = f"cross-fitted over every category ({min(folds, len(every))} folds)"
+            n_train, extra = len(train[c.name]), {}
+        elif UNIFIED in run_models:
             maps, s = score_features(run_models[UNIFIED], held, size, scoring, [c.name] * len(held))
             scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
             n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
-            every = train[c.name]
-            folds, seed = calibration.folds, calibration.seed
-            scores, level = cross_fit(template, every, folds, seed, size, scoring, fitted)
-            source, n_train = f"cross-fitted ({min(folds, len(every))} folds)", len(every)
-            extra = {}
+            scores, levels = cross_fit(template, train[c.name], folds, seed, size, scoring, fitted)
+            source, n_train = f"cross-fitted ({min(folds, len(train[c.name]))} folds)", len(train[c.name])
+            level, extra = float(levels.mean()), {}
         point = conformal_threshold(scores, calibration.false_reject)
         if (note := rate_note(c.name, point)) is not None:
             calibration.warn(note)
@@ -403,6 +419,7 @@ def fit(
     false_reject: float = DEFAULT_FALSE_REJECT,
     folds: int = DEFAULTS.folds,
     warn: Callable[[str], None] = print,
+    unified: bool = False,
 ) -> Run:
     """Fit ``model`` (unfitted, from :func:`new_model`; or a model name, built here with ``params``) on the
     good images of every category (one model each, or one unified model).
@@ -416,6 +433,8 @@ def fit(
     The threshold meets the ``false_reject`` rate (:mod:`reconad.operating`): per-category models are fitted
     on every good image and cross-fitted in ``folds`` folds for their scores; a unified model trains on the
     images not held back and scores those held back. ``warn`` gets a note where the images are too few.
+    ``unified``: a per-category model (PatchCore, SGFR) keeps one bank for every category's good images,
+    cross-fitted over them pooled; each category still gets its own threshold.
     """
     check_holdout(holdout)
     check_seed(seed)
@@ -441,7 +460,7 @@ def fit(
     train = {c.name: feats[c.name][0].features for c in data}
     if not model.unified:  # per-category models learn from every good image
         train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
-    models = fit_models(model, train, training, progress)
+    models = fit_models(model, train, training, progress, unified)
     models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
     categories = _calibrate(model, models, data, feats, train, scoring, calibration)
     model_seconds = time.perf_counter() - start - feature_seconds  # the cross-fitting included
@@ -455,6 +474,7 @@ def fit(
         "seed": seed,
         "holdout": holdout if model.unified else None,
         "folds": None if model.unified else folds,
+        "unified": UNIFIED in models,
         "fit_seconds": time.perf_counter() - start,
         "feature_seconds": feature_seconds,
         "model_fit_seconds": model_seconds,
@@ -665,6 +685,7 @@ def fit_folder(
                 false_reject=options.false_reject,
                 folds=options.folds,
                 warn=warn if main else lambda note: None,
+                unified=options.unified,
             )
         if main:  # one writer: rank 0 (atomically, as ever)
             save_run(run, out_dir)

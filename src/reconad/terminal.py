@@ -92,6 +92,9 @@ ParamOpt = Annotated[
 CacheDirOpt = Annotated[Path | None, typer.Option(help="feature cache (default ~/.cache/reconad)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda")]
 NoCacheOpt = Annotated[bool, typer.Option(help="do not read or write the feature cache")]
+UnifiedOpt = Annotated[
+    bool, typer.Option(help="patchcore, sgfr: one bank for every category (a threshold for each still)")
+]
 ResumeOpt = Annotated[bool, typer.Option(help="unified models: continue from the last finished epoch")]
 RunOpt = Annotated[Path, typer.Argument(help="a run folder written by `reconad fit`")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace what --out already holds")]

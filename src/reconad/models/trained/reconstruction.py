@@ -14,6 +14,7 @@ image and averages them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -56,6 +57,19 @@ def token_embedding(channels: int, width: int) -> nn.Linear:
     layer = nn.Linear(channels, width)
     nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="leaky_relu")
     return layer
+
+
+def attention_init(inputs: Sequence[nn.Linear], output: nn.Linear) -> None:
+    """Initialise an attention's projections as ``nn.MultiheadAttention`` does (the official RLR code's
+    attentions): xavier-uniform over the ``inputs`` (query, key, value) stacked as one ``in_proj`` matrix,
+    every bias zero; the ``output`` weight keeps ``nn.Linear``'s default."""
+    rows = sum(layer.out_features for layer in inputs)
+    bound = math.sqrt(6 / (inputs[0].in_features + rows))
+    with torch.no_grad():
+        for layer in inputs:
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.zero_()
+        output.bias.zero_()
 
 
 @dataclass(frozen=True)
@@ -211,5 +225,9 @@ class ReconstructionModel(UnifiedModel):
 
     def token_errors(self, net: nn.Module, tokens: Tensor) -> Tensor:
         """:func:`reconstruction_error` of the level's standardised tokens."""
+        return reconstruction_error(*self.reconstruct(net, tokens))
+
+    def reconstruct(self, net: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The level's standardised tokens and their reconstruction."""
         x = net.standardise(tokens)
-        return reconstruction_error(x, net(x))
+        return x, net(x)

@@ -29,6 +29,7 @@ from reconad.models.trained.reconstruction import (
     LevelShape,
     ReconstructionModel,
     TokenReconstructor,
+    attention_init,
     feed_forward,
     token_embedding,
 )
@@ -36,11 +37,13 @@ from reconad.params import param
 
 
 class _Projections(nn.Module):
-    """Query / key / value / output projections of one multi-head attention."""
+    """Query / key / value / output projections of one multi-head attention, initialised as the official
+    code's ``nn.MultiheadAttention`` (:func:`attention_init`)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        attention_init([self.q, self.k, self.v], self.o)
 
 
 class RLRLayer(nn.Module):

@@ -21,6 +21,7 @@ from reconad.models.trained.reconstruction import (
     LevelShape,
     ReconstructionModel,
     TokenReconstructor,
+    attention_init,
     feed_forward,
 )
 
@@ -33,6 +34,7 @@ class SelfRefLayer(nn.Module):
         self.heads, self.hw, self.window = heads, hw, window
         self.qkv = nn.Linear(width, 3 * width)
         self.o = nn.Linear(width, width)
+        attention_init([self.qkv], self.o)  # as RLR's (nn.MultiheadAttention's)
         self.norm1 = nn.LayerNorm(width)
         self.ff = feed_forward(width, ff_mult)
         self.norm2 = nn.LayerNorm(width)

@@ -273,6 +273,10 @@ class UniAD(UnifiedModel):
     def token_errors(self, net: nn.Module, tokens: Tensor) -> Tensor:
         return reconstruction_distance(net, tokens)
 
+    def reconstruct(self, net: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw tokens and their reconstruction."""
+        return tokens, net(tokens)
+
     # --- training ----------------------------------------------------------------------------------------
     def batch_loss(
         self, nets: nn.ModuleList, batch: list[Tensor], generator: torch.Generator, world: World | None

@@ -3,13 +3,14 @@ every category at once (:func:`.trainer.train`), a token's anomaly score being h
 
 A subclass says how features become its networks' tokens (:meth:`UnifiedModel.tokens`) and on which grid each
 of its maps lies (:meth:`UnifiedModel.map_grids`), builds its networks (:meth:`UnifiedModel.make_nets`) and
-scores a token (:meth:`UnifiedModel.token_errors`). Fitting, devices, batched prediction, checkpoints and
-persistence are written here once.
+scores a token (:meth:`UnifiedModel.token_errors`) from its reconstruction (:meth:`UnifiedModel.reconstruct`,
+which benchmarks/shortcut_index.py also scores alike for every model). Fitting, devices, batched prediction,
+checkpoints and persistence are written here once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +93,11 @@ class UnifiedModel:
 
     def token_errors(self, net: nn.Module, tokens: Tensor) -> Tensor:
         """``[B, N]``: the score of each token of ``tokens`` (one :meth:`tokens` input) under ``net``."""
+        raise NotImplementedError
+
+    def reconstruct(self, net: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(target, reconstruction) ``[B, N, C]`` of ``tokens`` (one :meth:`tokens` input) under ``net``, in
+        the units the model's own score compares them in."""
         raise NotImplementedError
 
     def prepare(self, tokens: list[Tensor]) -> None:
@@ -202,17 +208,31 @@ class UnifiedModel:
         """One error map ``[N, h, w]`` per network, on its grid (:attr:`level_hw_`): the pipeline resizes each
         once to the image (``align_corners=True``, as the official code) and averages them
         (:func:`reconad.scoring.anomaly_maps`)."""
+        grids = self._check(features)
+        errors = self._per_net(features, lambda net, x: (self.token_errors(net, x),), batch_size)
+        return [e[0].view(-1, *hw) if e else torch.zeros(0, *hw) for e, hw in zip(errors, grids, strict=True)]
+
+    @torch.inference_mode()
+    def reconstructions(self, features: Tensor, batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
+        """Per network, (target, reconstruction) ``[N, h·w, C]`` of the features' tokens
+        (:meth:`reconstruct`), on the CPU; each network's grid is :attr:`level_hw_`."""
+        self._check(features)
+        return [(t, r) for t, r in self._per_net(features, self.reconstruct, batch_size)]
+
+    def _per_net(
+        self, features: Tensor, fn: Callable[[nn.Module, Tensor], tuple[Tensor, ...]], batch_size: int
+    ) -> list[tuple[Tensor, ...]]:
+        """``fn(net, tokens)`` of each network on the features' tokens, in batches, joined on the CPU."""
         if self.nets_ is None or self.level_hw_ is None:
             raise ReconadError(f"{self.name} is not fitted")
-        grids = self._check(features)
         self.nets_.eval()
         device = self._device()
-        out: list[list[Tensor]] = [[] for _ in self.nets_]
+        out: list[list[tuple[Tensor, ...]]] = [[] for _ in self.nets_]
         for i in range(0, features.shape[0], batch_size):
             inputs = self.tokens(features[i : i + batch_size].to(device))
-            for k, (net, x, hw) in enumerate(zip(self.nets_, inputs, grids, strict=True)):
-                out[k].append(self.token_errors(net, x).view(-1, *hw).float().cpu())
-        return [torch.cat(o) if o else torch.zeros(0, *hw) for o, hw in zip(out, grids, strict=True)]
+            for k, (net, x) in enumerate(zip(self.nets_, inputs, strict=True)):
+                out[k].append(tuple(t.float().cpu() for t in fn(net, x)))
+        return [tuple(torch.cat(parts) for parts in zip(*o, strict=True)) for o in out]
 
     def export_head(self) -> nn.Module:
         """:meth:`predict` as a traceable module (:class:`UnifiedHead`), in eval mode, on the CPU (the
