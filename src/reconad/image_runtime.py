@@ -83,6 +83,11 @@ class Decoding:
         )
 
     @classmethod
+    def of_features(cls, features: dict) -> Decoding:
+        """The decoding of a run's features config (``run.json``'s, or an export manifest's ``features``)."""
+        return cls.from_json(features.get("decoding"))
+
+    @classmethod
     def of_bit_depth(cls, bits: int, max_pixels: int = MAX_PIXELS) -> Decoding:
         """>8-bit data of ``bits`` significant bits: 0 … 2**bits − 1 mapped to 0 … 255."""
         return cls((0, 2**bits - 1), max_pixels, f"--bit-depth {bits}")

@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from image_runtime import (  # noqa: E402  (this script's own folder first)
+    Decoding,
     ImageFileError,
     collect_images,
     heatmap_overlay,
@@ -152,11 +153,12 @@ def predict(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decoding shares the cores
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     size, threshold, normal = manifest["image_size"], cat["threshold"], cat["normal_level"]
+    decoding = Decoding.of_features(manifest["features"])  # as the run decodes: >8-bit levels, pixel limit
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
         try:
-            image = read_image(path)
+            image = read_image(path, decoding)
         except ImageFileError as err:
             return str(err)
         return image, resize_image(image, size)
