@@ -3,10 +3,11 @@
     python predict.py IMAGE_OR_DIR ... --out OUT [--category C]
 
 writes ``OUT/scores.csv`` (path, score, is_anomalous, overlay, error) and a heat-map overlay per image, as
-``reconad predict`` does. Images are decoded and resized exactly as the library does (``image_runtime.py``,
-beside this script); the graph does the rest, from pixels to maps and scores. A graph whose SHA-256 differs
-from ``manifest.json`` is refused; an unreadable image is skipped, named and given a row with its error (exit
-code 1).
+``reconad predict`` does. Images are decoded (by the run's decoding in the manifest: the levels of >8-bit
+data, the pixel limit; 16-bit colour files need imagecodecs) and resized exactly as the library does
+(``image_runtime.py``, beside this script); the graph does the rest, from pixels to maps and scores. A graph
+whose SHA-256 differs from ``manifest.json`` is refused; an unreadable image is skipped, named and given a row
+with its error (exit code 1).
 """
 
 from __future__ import annotations
