@@ -219,7 +219,7 @@ class _Page:
                 (0, True): "FALSE ALARM",
                 (0, False): "correct",
             }[(int(res.labels[i]), flagged)]
-            strip = self._strip(name, i, res, cat, Decoding.of_features(report.config["features"]))
+            strip = self._strip(name, i, res, cat, Decoding.of_features(report.config.get("features", {})))
             file = f"{_safe(name)}_{_safe(report.label)}_{i:04d}.png"
             caption = (
                 f"<b>{_esc(verdict)}</b> · {_esc(sample.defect)} · {_esc(sample.path.name)}<br>"

@@ -48,7 +48,7 @@ def write_overlays(folder: Path, config: dict[str, Any], results: Mapping[str, C
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    decoding = Decoding.of_features(config["features"])
+    decoding = Decoding.of_features(config.get("features", {}))
     for name, r in results.items():
         cat = config["categories"][name]
         for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
