@@ -55,6 +55,7 @@ def test_unreadable_files_fail_alike(tmp_path, kind):
 
 
 def test_imports_only_numpy_and_pillow():
+    """numpy and Pillow; imagecodecs (16-bit colour files) only where installed, inside ``try``."""
     tree = ast.parse(Path(image_runtime.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -65,9 +66,14 @@ def test_imports_only_numpy_and_pillow():
         "os",
         "warnings",
         "collections",
+        "dataclasses",
         "functools",
         "pathlib",
         "io",
         "typing",
     }
-    assert imported - stdlib == {"numpy", "PIL"}
+    assert imported - stdlib == {"numpy", "PIL", "imagecodecs"}
+    optional = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Try) for n in ast.walk(n) if isinstance(n, ast.Import)
+    ]
+    assert [a.name for n in optional for a in n.names] == ["imagecodecs"]

@@ -13,11 +13,12 @@ from rich.markup import escape
 from reconad.atomic import check_writable, write_json
 from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
-from reconad.report.console import added_text, metrics_table, params_table, print_results, threshold_text
+from reconad.report import console as show
 from reconad.terminal import (
     DEFAULT_LAYERS,
     STATE,
     BackboneOpt,
+    BitDepthOpt,
     CacheDirOpt,
     CategoryOpt,
     DataOpt,
@@ -28,6 +29,7 @@ from reconad.terminal import (
     HoldoutOpt,
     ImageSizeOpt,
     LayersOpt,
+    MaxPixelsOpt,
     NoCacheOpt,
     OneCategoryOpt,
     ParamOpt,
@@ -72,6 +74,8 @@ def fit(
     weights: WeightsOpt = DEFAULTS.weights,
     image_size: ImageSizeOpt = DEFAULTS.image_size,
     layers: LayersOpt = DEFAULT_LAYERS,
+    bit_depth: BitDepthOpt = DEFAULTS.bit_depth,
+    max_pixels: MaxPixelsOpt = DEFAULTS.max_pixels,
     param: ParamOpt = None,
     seed: int = DEFAULTS.seed,
     holdout: HoldoutOpt = DEFAULTS.holdout,
@@ -104,12 +108,7 @@ def fit(
     )
     if (distributed.launched() or (0,))[0] != 0:
         return  # the other processes of a torchrun job stay quiet
-    out.print(
-        f"fitted [bold]{model}[/bold] on {escape(', '.join(run.categories))} "
-        f"in {run.config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
-        f"({run.config['model_bytes'] / 1e6:.2f} MB of weights)",
-        soft_wrap=True,
-    )
+    out.print(show.fitted_text(run.config, out_dir), soft_wrap=True)
 
 
 @app.command("params")
@@ -121,7 +120,7 @@ def list_params(
     from reconad.models.base import describe_params, model_names
 
     for name in [model] if model else model_names():
-        out.print(params_table(name, describe_params(name)))
+        out.print(show.params_table(name, describe_params(name)))
 
 
 def do_test(
@@ -156,7 +155,7 @@ def test(
     if report:
         check_writable(report, folder=True)
     run, results, doc = do_test(run_dir, data, category, device, by_defect)
-    print_results(out, doc, by_defect)
+    show.print_results(out, doc, by_defect)
     if json_file:
         write_json(json_file, doc)
         out.print(f"metrics → {escape(str(json_file))}", soft_wrap=True)
@@ -189,7 +188,7 @@ def threshold(
 
             scorer = LabelledFolder(labelled, device, progress)
         change = set_threshold(run_dir, category, false_reject=false_reject, value=value, labelled=scorer)
-    out.print(threshold_text(change), soft_wrap=True)
+    out.print(show.threshold_text(change), soft_wrap=True)
 
 
 @app.command()
@@ -204,7 +203,8 @@ def add(
     from reconad.learn import add_good_images
 
     with progress_bars() as progress:
-        out.print(added_text(add_good_images(run_dir, inputs, category, device, progress)), soft_wrap=True)
+        done = add_good_images(run_dir, inputs, category, device, progress)
+    out.print(show.added_text(done), soft_wrap=True)
 
 
 @app.command()
@@ -300,7 +300,7 @@ def demo(
     pipeline.fit_folder(model, {}, data, category, run_dir, force=True, display=progress_bars, warn=warn)
     run, results, doc = do_test(run_dir, data, category, DEFAULTS.device)
     write_json(out_dir / "metrics.json", doc)
-    out.print(metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
+    out.print(show.metrics_table(doc, f"demo: {model} on {', '.join(doc['categories'])}"))
     overlays = write_overlays(out_dir / "overlays", run.config, results)
     out.print(f"overlays (ground truth outlined in red) → {overlays}")
     out.print(

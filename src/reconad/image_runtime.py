@@ -1,6 +1,7 @@
 """Image files without torch: decode, list, resize, draw heat-map overlays and name them.
 
-This module imports only numpy and Pillow and nothing from reconad, so an exported model folder
+This module imports only numpy and Pillow (and, for 16-bit colour files, imagecodecs where it is installed)
+and nothing from reconad, so an exported model folder
 (``reconad export``) ships this very file beside its ``predict.py``: the folder decodes, resizes and draws
 exactly as the library does. Failures are :class:`ImageFileError` with a one-line message naming the file (the
 library re-raises them as ``ReconadError``).
@@ -17,7 +18,8 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
@@ -25,10 +27,74 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
+try:
+    import imagecodecs  # 16-bit colour PNG and TIFF, which Pillow cuts to 8 bits
+except ImportError:  # pragma: no cover  (a reconad dependency; an export's folder may lack it)
+    imagecodecs = None
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
+MAX_PIXELS = 64_000_000  # the default limit (``--max-pixels``): larger images are refused before decoding
 #: Modes that hold 16-bit data (mode I: 32-bit ints that hold 16-bit data in practice).
 SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: ``--bit-depth``: the significant bits of >8-bit data (12-bit data in 16-bit files: 12).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+#: EXIF orientation → the numpy steps of Pillow's ``exif_transpose`` (for the pixels Pillow does not decode).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image files become the backbone's 8-bit pixels; a run stores it (``run.json``, features config)
+    so that fit, test, predict, serve and an export decode alike.
+
+    ``levels``: the values of >8-bit data mapped to 0 and 255 (``(0, 2**bits - 1)`` for ``--bit-depth``, or
+    the range measured on the good training images; None: the container's full range, 0–65535). 8-bit data
+    is used as it is. ``max_pixels``: larger images are refused before decoding (``--max-pixels``).
+    ``levels_from``: where the levels came from, for the reader of ``run.json``.
+    """
+
+    levels: tuple[int, int] | None = None
+    max_pixels: int = MAX_PIXELS
+    levels_from: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "levels": list(self.levels) if self.levels else None,
+            "levels_from": self.levels_from,
+            "max_pixels": self.max_pixels,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict | None) -> Decoding:
+        """The decoding a run or manifest stores (absent: the default, as every run before it had)."""
+        if not doc:
+            return cls()
+        levels = doc.get("levels")
+        return cls(
+            tuple(levels) if levels else None, doc.get("max_pixels", MAX_PIXELS), doc.get("levels_from")
+        )
+
+    @classmethod
+    def of_features(cls, features: dict) -> Decoding:
+        """The decoding of a run's features config (``run.json``'s, or an export manifest's ``features``)."""
+        return cls.from_json(features.get("decoding"))
+
+    @classmethod
+    def of_bit_depth(cls, bits: int, max_pixels: int = MAX_PIXELS) -> Decoding:
+        """>8-bit data of ``bits`` significant bits: 0 … 2**bits − 1 mapped to 0 … 255."""
+        return cls((0, 2**bits - 1), max_pixels, f"--bit-depth {bits}")
+
+
+#: The default: >8-bit data over its container's full range, at most :data:`MAX_PIXELS` pixels.
+DECODING = Decoding()
 
 
 class ImageFileError(Exception):
@@ -51,8 +117,16 @@ def show_path(path: os.PathLike | str) -> str:
 # --- decoding -----------------------------------------------------------------------------------------------
 
 
-def open_image(path: Path, what: str = "image") -> Image.Image:
+def open_image(path: Path, what: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
+    with _opened(path, what) as (fp, where):
+        return _decode(fp, where, max_pixels)
+
+
+@contextlib.contextmanager
+def _opened(path: Path, what: str) -> Iterator[tuple[IO[bytes], str]]:
+    """``path`` open for reading and the start of its error messages; a missing, empty or forbidden file is
+    an :class:`ImageFileError` naming it."""
     where = f"cannot read {what} {show_path(path)}"
     try:
         if not path.exists():
@@ -62,47 +136,121 @@ def open_image(path: Path, what: str = "image") -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageFileError(f"{where}: empty file (0 bytes)")
         with open(path, "rb") as fp:
-            return _decode(fp, where)
+            yield fp, where
     except PermissionError:
         raise ImageFileError(f"{where}: permission denied") from None
 
 
-def _decode(fp: IO[bytes], where: str) -> Image.Image:
-    """Size-check and fully decode the image in ``fp`` (first frame), EXIF orientation applied; any failure
-    is an :class:`ImageFileError` starting with ``where``."""
+@contextlib.contextmanager
+def _decoder_errors(where: str) -> Iterator[None]:
+    """Any failure of a decoder as an :class:`ImageFileError` starting with ``where``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd-but-readable files
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageTooLargeError(
-                    f"{where}: {w}×{h} = {w * h / 1e6:.0f} Mpx exceeds the limit of "
-                    f"{MAX_PIXELS / 1e6:.0f} Mpx (possible decompression bomb)"
-                )
-            img.load()  # force the full decode now (first frame): truncated files fail here
-            with contextlib.suppress(Exception):  # malformed EXIF must not lose a decodable image
-                ImageOps.exif_transpose(img, in_place=True)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked
+            yield
     except (ImageFileError, PermissionError):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLargeError(f"{where}: too many pixels, possible decompression bomb ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(
+            f"{where}: too many pixels (--max-pixels; possible decompression bomb: {e})"
+        ) from None
     except Image.UnidentifiedImageError:
         raise NotAnImageError(f"{where}: not a recognised image format (corrupt or not an image)") from None
     except Exception as e:  # noqa: BLE001  decoders of untrusted bytes raise anything; report it in one line
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ImageFileError(f"{where}: corrupt or truncated image ({reason})") from None
+
+
+def _open_checked(fp: IO[bytes], where: str, max_pixels: int) -> Image.Image:
+    """The image in ``fp`` opened (not decoded) once its size is within ``max_pixels``. Pillow's own bomb
+    check (``Image.MAX_IMAGE_PIXELS``, an error at twice it) is raised for the process where a larger
+    limit is asked for."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and 2 * limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+    img = Image.open(fp)
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{where}: {w}×{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+            "(--max-pixels; possible decompression bomb)"
+        )
     return img
+
+
+def _finish(img: Image.Image) -> Image.Image:
+    """Decode ``img`` fully now (first frame: truncated files fail here), EXIF orientation applied."""
+    img.load()
+    with contextlib.suppress(Exception):  # malformed EXIF must not lose a decodable image
+        ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def _decode(fp: IO[bytes], where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Size-check and fully decode the image in ``fp`` (first frame), EXIF orientation applied; any failure
+    is an :class:`ImageFileError` starting with ``where``."""
+    with _decoder_errors(where):
+        return _finish(_open_checked(fp, where, max_pixels))
+
+
+def wide_colour(img: Image.Image) -> bool:
+    """True for a >8-bit colour (or grey + alpha) PNG or TIFF, whose samples Pillow cuts to 8 bits."""
+    if img.mode in SIXTEEN_BIT or img.format not in ("PNG", "TIFF"):
+        return False
+    if img.format == "TIFF":
+        return max(img.tag_v2.get(258, (8,)) or (8,)) > 8  # BitsPerSample
+    return any(";16" in str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in img.tile)
+
+
+def _wide_pixels(data: bytes, img: Image.Image, where: str) -> np.ndarray:
+    """``H×W`` or ``H×W×3`` uint16 samples of a :func:`wide_colour` file (alpha dropped, EXIF orientation
+    applied), decoded by imagecodecs."""
+    if imagecodecs is None:
+        raise ImageFileError(f"{where}: 16-bit colour images need the imagecodecs package (pip install it)")
+    a = (imagecodecs.png_decode if img.format == "PNG" else imagecodecs.tiff_decode)(data)
+    w, h = img.size
+    if a.ndim == 3 and a.shape[:2] != (h, w) and a.shape[1:] == (h, w):
+        a = np.moveaxis(a, 0, -1)  # planar TIFF
+    if a.dtype != np.uint16 or a.shape[:2] != (h, w):
+        raise ImageFileError(f"{where}: unsupported {img.format} samples ({a.dtype}, shape {a.shape})")
+    a = a[:, :, :3] if a.ndim == 3 and a.shape[2] >= 3 else a[:, :, 0] if a.ndim == 3 else a
+    with contextlib.suppress(Exception):  # malformed EXIF must not lose a decodable image
+        a = _ORIENT.get(img.getexif().get(0x0112), lambda x: x)(a)
+    return np.ascontiguousarray(a)
+
+
+def _decode_pixels(fp: IO[bytes], where: str, max_pixels: int) -> np.ndarray:
+    """The samples of the image in ``fp`` at full precision (:func:`read_pixels`), size-checked."""
+    with _decoder_errors(where):
+        img = _open_checked(fp, where, max_pixels)
+        if wide_colour(img):
+            fp.seek(0)
+            return _wide_pixels(fp.read(), img, where)
+        img = _finish(img)
+    try:
+        if img.mode in SIXTEEN_BIT:
+            return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+        return to_rgb(img)
+    except Exception as e:  # noqa: BLE001
+        raise ImageFileError(f"{where}: unsupported mode {img.mode} ({e})") from None
+
+
+def scale_pixels(pixels: np.ndarray, levels: tuple[int, int] | None = None) -> np.ndarray:
+    """:func:`read_pixels`' samples → ``H×W×3`` uint8: 8-bit ones as they are, wider ones mapped ``levels``
+    (low, high) → 0, 255 (None: 0, 65535), clipped and rounded once."""
+    if pixels.dtype != np.uint8:
+        low, high = levels or (0, 65535)
+        scaled = (pixels.astype(np.float64) - low) * (255 / (high - low))
+        pixels = np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
+    return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
     """Any PIL mode → H×W×3 uint8; 16-bit data scaled by 65535 (its dtype range), never by its max."""
     mode = img.mode
     if mode in SIXTEEN_BIT:
-        a = np.asarray(img).astype(np.float64)
-        gray = np.round(np.clip(a, 0, 65535) * (255 / 65535)).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return scale_pixels(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
     if mode == "F":
         a = np.asarray(img).astype(np.float64)
         gray = np.round(np.clip(np.nan_to_num(a), 0.0, 1.0) * 255).astype(np.uint8)  # floats: [0, 1] range
@@ -120,24 +268,26 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
-def _pixels(img: Image.Image, name: str) -> np.ndarray:
-    try:
-        return to_rgb(img)
-    except Exception as e:  # noqa: BLE001
-        raise ImageFileError(f"cannot read image {name}: unsupported mode {img.mode} ({e})") from None
+def read_pixels(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """``path``'s samples at full precision: ``H×W×3`` uint8 for 8-bit data, uint16 ``H×W`` (grey) or
+    ``H×W×3`` (colour) for >8-bit data (16-bit PNG and TIFF); an :class:`ImageFileError` otherwise."""
+    with _opened(Path(path), "image") as (fp, where):
+        return _decode_pixels(fp, where, max_pixels)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode ``path`` with Pillow to an H×W×3 uint8 RGB array; an :class:`ImageFileError` otherwise."""
-    return _pixels(open_image(Path(path), "image"), show_path(path))
+def read_image(path: Path, decoding: Decoding = DECODING) -> np.ndarray:
+    """Decode ``path`` to the backbone's H×W×3 uint8 RGB pixels (:func:`read_pixels`, then
+    :func:`scale_pixels` by ``decoding``'s levels); an :class:`ImageFileError` otherwise."""
+    return scale_pixels(read_pixels(path, decoding.max_pixels), decoding.levels)
 
 
-def decode_bytes(data: bytes, name: str) -> np.ndarray:
+def decode_bytes(data: bytes, name: str, decoding: Decoding = DECODING) -> np.ndarray:
     """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
     name ``name``."""
     if not data:
         raise ImageFileError(f"cannot read image {name}: empty file (0 bytes)")
-    return _pixels(_decode(io.BytesIO(data), f"cannot read image {name}"), name)
+    pixels = _decode_pixels(io.BytesIO(data), f"cannot read image {name}", decoding.max_pixels)
+    return scale_pixels(pixels, decoding.levels)
 
 
 # --- listing ------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def score_images(
 
     def load(path: Any) -> np.ndarray | str:
         try:
-            return read_image(path)
+            return read_image(path, extractor.decoding)
         except ReconadError as err:
             return str(err)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reconad.errors import ReconadError
+from reconad.image_runtime import BIT_DEPTHS, MAX_PIXELS, Decoding
 from reconad.operating import DEFAULT_FALSE_REJECT, check_rate
 from reconad.params import MAX_SEED, check_value
 
@@ -49,6 +50,13 @@ def check_holdout(fraction: float, what: str = "holdout") -> float:
     return check_value(what, fraction, float, low=0, high=1, low_inclusive=False, high_inclusive=False)
 
 
+def check_bit_depth(bits: int | None, what: str = "bit_depth") -> int | None:
+    """None (measure the range on the good training images) or one of :data:`BIT_DEPTHS`."""
+    if bits is not None and bits not in BIT_DEPTHS:
+        raise ReconadError(f"{what} must be one of {', '.join(map(str, BIT_DEPTHS))}, got {bits!r}")
+    return bits
+
+
 def check_seed(seed: int, what: str = "seed") -> int:
     """A seed: an integer in [0, 2³¹ − 1]."""
     return check_value(what, seed, int, low=0, high=MAX_SEED)
@@ -62,10 +70,12 @@ def check_folds(folds: int, what: str = "folds") -> int:
 @dataclass(frozen=True)
 class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
-    image size, levels, device), where they are cached, the good images held back from a unified model
-    (fraction, seed), the threshold (the false-reject rate it targets; the folds the per-category
-    models are cross-fitted in for their out-of-sample scores), and whether a per-category model keeps one
-    bank for every category (``unified``). Checked on construction; errors name the command-line flag."""
+    image size, levels, device), how image files are decoded (the bit depth of >8-bit data, or None: its
+    range measured on the good training images; the pixel limit), where they are cached, the good images
+    held back from a unified model (fraction, seed), the threshold (the false-reject rate it targets; the
+    folds the per-category models are cross-fitted in for their out-of-sample scores), and whether a
+    per-category model keeps one bank for every category (``unified``). Checked on construction; errors
+    name the command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
@@ -79,6 +89,8 @@ class FitOptions:
     no_cache: bool = False
     device: str = "cpu"
     unified: bool = False
+    bit_depth: int | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, "--image-size")
@@ -87,6 +99,15 @@ class FitOptions:
         check_rate(self.false_reject, "--false-reject")
         check_folds(self.folds, "--folds")
         check_seed(self.seed, "--seed")
+        check_bit_depth(self.bit_depth, "--bit-depth")
+        check_value("--max-pixels", self.max_pixels, int, low=1)
+
+    def decoding(self) -> Decoding:
+        """How image files are decoded: ``--bit-depth``'s levels (none given: the default, until the fit
+        measures them) and ``--max-pixels``."""
+        if self.bit_depth is None:
+            return Decoding(max_pixels=self.max_pixels)
+        return Decoding.of_bit_depth(self.bit_depth, self.max_pixels)
 
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> FitOptions:

@@ -25,10 +25,12 @@ from torch import Tensor
 
 from reconad import __version__, distributed
 from reconad.data import CategoryData, Sample, load_image_and_mask, load_sources, resize_images
+from reconad.data.imageio import pixel_range
 from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.image_runtime import DECODING, Decoding
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, model_class
@@ -102,6 +104,7 @@ def stream_features(
     memory does not grow with the number of samples (``reconad test`` streams through this).
     """
     n, size = len(samples), extractor.image_size
+    decoding = getattr(extractor, "decoding", DECODING)  # test doubles of the extractor may have none
     if n == 0:
         raise ReconadError("no images to extract features from")
     progress(description, 0, n)
@@ -111,7 +114,7 @@ def stream_features(
         features: list[Tensor | None] = [cache.get(d) if cache else None for d in digests]
         masked = [with_masks and s.mask_path is not None for s in batch]
         todo = [j for j, f in enumerate(features) if f is None or masked[j]]  # decode these
-        decoded = map_on_cores(lambda s: load_image_and_mask(s, size), [batch[j] for j in todo])
+        decoded = map_on_cores(lambda s: load_image_and_mask(s, size, decoding), [batch[j] for j in todo])
         loaded = dict(zip(todo, decoded))
         need = [j for j in todo if features[j] is None]
         if need:
@@ -630,6 +633,20 @@ def results_json(run: Run, results: dict[str, CategoryResult], by_defect: bool =
     }
 
 
+def measured_decoding(data: list[CategoryData], max_pixels: int) -> Decoding:
+    """Without ``--bit-depth``: the levels of >8-bit data measured on every category's good training images
+    (their lowest and highest sample: the good images fill the backbone's 0–255), one for the run; the
+    default where every good training image is 8-bit."""
+    paths = [s.path for c in data for s in c.train]
+    ranges = [r for r in map_on_cores(lambda p: pixel_range(p, max_pixels), paths) if r is not None]
+    if not ranges:
+        return Decoding(max_pixels=max_pixels)
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if high <= low:
+        raise ReconadError(f"the >8-bit good training images all hold the one value {low}: pass --bit-depth")
+    return Decoding((low, high), max_pixels, f"measured on {len(ranges)} good training images")
+
+
 def feature_cache(options: FitOptions, extractor: FeatureExtractor) -> FeatureCache | None:
     """The on-disk feature cache the options ask for (None with ``no_cache``)."""
     return None if options.no_cache else FeatureCache(extractor.key(), options.cache_dir)
@@ -657,6 +674,8 @@ def fit_folder(
     extractor = FeatureExtractor.from_options(options)
     model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)
+    if options.bit_depth is None:
+        extractor = extractor.with_decoding(measured_decoding(data, options.max_pixels))
     ckpt = checkpoint_dir(out_dir)
 
     def resume_hint() -> str:
@@ -666,7 +685,7 @@ def fit_folder(
     with distributed.job(options.device, resume_hint) as world:
         device = distributed.device_for(world, options.device)
         if device != options.device:  # a CUDA job: each process takes its local GPU
-            extractor = FeatureExtractor.from_options(options.on(device))
+            extractor = FeatureExtractor.from_options(options.on(device), extractor.decoding)
         main = world is None or world.main
         with display(not main) as progress:
             epochs = lambda epoch, total, loss: progress(  # noqa: E731

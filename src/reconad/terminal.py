@@ -85,6 +85,11 @@ def progress_bars(quiet: bool = False) -> Iterator[Progress]:
         yield update
 
 
+BitDepthOpt = Annotated[
+    int | None,
+    typer.Option(help="significant bits of >8-bit images: 8, 10, 12, 14, 16 (default: their measured range)"),
+]
+MaxPixelsOpt = Annotated[int, typer.Option(help="larger images are refused (decompression bombs)")]
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="model hyper-parameter key=value; `reconad params MODEL` lists them"),

@@ -3,8 +3,9 @@
 Pillow decoding and folder listing live in the torch-free :mod:`reconad.image_runtime` (an exported model
 ships it); this module adds the fast PNG path, masks, torch's resize and the library's error type.
 
-Images come back as ``H×W×3`` uint8 RGB whatever their mode (alpha dropped, palettes expanded, 16-bit data
-scaled by its dtype range, EXIF orientation applied); masks come back as ``H×W`` bool.
+Images come back as ``H×W×3`` uint8 RGB whatever their mode (alpha dropped, palettes expanded, EXIF
+orientation applied; >8-bit data read at full precision and mapped to 0–255 by a :class:`Decoding`'s levels,
+by default its dtype range); masks come back as ``H×W`` bool.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from reconad.data.fastpng import decode_plain_png
 from reconad.data.sample import Sample
 from reconad.errors import ImageTooLarge, NotAnImage, ReconadError
 from reconad.image_runtime import (
+    DECODING,
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     SIXTEEN_BIT,
+    Decoding,
     ImageFileError,
     ImageTooLargeError,
     NotAnImageError,
     open_image,
     show_path,
+    wide_colour,
 )
 from reconad.image_runtime import to_rgb as _to_rgb
 
@@ -48,36 +52,53 @@ def _reconad_errors() -> Iterator[None]:
         raise ReconadError(str(err)) from None
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _open(path: Path, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, size-check and fully decode ``path`` (first frame), EXIF orientation applied."""
     with _reconad_errors():
-        return open_image(path, what)
+        return open_image(path, what, max_pixels)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode ``path`` to an H×W×3 uint8 RGB array; a :class:`ReconadError` naming the file otherwise."""
+def read_image(path: Path, decoding: Decoding = DECODING) -> np.ndarray:
+    """Decode ``path`` to an H×W×3 uint8 RGB array (>8-bit data mapped by ``decoding``'s levels); a
+    :class:`ReconadError` naming the file otherwise."""
     path = Path(path)
     if path.suffix.lower() == ".png":
         try:
-            pixels = decode_plain_png(path.read_bytes(), MAX_PIXELS)
+            pixels = decode_plain_png(path.read_bytes(), decoding.max_pixels)
         except OSError:
             pixels = None  # Pillow's path below names the problem
         if pixels is not None:
             return pixels
     with _reconad_errors():
-        return image_runtime.read_image(path)
+        return image_runtime.read_image(path, decoding)
 
 
-def decode_bytes(data: bytes, name: str) -> np.ndarray:
+def decode_bytes(data: bytes, name: str, decoding: Decoding = DECODING) -> np.ndarray:
     """Decode image bytes (an upload) as :func:`read_image` decodes a file, with the same checks; errors
     name ``name``: :class:`ImageTooLarge` for bombs, :class:`NotAnImage` for bytes no decoder knows."""
     if not data:
         raise ReconadError(f"cannot read image {name}: empty file (0 bytes)")
-    pixels = decode_plain_png(data, MAX_PIXELS)
+    pixels = decode_plain_png(data, decoding.max_pixels)
     if pixels is not None:
         return pixels
     with _reconad_errors():
-        return image_runtime.decode_bytes(data, name)
+        return image_runtime.decode_bytes(data, name, decoding)
+
+
+def pixel_range(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """(lowest, highest) sample of ``path`` where it holds >8-bit data (16-bit PNG or TIFF); None for 8-bit
+    data, found from the header alone."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fp, Image.open(fp) as img:
+            wide = img.mode in SIXTEEN_BIT or wide_colour(img)
+    except Exception:  # noqa: BLE001  read_pixels below names what is wrong with it
+        wide = True
+    if not wide:
+        return None
+    with _reconad_errors():
+        pixels = image_runtime.read_pixels(path, max_pixels)
+    return int(pixels.min(initial=65535)), int(pixels.max(initial=0))
 
 
 def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -94,14 +115,16 @@ def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
     return np.asarray(_to_rgb(img)).max(axis=2), 255.0  # colour masks: the brightest channel
 
 
-def read_mask(path: Path, image_hw: tuple[int, int], image_path: Path | None = None) -> np.ndarray:
+def read_mask(
+    path: Path, image_hw: tuple[int, int], image_path: Path | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decode a ground-truth mask to H×W bool, checking it matches its image's ``(H, W)``.
 
     Foreground = value > half the mode's full range (0/255, antialiased and 16-bit masks alike); a mask whose
     values are all in {0, 1} is a 0/1-coded mask and 1 is foreground.
     """
     path = Path(path)
-    values, full = _mask_values(_open(path, "mask"))
+    values, full = _mask_values(_open(path, "mask", max_pixels))
     if values.shape != tuple(image_hw):
         of = f" of image {show_path(image_path)}" if image_path is not None else ""
         raise ReconadError(
@@ -137,22 +160,27 @@ def resize_images(images: list[np.ndarray], size: int) -> np.ndarray:
     return out
 
 
-def load_image_and_mask(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The sample's image at its own size (uint8 H×W×3) and its mask resized to ``size×size`` (nearest,
-    bool), or None for good samples and for anomalous samples without a mask."""
-    image = read_image(sample.path)
+def load_image_and_mask(
+    sample: Sample, size: int, decoding: Decoding = DECODING
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sample's image at its own size (uint8 H×W×3, :func:`read_image` by ``decoding``) and its mask
+    resized to ``size×size`` (nearest, bool), or None for good samples and for anomalous samples without a
+    mask."""
+    image = read_image(sample.path, decoding)
     if sample.label == 0 or sample.mask_path is None:
         return image, None
-    mask = read_mask(sample.mask_path, image.shape[:2], image_path=sample.path)
+    mask = read_mask(sample.mask_path, image.shape[:2], sample.path, decoding.max_pixels)
     small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
     return image, np.asarray(small) > 127
 
 
-def load_resized(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+def load_resized(
+    sample: Sample, size: int, decoding: Decoding = DECODING
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The sample's image resized to ``size×size`` (:func:`resize_images`) and its mask (as
     :func:`load_image_and_mask`)."""
     _check_size(size)
-    image, mask = load_image_and_mask(sample, size)
+    image, mask = load_image_and_mask(sample, size, decoding)
     return resize_images([image], size)[0], mask
 
 

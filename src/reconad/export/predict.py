@@ -3,10 +3,11 @@
     python predict.py IMAGE_OR_DIR ... --out OUT [--category C]
 
 writes ``OUT/scores.csv`` (path, score, is_anomalous, overlay, error) and a heat-map overlay per image, as
-``reconad predict`` does. Images are decoded and resized exactly as the library does (``image_runtime.py``,
-beside this script); the graph does the rest, from pixels to maps and scores. A graph whose SHA-256 differs
-from ``manifest.json`` is refused; an unreadable image is skipped, named and given a row with its error (exit
-code 1).
+``reconad predict`` does. Images are decoded (by the run's decoding in the manifest: the levels of >8-bit
+data, the pixel limit; 16-bit colour files need imagecodecs) and resized exactly as the library does
+(``image_runtime.py``, beside this script); the graph does the rest, from pixels to maps and scores. A graph
+whose SHA-256 differs from ``manifest.json`` is refused; an unreadable image is skipped, named and given a row
+with its error (exit code 1).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from PIL import Image  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from image_runtime import (  # noqa: E402  (this script's own folder first)
+    Decoding,
     ImageFileError,
     collect_images,
     heatmap_overlay,
@@ -152,11 +154,12 @@ def predict(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decoding shares the cores
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     size, threshold, normal = manifest["image_size"], cat["threshold"], cat["normal_level"]
+    decoding = Decoding.of_features(manifest["features"])  # as the run decodes: >8-bit levels, pixel limit
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
         try:
-            image = read_image(path)
+            image = read_image(path, decoding)
         except ImageFileError as err:
             return str(err)
         return image, resize_image(image, size)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from reconad.data import CategoryData, load_resized
+from reconad.image_runtime import Decoding
 from reconad.metrics import evaluate
 
 
@@ -35,7 +36,8 @@ def export_metrics(export_dir: Path, data: CategoryData) -> dict[str, Any]:
     """The metrics of the export's graph for ``data.name`` on ``data``'s test split."""
     manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
     size = manifest["image_size"]
-    loaded = [load_resized(s, size) for s in data.test]
+    decoding = Decoding.of_features(manifest["features"])
+    loaded = [load_resized(s, size, decoding) for s in data.test]
     masks = np.stack([m if m is not None else np.zeros((size, size), bool) for _, m in loaded])
     graph = Path(export_dir) / manifest["categories"][data.name]["graph"]
     maps, scores = run_graph(graph, np.stack([image for image, _ in loaded]))

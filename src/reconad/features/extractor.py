@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from functools import lru_cache
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
+from reconad.image_runtime import DECODING, Decoding
 from reconad.options import DEFAULTS, FitOptions, check_image_size, check_layers
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
@@ -88,7 +90,8 @@ class FeatureExtractor:
     Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context,
     as in PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
     ``level_channels`` says which channels came from which level (RLR reconstructs each level apart; UniAD
-    brings them to one grid).
+    brings them to one grid). ``decoding`` says how image files become its uint8 pixels (the levels of
+    >8-bit data, the pixel limit): part of its config, so a run carries it to every command and the export.
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class FeatureExtractor:
         smooth: int = 3,
         weights: str | Path | None = DEFAULTS.weights,
         device: str = DEFAULTS.device,
+        decoding: Decoding = DECODING,
     ) -> None:
         self.backbone = backbone
+        self.decoding = decoding
         self.layers = check_layers(tuple(layers))
         self.image_size = check_image_size(image_size)
         self.smooth = smooth
@@ -140,8 +145,9 @@ class FeatureExtractor:
             )
 
     def config(self) -> dict[str, Any]:
-        """What defines these features (stored in runs; keys the cache)."""
-        return {
+        """What defines these features (stored in runs; keys the cache); ``decoding`` only where it is not
+        the default (8-bit runs keep the config, and the cache key, they always had)."""
+        config = {
             "backbone": self.backbone,
             "layers": list(self.layers),
             "image_size": self.image_size,
@@ -149,16 +155,27 @@ class FeatureExtractor:
             "weights": self.weights,
             "border": BORDER,
         }
+        if self.decoding != DECODING:
+            config["decoding"] = self.decoding.to_json()
+        return config
+
+    def with_decoding(self, decoding: Decoding) -> FeatureExtractor:
+        """The same extractor (the backbone shared, not reloaded) decoding images by ``decoding``."""
+        other = copy.copy(self)
+        other.decoding = decoding
+        return other
 
     @classmethod
-    def from_options(cls, options: FitOptions) -> FeatureExtractor:
-        """The extractor of a fit's options (:class:`reconad.options.FitOptions`)."""
+    def from_options(cls, options: FitOptions, decoding: Decoding | None = None) -> FeatureExtractor:
+        """The extractor of a fit's options (:class:`reconad.options.FitOptions`); ``decoding``: the one the
+        fit measured (default: the options')."""
         return cls(
             options.backbone,
             options.layers,
             options.image_size,
             weights=options.weights,
             device=options.device,
+            decoding=decoding or options.decoding(),
         )
 
     @classmethod
@@ -173,6 +190,7 @@ class FeatureExtractor:
             smooth=config["smooth"],
             weights=config.get("weights"),
             device=device,
+            decoding=Decoding.of_features(config),
         )
 
     def key(self) -> str:

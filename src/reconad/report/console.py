@@ -66,6 +66,15 @@ def verdicts_text(v: dict[str, Any]) -> str:
     return f"at threshold {v['threshold']:.4g}: " + (", ".join(parts) or "no images")
 
 
+def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
+    """``reconad fit``'s last line: the model, its categories, the time, where it went and its size."""
+    return (
+        f"fitted [bold]{config['model']}[/bold] on {escape(', '.join(config['categories']))} "
+        f"in {config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
+        f"({config['model_bytes'] / 1e6:.2f} MB of weights)"
+    )
+
+
 def threshold_text(change: Any) -> str:
     """``reconad threshold``'s line: old → new, how it was set, and what it gives."""
     p = change.point

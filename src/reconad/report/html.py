@@ -26,6 +26,7 @@ from reconad import __version__
 from reconad.atomic import atomic_file, atomic_folder
 from reconad.data import load_resized
 from reconad.errors import ReconadError
+from reconad.image_runtime import Decoding
 from reconad.metrics import DEFAULT_FPR_LIMIT, METRIC_KEYS, UndefinedMetric, pro_curve, roc_curve_points
 from reconad.pipeline import CategoryResult
 from reconad.report.overlay import heatmap_overlay, mask_outline
@@ -218,7 +219,7 @@ class _Page:
                 (0, True): "FALSE ALARM",
                 (0, False): "correct",
             }[(int(res.labels[i]), flagged)]
-            strip = self._strip(name, i, res, cat["threshold"], cat["normal_level"])
+            strip = self._strip(name, i, res, cat, Decoding.of_features(report.config.get("features", {})))
             file = f"{_safe(name)}_{_safe(report.label)}_{i:04d}.png"
             caption = (
                 f"<b>{_esc(verdict)}</b> · {_esc(sample.defect)} · {_esc(sample.path.name)}<br>"
@@ -235,12 +236,16 @@ class _Page:
             + "</table>"
         )
 
-    def _strip(self, name: str, i: int, res: CategoryResult, threshold: float, normal_level: float) -> bytes:
-        """Input | ground truth | heat-map overlay | map > threshold, side by side, as PNG bytes."""
+    def _strip(
+        self, name: str, i: int, res: CategoryResult, cat: dict[str, Any], decoding: Decoding
+    ) -> bytes:
+        """Input | ground truth | heat-map overlay | map > threshold, side by side, as PNG bytes (the input
+        decoded as the run decodes it; ``cat``: the category's threshold and normal level)."""
+        threshold, normal_level = cat["threshold"], cat["normal_level"]
         size = res.maps.shape[-1]
         key = (name, i, size)
         if key not in self._images:
-            self._images[key] = load_resized(res.samples[i], size)
+            self._images[key] = load_resized(res.samples[i], size, decoding)
         image, _ = self._images[key]
         gt = res.masks[i].astype(bool)
         amap = res.maps[i]

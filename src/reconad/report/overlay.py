@@ -15,7 +15,7 @@ import numpy as np
 
 from reconad.atomic import atomic_file
 from reconad.data import load_resized
-from reconad.image_runtime import JET, heatmap_overlay, normalise
+from reconad.image_runtime import JET, Decoding, heatmap_overlay, normalise
 from reconad.pipeline import CategoryResult
 
 __all__ = ["JET", "heatmap_overlay", "mask_outline", "normalise", "overlay_png", "write_overlays"]
@@ -48,10 +48,11 @@ def write_overlays(folder: Path, config: dict[str, Any], results: Mapping[str, C
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
+    decoding = Decoding.of_features(config.get("features", {}))
     for name, r in results.items():
         cat = config["categories"][name]
         for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
-            image, _ = load_resized(r.samples[i], r.maps.shape[-1])
+            image, _ = load_resized(r.samples[i], r.maps.shape[-1], decoding)
             picture = mask_outline(
                 heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
             )

@@ -82,7 +82,7 @@ class Predictor:
         """The category ``upload`` is for, picked as :meth:`predict` picks it, once its bytes decode with
         predict's checks (failing as predict fails: unknown category, not an image, too large...)."""
         category = self.run.category(category, ask="send 'category'")
-        decode_bytes(upload.data, printable(upload.name))
+        decode_bytes(upload.data, printable(upload.name), self.extractor.decoding)
         return category
 
     def predict(
@@ -94,7 +94,8 @@ class Predictor:
         if not uploads:
             raise ReconadError("no image: send one or more multipart fields named 'file'")
         category = self.run.category(category, ask="send 'category'")
-        images = [(printable(u.name), decode_bytes(u.data, printable(u.name))) for u in uploads]
+        decoding = self.extractor.decoding
+        images = [(printable(u.name), decode_bytes(u.data, printable(u.name), decoding)) for u in uploads]
         threshold = self.run.categories[category]["threshold"]
         results = []
         for start in range(0, len(images), self.batch_size):
