@@ -59,13 +59,20 @@ def check_folds(folds: int, what: str = "folds") -> int:
     return check_value(what, folds, int, low=2, high=20)
 
 
+def check_memory_budget(gigabytes: float, what: str = "memory_budget") -> float:
+    """The features a per-category fit holds in memory, in GB: above 0."""
+    return check_value(what, gigabytes, float, low=0, low_inclusive=False)
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
     image size, levels, device), where they are cached, the good images held back from a unified model
     (fraction, seed), and the threshold (the false-reject rate it targets; the folds the per-category
-    models are cross-fitted in for their out-of-sample scores). Checked on construction; errors name the
-    command-line flag."""
+    models are cross-fitted in for their out-of-sample scores), and the memory budget: the GB of features
+    a per-category fit holds at once (more are spooled to a temporary file and read in chunks; set it
+    with ``--memory-budget``, the spool's folder with ``TMPDIR``). Checked on construction; errors name
+    the command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
@@ -78,6 +85,7 @@ class FitOptions:
     cache_dir: Path | None = None
     no_cache: bool = False
     device: str = "cpu"
+    memory_budget: float = 4.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, "--image-size")
@@ -86,6 +94,7 @@ class FitOptions:
         check_rate(self.false_reject, "--false-reject")
         check_folds(self.folds, "--folds")
         check_seed(self.seed, "--seed")
+        check_memory_budget(self.memory_budget, "--memory-budget")
 
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> FitOptions:
