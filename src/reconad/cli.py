@@ -30,6 +30,7 @@ from reconad.terminal import (
     ImageSizeOpt,
     LayersOpt,
     MaxPixelsOpt,
+    MemoryBudgetOpt,
     NoCacheOpt,
     OneCategoryOpt,
     ParamOpt,
@@ -81,6 +82,7 @@ def fit(
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,
     folds: FoldsOpt = DEFAULTS.folds,
+    memory_budget: MemoryBudgetOpt = DEFAULTS.memory_budget,
     cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
     no_cache: NoCacheOpt = DEFAULTS.no_cache,
     resume: ResumeOpt = False,
@@ -266,13 +268,7 @@ def export(
 
     with progress_bars() as progress:
         doc = export_run(run_dir, out_dir, category, progress)
-    size = sum(g["bytes"] for g in doc["graphs"].values()) / 1e6
-    out.print(
-        f"exported [bold]{doc['model']}[/bold] ({escape(', '.join(doc['categories']))}) → "
-        f"{escape(str(out_dir))}: {len(doc['graphs'])} graph(s), {size:.1f} MB, ONNX opset {doc['opset']}; "
-        f"run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR",
-        soft_wrap=True,
-    )
+    out.print(show.exported_text(doc, out_dir), soft_wrap=True)
 
 
 @app.command()

@@ -67,14 +67,21 @@ def check_folds(folds: int, what: str = "folds") -> int:
     return check_value(what, folds, int, low=2, high=20)
 
 
+def check_memory_budget(gigabytes: float, what: str = "memory_budget") -> float:
+    """The features a per-category fit holds in memory, in GB: above 0."""
+    return check_value(what, gigabytes, float, low=0, low_inclusive=False)
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
     image size, levels, device), how image files are decoded (the bit depth of >8-bit data, or None: its
     range measured on the good training images; the pixel limit), where they are cached, the good images
     held back from a unified model (fraction, seed), the threshold (the false-reject rate it targets; the
-    folds the per-category models are cross-fitted in for their out-of-sample scores), and whether a
-    per-category model keeps one bank for every category (``unified``). Checked on construction; errors
+    folds the per-category models are cross-fitted in for their out-of-sample scores), whether a
+    per-category model keeps one bank for every category (``unified``), and the memory budget: the GB of
+    features a per-category fit holds at once (more are spooled to a temporary file and read in chunks;
+    set it with ``--memory-budget``, the spool's folder with ``TMPDIR``). Checked on construction; errors
     name the command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
@@ -91,6 +98,7 @@ class FitOptions:
     unified: bool = False
     bit_depth: int | None = None
     max_pixels: int = MAX_PIXELS
+    memory_budget: float = 4.0
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, "--image-size")
@@ -101,6 +109,7 @@ class FitOptions:
         check_seed(self.seed, "--seed")
         check_bit_depth(self.bit_depth, "--bit-depth")
         check_value("--max-pixels", self.max_pixels, int, low=1)
+        check_memory_budget(self.memory_budget, "--memory-budget")
 
     def decoding(self) -> Decoding:
         """How image files are decoded: ``--bit-depth``'s levels (none given: the default, until the fit

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.features.store import Features, FeatureSpool, chunk_bounds, join, take
 from reconad.image_runtime import DECODING, Decoding
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
@@ -56,6 +58,9 @@ DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
 #: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
 SCORE_BATCH = 32
 
+#: Spooled images whose maps :func:`cross_fit` holds at once (256 px: 64 MiB).
+SPOOL_SCORE = 256
+
 
 def accelerator(extractor: FeatureExtractor) -> torch.device | None:
     """The extractor's device where it is not the CPU (a CUDA GPU): models then search or run beside the
@@ -68,7 +73,7 @@ def accelerator(extractor: FeatureExtractor) -> torch.device | None:
 class Extracted:
     """Features of a list of samples, their resized masks (test splits) and the seconds it took."""
 
-    features: Tensor  # [N, C, h, w]
+    features: Features  # [N, C, h, w]: in memory, or spooled rows (a fit over its memory budget)
     masks: np.ndarray | None  # [N, S, S] bool, all-False for images without a mask
     seconds: float
 
@@ -251,7 +256,7 @@ TrainingFeatures = dict[str, tuple[Extracted, Extracted]]
 
 def fit_models(
     model: Model,
-    train: dict[str, Tensor],
+    train: dict[str, Features],
     training: Training | None = None,
     progress: Progress = no_progress,
     unified: bool = False,
@@ -284,7 +289,7 @@ def fit_models(
 
 def cross_fit(
     model: Model,
-    features: Tensor,
+    features: Features,
     folds: int,
     seed: int,
     image_size: int,
@@ -302,11 +307,13 @@ def cross_fit(
     for f in range(k):
         held = np.sort(order[f::k])
         kept = np.setdiff1d(np.arange(n), held)
-        maps, s = score_features(
-            copy.deepcopy(model).fit(features[kept]), features[held], image_size, scoring
-        )
-        scores[held] = s.numpy()
-        levels[held] = maps.flatten(1).mean(1).numpy()
+        fold_model = copy.deepcopy(model).fit(take(features, kept))
+        rows = take(features, held)
+        parts = [(0, len(held))] if isinstance(rows, Tensor) else chunk_bounds(len(held), SPOOL_SCORE)
+        for a, b in parts:  # spooled rows: read and scored a part at a time
+            maps, s = score_features(fold_model, rows[a:b], image_size, scoring)
+            scores[held[a:b]] = s.numpy()
+            levels[held[a:b]] = maps.flatten(1).mean(1).numpy()
         fitted()
     return scores, levels
 
@@ -316,7 +323,7 @@ def _calibrate(
     run_models: dict[str, Model],
     data: list[CategoryData],
     feats: TrainingFeatures,
-    train: dict[str, Tensor],
+    train: dict[str, Features],
     scoring: dict[str, Any],
     calibration: Calibration,
 ) -> dict[str, dict[str, Any]]:
@@ -382,6 +389,20 @@ class Calibration:
     progress: Progress = no_progress
 
 
+def spooled_features(
+    name: str, parts: Sequence[list[Sample]], extractor: FeatureExtractor, spool: FeatureSpool, **options: Any
+) -> tuple[Extracted, ...]:
+    """:func:`extract` of each part into ``spool`` (one file, the parts one after the other) instead of
+    memory: each part's rows of it; ``options``: those of :func:`stream_features` (cache, progress)."""
+    start, counts = time.perf_counter(), []
+    for part, what in zip(parts, ("features", "held back"), strict=True):
+        for f, _ in stream_features(part, extractor, description=f"{name}: {what}", **options):
+            spool.append(f)
+        counts.append(len(part))
+    rows, seconds, edges = spool.rows(), time.perf_counter() - start, np.cumsum([0, *counts])
+    return tuple(Extracted(rows.take(np.arange(a, b)), None, seconds) for a, b in zip(edges, edges[1:]))
+
+
 def training_features(
     data: list[CategoryData],
     extractor: FeatureExtractor,
@@ -390,20 +411,28 @@ def training_features(
     holdout: float,
     seed: int,
     progress: Progress = no_progress,
+    spool: Path | None = None,
+    budget: float = DEFAULTS.memory_budget,
 ) -> TrainingFeatures:
     """Each category's (model part, held-back part) of its good training images (:func:`split_holdout`),
-    extracted (a torchrun process extracts its share, :func:`extract_shared`)."""
-    return {
-        c.name: tuple(
+    extracted (a torchrun process extracts its share, :func:`extract_shared`). With a ``spool`` folder, a
+    category whose features exceed ``budget`` GB is spooled there (:func:`spooled_features`)."""
+    row_bytes = 4 * extractor.channels * extractor.grid**2
+    feats: TrainingFeatures = {}
+    for c in data:
+        parts = split_holdout(c.train, holdout, seed)
+        if spool is not None and len(c.train) * row_bytes > budget * 1e9:
+            shape = (extractor.channels, extractor.grid, extractor.grid)
+            writer = FeatureSpool(spool / f"{len(feats)}.f32", shape, int(budget * 1e9))
+            feats[c.name] = spooled_features(c.name, parts, extractor, writer, cache=cache, progress=progress)
+            continue
+        feats[c.name] = tuple(
             extract_shared(
                 part, extractor, world, cache=cache, progress=progress, description=f"{c.name}: {what}"
             )
-            for part, what in zip(
-                split_holdout(c.train, holdout, seed), ("features", "held back"), strict=True
-            )
+            for part, what in zip(parts, ("features", "held back"), strict=True)
         )
-        for c in data
-    }
+    return feats
 
 
 def fit(
@@ -423,6 +452,7 @@ def fit(
     folds: int = DEFAULTS.folds,
     warn: Callable[[str], None] = print,
     unified: bool = False,
+    memory_budget: float = DEFAULTS.memory_budget,
 ) -> Run:
     """Fit ``model`` (unfitted, from :func:`new_model`; or a model name, built here with ``params``) on the
     good images of every category (one model each, or one unified model).
@@ -457,17 +487,22 @@ def fit(
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    feats = features or training_features(data, extractor, world, cache, holdout, seed, progress)
-    feature_seconds = time.perf_counter() - start
     calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn, progress)
-    train = {c.name: feats[c.name][0].features for c in data}
-    if not model.unified:  # per-category models learn from every good image
-        train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
-    models = fit_models(model, train, training, progress, unified)
-    models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
-    categories = _calibrate(model, models, data, feats, train, scoring, calibration)
-    model_seconds = time.perf_counter() - start - feature_seconds  # the cross-fitting included
-    del train
+    with tempfile.TemporaryDirectory(prefix="reconad-spool-") as spool:
+        in_memory = model.unified or unified or world  # one trained model, one bank, or a torchrun job
+        feats = features or training_features(
+            data, extractor, world, cache, holdout, seed, progress,
+            None if in_memory else Path(spool), memory_budget,
+        )  # fmt: skip
+        feature_seconds = time.perf_counter() - start
+        train = {c.name: feats[c.name][0].features for c in data}
+        if not model.unified:  # per-category models learn from every good image
+            train = {name: join(x, feats[name][1].features) for name, x in train.items()}
+        models = fit_models(model, train, training, progress, unified)
+        models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
+        categories = _calibrate(model, models, data, feats, train, scoring, calibration)
+        model_seconds = time.perf_counter() - start - feature_seconds  # the cross-fitting included
+        del train, feats
     config = {
         "model": model.name,
         "params": next(iter(models.values())).get_config(),
@@ -705,6 +740,7 @@ def fit_folder(
                 folds=options.folds,
                 warn=warn if main else lambda note: None,
                 unified=options.unified,
+                memory_budget=options.memory_budget,
             )
         if main:  # one writer: rank 0 (atomically, as ever)
             save_run(run, out_dir)

@@ -41,6 +41,9 @@ LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
 DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
 HoldoutOpt = Annotated[float, typer.Option(help="unified models: good images held back to set the threshold")]
 FalseRejectOpt = Annotated[float, typer.Option(help="the share of good parts the threshold may reject")]
+MemoryBudgetOpt = Annotated[
+    float, typer.Option(help="GB of features a per-category fit holds; more are spooled to TMPDIR")
+]
 FoldsOpt = Annotated[
     int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
 ]

@@ -75,6 +75,16 @@ def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
     )
 
 
+def exported_text(manifest: dict[str, Any], out_dir: Any) -> str:
+    """``reconad export``'s last line: what went where, its size, and how to run it."""
+    size = sum(g["bytes"] for g in manifest["graphs"].values()) / 1e6
+    return (
+        f"exported [bold]{manifest['model']}[/bold] ({escape(', '.join(manifest['categories']))}) → "
+        f"{escape(str(out_dir))}: {len(manifest['graphs'])} graph(s), {size:.1f} MB, ONNX opset "
+        f"{manifest['opset']}; run it with: python {escape(str(out_dir / 'predict.py'))} IMAGES --out DIR"
+    )
+
+
 def threshold_text(change: Any) -> str:
     """``reconad threshold``'s line: old → new, how it was set, and what it gives."""
     p = change.point

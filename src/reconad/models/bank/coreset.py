@@ -10,12 +10,15 @@ projected) features.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 import torch
 from torch import Tensor
 
+from reconad.features.store import Features, as_patches, image_chunks
 from reconad.models.bank.knn import NearestNeighbors
 
 
@@ -126,7 +129,13 @@ class _Distances:
         return cand[picked]
 
 
-def greedy_coreset(
+def greedy_coreset(features: Tensor, n_select: int, *options: Any, **named: Any) -> Tensor:
+    """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling: those
+    of :func:`greedy_with_radius` (the same options), without the radius."""
+    return greedy_with_radius(features, n_select, *options, **named)[0]
+
+
+def greedy_with_radius(
     features: Tensor,
     n_select: int,
     projection_dim: int | None = 128,
@@ -134,7 +143,7 @@ def greedy_coreset(
     points_per_block: int = 256,
     chunk: int = 64,
     candidates: int = 1024,
-) -> Tensor:
+) -> tuple[Tensor, float]:
     """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling.
 
     ``projection_dim``: a seeded Gaussian random projection first (Johnson–Lindenstrauss), as PatchCore does;
@@ -147,6 +156,9 @@ def greedy_coreset(
     computation) for as long as the best candidate is still farther than every point outside the round
     (whose distances can only have shrunk). Each step is then exactly the plain greedy step, and the full
     update of all N distances is paid once per round instead of once per step.
+
+    Also returns the covering radius: the largest distance, in the (projected) space the greedy ran in, of
+    a row to its nearest chosen row (within twice the best any ``n_select`` rows can do).
     """
     n = features.shape[0]
     n_select = max(1, min(int(n_select), n))
@@ -167,7 +179,62 @@ def greedy_coreset(
         if len(chosen) >= n_select:
             break
         new = coreset.next_steps(candidates, n - len(chosen), n_select - len(chosen))
-    return torch.from_numpy(np.asarray(chosen[:n_select], dtype=np.int64))
+    radius = math.sqrt(max(0.0, float(coreset.min_dist.max())))
+    return torch.from_numpy(np.asarray(chosen[:n_select], dtype=np.int64)), radius
+
+
+@dataclass(frozen=True)
+class ChunkedBank:
+    """What :class:`ChunkedCoreset` returns: the ``bank`` ``[B, C]``, its certified covering ``radius`` (in
+    the greedy's space), a seeded ``sample`` of the patches and a seeded sample of those ``left_out`` of the
+    bank (about :data:`SAMPLE` each, drawn from each chunk in proportion)."""
+
+    bank: Tensor
+    radius: float
+    sample: Tensor
+    left_out: Tensor
+
+
+#: Patches drawn for the coverage radius and for PatchCore's nprobe calibration.
+SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class ChunkedCoreset:
+    """A greedy coreset of more patches than one greedy affords (its cost grows as N·n_select): the images
+    are cut into chunks of at most ``images_per_chunk`` (read one at a time: the features may be on disk),
+    each chunk keeps the greedy coreset of ``ratio`` of its patches (:func:`greedy_with_radius`, seed
+    ``seed + chunk``) and the bank is their union. The cost is linear in the patches: a chunk costs the same
+    whatever the number of images.
+
+    Coverage: every patch lies within its chunk's greedy radius of its chunk's atoms, so the whole bank
+    covers every patch within ``radius`` = the largest chunk radius (each within twice the best radius its
+    chunk's atom count allows); a single chunk is the exact greedy.
+    """
+
+    ratio: float
+    images_per_chunk: int
+    projection_dim: int | None = 128
+    seed: int = 0
+
+    def run(self, features: Features) -> ChunkedBank:
+        n, _, h, w = features.shape
+        gen = torch.Generator().manual_seed(self.seed)
+        banks, samples, left_out, radius = [], [], [], 0.0
+        for i, (_, x) in enumerate(image_chunks(features, self.images_per_chunk)):
+            patches = as_patches(x)
+            del x
+            n_keep = max(1, round(self.ratio * len(patches)))
+            keep, r = greedy_with_radius(patches, n_keep, self.projection_dim, self.seed + i)
+            banks.append(patches[keep])
+            radius = max(radius, r)
+            share = max(1, round(SAMPLE * len(patches) / (n * h * w)))
+            samples.append(patches[torch.randperm(len(patches), generator=gen)[:share]])
+            rest = torch.ones(len(patches), dtype=torch.bool)
+            rest[keep] = False
+            rest_idx = rest.nonzero()[:, 0]
+            left_out.append(patches[rest_idx[torch.randperm(len(rest_idx), generator=gen)[:share]]])
+        return ChunkedBank(torch.cat(banks).contiguous(), radius, torch.cat(samples), torch.cat(left_out))
 
 
 def coverage_radius(bank: Tensor, patches: Tensor, seed: int, sample: int = 4096) -> float:

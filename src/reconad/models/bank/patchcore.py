@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
-from reconad.models.bank.coreset import continue_coreset, coverage_radius, greedy_coreset
+from reconad.features.store import FeatureRows, Features, as_patches
+from reconad.models.bank.coreset import ChunkedCoreset, continue_coreset, coverage_radius, greedy_coreset
 from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
 from reconad.models.base import init_config, register
 from reconad.params import MAX_SEED, fraction, param, validate
@@ -48,18 +49,46 @@ class PatchCore:
     seed: int = param(
         0, low=0, high=MAX_SEED, help="seeds the coreset's projection and first point, and the IVF"
     )
+    coreset_chunk: int = param(
+        1 << 19,
+        low=1,
+        help="patches one greedy coreset takes: more are cut into image chunks of at most this many, "
+        "each chunk's coreset kept (linear in images; ChunkedCoreset)",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         self._device = torch.device("cpu")  # where the search runs (:meth:`to`)
 
-    def fit(self, features: Tensor, categories: list[str] | None = None) -> PatchCore:
-        patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
+    def fit(self, features: Features, categories: list[str] | None = None) -> PatchCore:
+        """The bank: one exact greedy coreset of every patch where they number at most ``coreset_chunk``,
+        else the union of each image chunk's (:class:`~.coreset.ChunkedCoreset`); ``features`` in memory
+        or spooled rows (:class:`~reconad.features.store.FeatureRows`, read a chunk at a time)."""
+        n, _, h, w = features.shape
+        if n * h * w > self.coreset_chunk:
+            return self._fit_chunked(features, max(1, self.coreset_chunk // (h * w)))
+        if isinstance(features, FeatureRows):
+            features.check_chunk(n, "the patchcore coreset")
+            features = features[:]
+        patches = as_patches(features)
         n_keep = max(1, round(self.coreset_ratio * len(patches)))
         keep = (
             greedy_coreset(patches, n_keep, self.projection_dim, self.seed) if n_keep < len(patches) else None
         )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
+        return self._index_bank(self._left_out(patches, keep), patches)
+
+    def _fit_chunked(self, features: Features, images_per_chunk: int) -> PatchCore:
+        if isinstance(features, FeatureRows):
+            features.check_chunk(min(images_per_chunk, len(features)), "the patchcore coreset")
+        sampler = ChunkedCoreset(self.coreset_ratio, images_per_chunk, self.projection_dim, self.seed)
+        chunked = sampler.run(features)
+        self.bank_ = chunked.bank
+        return self._index_bank(chunked.left_out, chunked.sample)
+
+    def _index_bank(self, left_out: Tensor, patches: Tensor) -> PatchCore:
+        """The search over the bank: IVF cells, ``nprobe`` (learned from ``left_out`` training patches where
+        'auto') and the coverage radius of the training ``patches`` (a seeded 4,096 of them)."""
         if self.k > len(self.bank_):
             raise ReconadError(
                 f"patchcore: k={self.k} nearest atoms asked of a memory bank of {len(self.bank_)}: "
@@ -67,7 +96,7 @@ class PatchCore:
             )
         auto = self.nprobe == "auto"
         self.centroids_ = ivf_centroids(self.bank_, 1 if auto else self.nprobe, self.seed)
-        self.nprobe_ = self.nprobe if not auto else self._calibrate(patches, keep)
+        self.nprobe_ = self.nprobe if not auto else self._nprobe_for(left_out)
         self.coverage_ = coverage_radius(self.bank_, patches, self.seed)
         self._build()
         return self
@@ -75,7 +104,7 @@ class PatchCore:
     def extend(self, features: Tensor) -> PatchCore:
         """Learn from more good images without refitting: their patches join the bank where it does not
         already cover them (:func:`~.coreset.continue_coreset`); the IVF cells and ``nprobe`` stay."""
-        patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
+        patches = as_patches(features)
         joining = continue_coreset(self.bank_, patches, self._coverage())
         self.bank_ = torch.cat([self.bank_, patches[joining]]).contiguous()
         self._build()
@@ -88,15 +117,20 @@ class PatchCore:
             )
         return self.coverage_
 
-    def _calibrate(self, patches: Tensor, keep: Tensor | None) -> int:
-        """``nprobe`` learned from up to 4,096 seeded training patches the coreset left out."""
-        if keep is None or len(self.centroids_) == 0:
-            return 0
+    def _left_out(self, patches: Tensor, keep: Tensor | None) -> Tensor:
+        """Up to 4,096 seeded training patches the coreset left out (none where it kept every patch)."""
+        if keep is None:
+            return patches[:0]
         left_out = torch.ones(len(patches), dtype=torch.bool)
         left_out[keep] = False
         rest = left_out.nonzero()[:, 0]
         pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(self.seed))[:4096]
-        queries = patches[rest[pick]]
+        return patches[rest[pick]]
+
+    def _nprobe_for(self, queries: Tensor) -> int:
+        """``nprobe`` learned from training patches left out of the bank (none, or no IVF: 0)."""
+        if len(queries) == 0 or len(self.centroids_) == 0:
+            return 0
         return calibrate_nprobe(self.bank_, self.centroids_, queries, self.min_recall, k=self.k)
 
     def _build(self) -> None:

@@ -16,6 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from reconad.errors import ReconadError
+from reconad.features.store import (
+    WORKING_COPIES,
+    FeatureRows,
+    Features,
+    as_patches,
+    gather_patches,
+    image_chunks,
+)
 from reconad.models.bank.coreset import continue_coreset, coverage_radius
 from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
 from reconad.models.bank.self_expressive import coverage_select, sparse_codes
@@ -66,7 +74,11 @@ class SGFR:
         self._device = torch.device("cpu")  # where the atom search of predict runs (:meth:`to`)
 
     # ---------------------------------------------------------------- fit
-    def fit(self, features: Tensor, categories: list[str] | None = None) -> SGFR:
+    def fit(self, features: Features, categories: list[str] | None = None) -> SGFR:
+        """The atoms, sampled from the patches of ``features``: in memory, or spooled rows
+        (:class:`~reconad.features.store.FeatureRows`, read a chunk at a time: :meth:`_fit_rows`)."""
+        if isinstance(features, FeatureRows):
+            return self._fit_rows(features)
         x = _patches(features)
         if len(x) < 2:
             raise ReconadError("SGFR needs at least two training patches")
@@ -74,10 +86,37 @@ class SGFR:
         x = x / self.scale_
         gen = torch.Generator().manual_seed(self.seed)
         budget = min(len(x), max(2, round(self.sampling_ratio * len(x))))
-        self.support_ = self._sample(x, budget, gen)  # which training patches became atoms (not saved)
+        pool = self._pool(len(x), budget, gen)
+        self.support_ = pool[self._sample(x[pool], budget)]  # which training patches became atoms (not saved)
         self.bank_ = x[self.support_].contiguous()
+        return self._index_bank(x)
+
+    def _fit_rows(self, features: FeatureRows) -> SGFR:
+        """:meth:`fit` reading the rows a budget's worth of images at a time: the scale summed chunk by
+        chunk (in float64: equal to the in-memory mean up to rounding), then only the sampled pool and the
+        coverage sample gathered; the same atoms as in memory wherever the scale rounds alike."""
+        n, _, h, w = features.shape
+        features.check_chunk(1, "sgfr's reads")
+        per = max(1, features.budget // (WORKING_COPIES * features.row_bytes))
+        count = n * h * w
+        if count < 2:
+            raise ReconadError("SGFR needs at least two training patches")
+        total = sum(float(as_patches(x).double().pow(2).sum()) for _, x in image_chunks(features, per))
+        self.scale_ = torch.tensor((total / count) ** 0.5, dtype=torch.float32).clamp_min(1e-12)
+        gen = torch.Generator().manual_seed(self.seed)
+        budget = min(count, max(2, round(self.sampling_ratio * count)))
+        pool = self._pool(count, budget, gen)
+        points = gather_patches(features, pool, per) / self.scale_
+        chosen = self._sample(points, budget)
+        self.support_ = pool[chosen]
+        self.bank_ = points[chosen].contiguous()
+        pick = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))[:4096]
+        return self._index_bank(gather_patches(features, pick, per) / self.scale_)
+
+    def _index_bank(self, patches: Tensor) -> SGFR:
+        """The atom search's IVF cells and the coverage radius of the (scaled) training ``patches``."""
         self.centroids_ = ivf_centroids(self.bank_, self.nprobe, self.seed, self.metric)
-        self.coverage_ = coverage_radius(self.bank_, x, self.seed)
+        self.coverage_ = coverage_radius(self.bank_, patches, self.seed)
         self._build()
         return self
 
@@ -92,20 +131,23 @@ class SGFR:
         self._build()
         return self
 
-    def _sample(self, x: Tensor, budget: int, gen: torch.Generator) -> Tensor:
-        """``budget`` atoms by coverage sampling over a seeded pool of the training patches, each patch
-        self-expressed without itself."""
-        n = len(x)
+    def _pool(self, n: int, budget: int, gen: torch.Generator) -> Tensor:
+        """The seeded training patches self-expressed to choose ``budget`` atoms (all where it is all)."""
         if budget >= n:
             return torch.arange(n)
-        pool = torch.randperm(n, generator=gen)[: min(n, max(self.pool_size, 2 * budget))]
-        points = x[pool]
+        return torch.randperm(n, generator=gen)[: min(n, max(self.pool_size, 2 * budget))]
+
+    def _sample(self, points: Tensor, budget: int) -> Tensor:
+        """Which ``budget`` of the pool's ``points`` become atoms: coverage sampling, each point
+        self-expressed without itself."""
+        if budget >= len(points):
+            return torch.arange(len(points))
         idx, coef, _ = self._codes(self._index_over(points), points, exclude_self=torch.arange(len(points)))
 
         def residuals(chosen: Tensor) -> Tensor:
             return self._codes(self._index_over(points[chosen]), points)[2]
 
-        return pool[coverage_select(idx, coef, budget, self.rounds, residuals)]
+        return coverage_select(idx, coef, budget, self.rounds, residuals)
 
     def _index_over(self, atoms: Tensor) -> NearestNeighbors:
         centroids = ivf_centroids(atoms, self.nprobe, self.seed, self.metric)
