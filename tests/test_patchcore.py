@@ -56,10 +56,12 @@ def clustered(n: int, d: int, seed: int) -> torch.Tensor:
 )
 def test_greedy_coreset_equals_naive_farthest_point_sampling(n, d, select, projection_dim, block, seed):
     x = clustered(n, d, seed)
-    got = greedy_coreset(x, select, projection_dim, seed, points_per_block=block).tolist()
+    got = greedy_coreset(x, select, projection_dim, seed, points_per_block=block)[0].tolist()
     assert got == naive_farthest_points(x, select, projection_dim, seed, first=got[0])
     assert len(set(got)) == select
-    assert greedy_coreset(x, select, projection_dim, seed, points_per_block=block).tolist() == got  # seeded
+    assert (
+        greedy_coreset(x, select, projection_dim, seed, points_per_block=block)[0].tolist() == got
+    )  # seeded
 
 
 def projected(features: torch.Tensor, projection_dim: int | None, seed: int) -> np.ndarray:
@@ -84,7 +86,7 @@ def test_greedy_coreset_property(n, d, fraction, projection_dim, block, seed):
     (up to float32 rounding of the distances)."""
     x = clustered(n, d, seed)
     select = max(1, round(fraction * n))
-    got = greedy_coreset(x, select, projection_dim, seed, points_per_block=block).tolist()
+    got = greedy_coreset(x, select, projection_dim, seed, points_per_block=block)[0].tolist()
     assert len(got) == select and len(set(got)) == select
     xs = projected(x, projection_dim, seed)
     tol = 1e-5 * float((xs**2).sum(axis=1).max()) + 1e-9
@@ -97,13 +99,13 @@ def test_greedy_coreset_property(n, d, fraction, projection_dim, block, seed):
 
 def test_greedy_coreset_selecting_every_point_gives_every_point():
     x = clustered(91, 1, 0)
-    assert sorted(greedy_coreset(x, 91, None, 0, points_per_block=4).tolist()) == list(range(91))
+    assert sorted(greedy_coreset(x, 91, None, 0, points_per_block=4)[0].tolist()) == list(range(91))
 
 
 def test_greedy_coreset_clamps_the_count():
     x = clustered(20, 4, 0)
-    assert sorted(greedy_coreset(x, 100, None).tolist()) == list(range(20))
-    assert len(greedy_coreset(x, 0, None)) == 1
+    assert sorted(greedy_coreset(x, 100, None)[0].tolist()) == list(range(20))
+    assert len(greedy_coreset(x, 0, None)[0]) == 1
 
 
 def features(n: int = 6, c: int = 16, h: int = 8, w: int = 8, seed: int = 0) -> torch.Tensor:
@@ -155,7 +157,7 @@ def test_save_load_gives_bit_identical_scores(tmp_path):
         "nprobe": "auto",
         "min_recall": 0.99,
         "seed": 0,
-        "coreset_chunk": 1 << 19,
+        "coreset_chunk": 1 << 20,
     }
     assert loaded.nprobe_ == model.nprobe_
     assert torch.equal(loaded.predict(test), model.predict(test))

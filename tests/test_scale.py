@@ -13,7 +13,7 @@ from reconad import pipeline
 from reconad.data import load_sources
 from reconad.errors import ReconadError
 from reconad.features.store import FeatureRows, FeatureSpool, gather_patches, join, take
-from reconad.models.bank.coreset import ChunkedCoreset, greedy_with_radius
+from reconad.models.bank.coreset import ChunkedCoreset, greedy_coreset
 from reconad.models.bank.patchcore import PatchCore
 from reconad.models.bank.sgfr import SGFR
 
@@ -59,7 +59,7 @@ def test_patchcore_below_the_chunk_size_is_todays_exact_greedy():
     x = images()
     default = PatchCore(coreset_ratio=0.1, projection_dim=8).fit(x)
     assert len(x) * 36 <= default.coreset_chunk
-    exact = greedy_with_radius(x.permute(0, 2, 3, 1).reshape(-1, 12), round(0.1 * 24 * 36), 8, 0)[0]
+    exact = greedy_coreset(x.permute(0, 2, 3, 1).reshape(-1, 12), round(0.1 * 24 * 36), 8, 0)[0]
     assert torch.equal(default.bank_, x.permute(0, 2, 3, 1).reshape(-1, 12)[exact])
 
 
@@ -82,10 +82,10 @@ def test_chunked_coreset_covers_every_patch_within_its_radius():
     assert len(chunked.bank) == 5 * round(ratio * 8 * 25)  # each of 5 chunks keeps its share
     gap = torch.cdist(patches.double(), chunked.bank.double()).amin(1)
     assert float(gap.max()) <= chunked.radius * (1 + 1e-5)
-    own = [greedy_with_radius(patches[i * 200 : (i + 1) * 200], 20, None, 1 + i)[1] for i in range(5)]
+    own = [greedy_coreset(patches[i * 200 : (i + 1) * 200], 20, None, 1 + i)[1] for i in range(5)]
     assert chunked.radius == max(own)
     one = ChunkedCoreset(ratio, 40, projection_dim=None, seed=1).run(x)  # one chunk: the exact greedy
-    assert one.radius == greedy_with_radius(patches, len(one.bank), None, 1)[1]
+    assert one.radius == greedy_coreset(patches, len(one.bank), None, 1)[1]
 
 
 def test_a_budget_below_one_chunk_is_one_line(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import faiss
 import numpy as np
@@ -129,13 +128,7 @@ class _Distances:
         return cand[picked]
 
 
-def greedy_coreset(features: Tensor, n_select: int, *options: Any, **named: Any) -> Tensor:
-    """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling: those
-    of :func:`greedy_with_radius` (the same options), without the radius."""
-    return greedy_with_radius(features, n_select, *options, **named)[0]
-
-
-def greedy_with_radius(
+def greedy_coreset(
     features: Tensor,
     n_select: int,
     projection_dim: int | None = 128,
@@ -144,7 +137,8 @@ def greedy_with_radius(
     chunk: int = 64,
     candidates: int = 1024,
 ) -> tuple[Tensor, float]:
-    """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling.
+    """Indices of ``n_select`` rows of ``features [N, D]`` chosen by greedy farthest-point sampling, and the
+    covering radius they reach.
 
     ``projection_dim``: a seeded Gaussian random projection first (Johnson–Lindenstrauss), as PatchCore does;
     ``None`` keeps the full dimension. The first point is drawn at random with ``seed``. Points are grouped
@@ -203,7 +197,7 @@ SAMPLE = 4096
 class ChunkedCoreset:
     """A greedy coreset of more patches than one greedy affords (its cost grows as N·n_select): the images
     are cut into chunks of at most ``images_per_chunk`` (read one at a time: the features may be on disk),
-    each chunk keeps the greedy coreset of ``ratio`` of its patches (:func:`greedy_with_radius`, seed
+    each chunk keeps the greedy coreset of ``ratio`` of its patches (:func:`greedy_coreset`, seed
     ``seed + chunk``) and the bank is their union. The cost is linear in the patches: a chunk costs the same
     whatever the number of images.
 
@@ -225,7 +219,7 @@ class ChunkedCoreset:
             patches = as_patches(x)
             del x
             n_keep = max(1, round(self.ratio * len(patches)))
-            keep, r = greedy_with_radius(patches, n_keep, self.projection_dim, self.seed + i)
+            keep, r = greedy_coreset(patches, n_keep, self.projection_dim, self.seed + i)
             banks.append(patches[keep])
             radius = max(radius, r)
             share = max(1, round(SAMPLE * len(patches) / (n * h * w)))
