@@ -15,6 +15,7 @@ from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
 from reconad.report.console import added_text, metrics_table, params_table, print_results, threshold_text
 from reconad.terminal import (
+    DEFAULT_IMAGE_SIZE,
     DEFAULT_LAYERS,
     STATE,
     BackboneOpt,
@@ -27,6 +28,7 @@ from reconad.terminal import (
     ForceOpt,
     HoldoutOpt,
     ImageSizeOpt,
+    KeepAspectOpt,
     LayersOpt,
     NoCacheOpt,
     OneCategoryOpt,
@@ -69,7 +71,8 @@ def fit(
     category: CategoryOpt = None,
     backbone: BackboneOpt = DEFAULTS.backbone,
     weights: WeightsOpt = DEFAULTS.weights,
-    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
+    keep_aspect: KeepAspectOpt = DEFAULTS.keep_aspect,
     layers: LayersOpt = DEFAULT_LAYERS,
     param: ParamOpt = None,
     seed: int = DEFAULTS.seed,
@@ -84,6 +87,7 @@ def fit(
 ) -> None:
     """Fit a model on the good training images of every category found."""
     from reconad import distributed, pipeline
+    from reconad.report.console import fitted_text
 
     options = FitOptions.from_flags(locals())
     check_writable(out_dir, folder=True)
@@ -102,12 +106,7 @@ def fit(
     )
     if (distributed.launched() or (0,))[0] != 0:
         return  # the other processes of a torchrun job stay quiet
-    out.print(
-        f"fitted [bold]{model}[/bold] on {escape(', '.join(run.categories))} "
-        f"in {run.config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
-        f"({run.config['model_bytes'] / 1e6:.2f} MB of weights)",
-        soft_wrap=True,
-    )
+    out.print(fitted_text(run.config, out_dir), soft_wrap=True)
 
 
 @app.command("params")
@@ -219,7 +218,7 @@ def predict(
     from reconad.inference import predict_folder
 
     with progress_bars() as progress:
-        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force)
+        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force, warn)
     out.print(
         f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
         f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
@@ -322,7 +321,7 @@ def bench(
     device: DeviceOpt = DEFAULTS.device,
     backbone: BackboneOpt = DEFAULTS.backbone,
     weights: WeightsOpt = DEFAULTS.weights,
-    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
     layers: LayersOpt = DEFAULT_LAYERS,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,

@@ -25,10 +25,12 @@ from torch import Tensor
 
 from reconad import __version__, distributed
 from reconad.data import CategoryData, Sample, load_image_and_mask, load_sources, resize_images
+from reconad.data.imageio import training_aspect
 from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.image_runtime import size_hw
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, model_class
@@ -40,7 +42,7 @@ from reconad.operating import (
     rate_note,
     verdict_rates,
 )
-from reconad.options import DEFAULTS, FitOptions, check_folds, check_holdout, check_seed
+from reconad.options import DEFAULTS, FitOptions, aspect_size, check_folds, check_holdout, check_seed
 from reconad.params import check_values
 from reconad.progress import Progress, no_progress
 from reconad.runfolder import UNIFIED, check_run_folder, checkpoint_dir
@@ -67,7 +69,7 @@ class Extracted:
     """Features of a list of samples, their resized masks (test splits) and the seconds it took."""
 
     features: Tensor  # [N, C, h, w]
-    masks: np.ndarray | None  # [N, S, S] bool, all-False for images without a mask
+    masks: np.ndarray | None  # [N, H, W] bool, all-False for images without a mask
     seconds: float
 
 
@@ -101,7 +103,7 @@ def stream_features(
     Decoding and the backbone work ``batch_size`` samples at a time and nothing outlives its batch, so
     memory does not grow with the number of samples (``reconad test`` streams through this).
     """
-    n, size = len(samples), extractor.image_size
+    n, size = len(samples), extractor.image_hw
     if n == 0:
         raise ReconadError("no images to extract features from")
     progress(description, 0, n)
@@ -131,8 +133,7 @@ def extract(
     """Patch features of ``samples`` (from the cache where it has them), and their masks if asked, all held
     in memory; ``options``: those of :func:`stream_features` (cache, batch_size, progress, description)."""
     start = time.perf_counter()
-    size = extractor.image_size
-    masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+    masks = np.zeros((len(samples), *extractor.image_hw), dtype=bool) if with_masks else None
     features = []
     for i, (f, mask) in enumerate(stream_features(samples, extractor, with_masks=with_masks, **options)):
         features.append(f)
@@ -203,10 +204,15 @@ def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list
 
 
 def patch_maps(
-    model: Model, features: Tensor, image_size: int, sigma: float, categories: list[str] | None = None
+    model: Model,
+    features: Tensor,
+    image_size: int | tuple[int, int],
+    sigma: float,
+    categories: list[str] | None = None,
 ) -> Tensor:
-    """Anomaly maps ``[N, S, S]`` of one batch of feature tensors: the model's patch scores (or level maps),
-    resized to the image as the model says (``align_corners``), averaged and smoothed."""
+    """Anomaly maps ``[N, H, W]`` of one batch of feature tensors (``image_size``: ``(H, W)``, or an int for
+    a square): the model's patch scores (or level maps), resized to the image as the model says
+    (``align_corners``), averaged and smoothed."""
     patch = model.predict(features, categories) if categories else model.predict(features)
     return anomaly_maps(patch, image_size, sigma, align_corners=model.align_corners)
 
@@ -214,11 +220,11 @@ def patch_maps(
 def score_features(
     model: Model,
     features: Tensor,
-    image_size: int,
+    image_size: int | tuple[int, int],
     scoring: dict[str, Any],
     categories: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(anomaly maps ``[N, S, S]``, image scores ``[N]``) of feature tensors, in batches of
+    """(anomaly maps ``[N, H, W]``, image scores ``[N]``) of feature tensors, in batches of
     :data:`SCORE_BATCH`."""
     maps = []
     for start in range(0, len(features), SCORE_BATCH):
@@ -278,7 +284,7 @@ def cross_fit(
     features: Tensor,
     folds: int,
     seed: int,
-    image_size: int,
+    image_size: tuple[int, int],
     scoring: dict[str, Any],
     fitted: Callable[[], None] = lambda: None,
 ) -> tuple[np.ndarray, float]:
@@ -358,7 +364,7 @@ class Calibration:
     false_reject: float = DEFAULT_FALSE_REJECT
     folds: int = DEFAULTS.folds
     seed: int = DEFAULTS.seed
-    image_size: int = DEFAULTS.image_size
+    image_size: tuple[int, int] = DEFAULTS.image_size  # (h, w) of the maps
     warn: Callable[[str], None] = print
     progress: Progress = no_progress
 
@@ -437,7 +443,7 @@ def fit(
     start = time.perf_counter()
     feats = features or training_features(data, extractor, world, cache, holdout, seed, progress)
     feature_seconds = time.perf_counter() - start
-    calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn, progress)
+    calibration = Calibration(false_reject, folds, seed, extractor.image_hw, warn, progress)
     train = {c.name: feats[c.name][0].features for c in data}
     if not model.unified:  # per-category models learn from every good image
         train = {name: torch.cat([x, feats[name][1].features]) for name, x in train.items()}
@@ -498,7 +504,7 @@ def evaluate_features(run: Run, category: str, samples: list[Sample], ext: Extra
     maps, _ = score_features(
         run.model_for(category),
         ext.features,
-        run.config["features"]["image_size"],
+        size_hw(run.config["features"]["image_size"]),
         run.config["scoring"],
         [category] * len(samples),
     )
@@ -519,8 +525,8 @@ def evaluate_stream(
     the memory per image of features + maps at 256 px; the same maps, in the same batches)."""
     start = time.perf_counter()
     models_to(run.models, accelerator(extractor))
-    model, size, sigma = run.model_for(category), extractor.image_size, run.config["scoring"]["sigma"]
-    masks = np.zeros((len(samples), size, size), dtype=bool)
+    model, size, sigma = run.model_for(category), extractor.image_hw, run.config["scoring"]["sigma"]
+    masks = np.zeros((len(samples), *size), dtype=bool)
     maps: list[Tensor] = []
     pending: list[Tensor] = []
     stream = stream_features(
@@ -615,6 +621,19 @@ def feature_cache(options: FitOptions, extractor: FeatureExtractor) -> FeatureCa
     return None if options.no_cache else FeatureCache(extractor.key(), options.cache_dir)
 
 
+def keep_aspect(
+    options: FitOptions, extractor: FeatureExtractor, data: list[CategoryData], warn: Callable[[str], None]
+) -> FitOptions:
+    """``--keep-aspect``: the options at the size :func:`~reconad.options.aspect_size` gives for the median
+    aspect of every category's good training images (``extractor`` resized to it in place); ``warn`` says
+    which."""
+    aspect = training_aspect(s for c in data for s in c.train)
+    sized = options.sized(aspect_size(options.image_size[0], aspect, extractor.stride))
+    extractor.resize(sized.image_size)
+    warn(f"--keep-aspect: fitting at {extractor.image_size} px (the good images' median aspect {aspect:.3g})")
+    return sized
+
+
 def fit_folder(
     model_name: str,
     params: Mapping[str, Any],
@@ -637,6 +656,9 @@ def fit_folder(
     extractor = FeatureExtractor.from_options(options)
     model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)
+    if options.keep_aspect:
+        options = keep_aspect(options, extractor, data, warn)
+        model = spec.build(extractor, options.seed)
     ckpt = checkpoint_dir(out_dir)
 
     def resume_hint() -> str:

@@ -89,3 +89,13 @@ def added_text(done: Any) -> str:
         f"bank {done.atoms_before} → {done.atoms_after} atoms; threshold {done.old_threshold:.4g} → "
         f"{done.point.threshold:.4g} (from {done.point.n} good scores)"
     )
+
+
+def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
+    """``reconad fit``'s line: the model, its categories, the image size, the time, the folder, the
+    weights."""
+    return (
+        f"fitted [bold]{config['model']}[/bold] on {escape(', '.join(config['categories']))} at "
+        f"{config['features']['image_size']} px in {config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
+        f"({config['model_bytes'] / 1e6:.2f} MB of weights)"
+    )
