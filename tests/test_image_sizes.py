@@ -197,3 +197,14 @@ def test_a_unified_model_refuses_a_side_its_levels_do_not_divide(parts, tmp_path
     out = tmp_path / "run"
     result = invoke("fit", "rlr", "--data", f"mvtec:{parts}", "--out", out, "--image-size", "136x64")
     assert_clean_error(result, "image size 136x64 is not a multiple of 16", "e.g. 128 or 144 for 136")
+
+
+def test_serve_says_once_per_process_when_uploads_stray_from_the_runs_aspect(kept_run, parts):
+    from reconad.serve.predictor import Predictor, Upload
+
+    said: list[str] = []
+    predictor = Predictor(kept_run[0], warn=said.append)
+    square = [Upload(p.name, p.read_bytes()) for p in sorted((parts / "test" / "good").iterdir())[:2]]
+    for _ in range(2):
+        assert len(predictor.predict(square)) == 2
+    assert len(said) == 1 and "the run's size 128x64" in said[0]

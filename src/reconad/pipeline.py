@@ -656,8 +656,9 @@ def fit_folder(
     extractor = FeatureExtractor.from_options(options)
     model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)
-    if options.keep_aspect:
-        options = keep_aspect(options, extractor, data, warn)
+    if options.keep_aspect:  # every torchrun process measures the same images; rank 0 says the size
+        quiet = (distributed.launched() or (0,))[0] != 0
+        options = keep_aspect(options, extractor, data, (lambda note: None) if quiet else warn)
         model = spec.build(extractor, options.seed)
     ckpt = checkpoint_dir(out_dir)
 

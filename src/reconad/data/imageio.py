@@ -115,7 +115,7 @@ def read_mask(path: Path, image_hw: tuple[int, int], image_path: Path | None = N
 
 def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     """``(h, w)`` of ``size`` (an int: a square); a one-line error unless both are positive integers."""
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
     if len(hw) != 2 or not all(isinstance(s, int) and s >= 1 for s in hw):
         raise ReconadError(f"image size must be a positive integer or (h, w), got {size!r}")
     return hw  # type: ignore[return-value]
