@@ -55,7 +55,7 @@ def old_rule(
     return {
         c.name: float(
             pipeline.score_features(
-                fitted[c.name], feats[c.name][1].features, extractor.image_size, pipeline.DEFAULT_SCORING
+                fitted[c.name], feats[c.name][1].features, extractor.image_hw, pipeline.DEFAULT_SCORING
             )[1].max()
         )
         for c in data

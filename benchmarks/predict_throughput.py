@@ -43,7 +43,7 @@ def main() -> None:
         args.model, data, extractor, params=parse_params(args.param), cache=FeatureCache(extractor.key())
     )
     paths = [s.path for s in data[0].test]
-    images = torch.from_numpy(np.stack([load_resized(s, extractor.image_size)[0] for s in data[0].test]))
+    images = torch.from_numpy(np.stack([load_resized(s, extractor.image_hw)[0] for s in data[0].test]))
     extractor(images[: args.batch_size])  # warm-up
 
     backbone, end_to_end = 0.0, 0.0

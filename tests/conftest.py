@@ -75,7 +75,7 @@ class CountingExtractor:
     """The real extractor, counting the images it is asked to compute."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.image_size, self.calls = inner, inner.image_size, 0
+        self.inner, self.image_size, self.image_hw, self.calls = inner, inner.image_size, inner.image_hw, 0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.calls += len(images)

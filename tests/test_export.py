@@ -101,7 +101,7 @@ def library_outputs(run_dir: Path, category: str, images: np.ndarray) -> tuple[n
     maps, scores = pipeline.score_features(
         run.model_for(category),
         features,
-        extractor.image_size,
+        extractor.image_hw,
         run.config["scoring"],
         [category] * len(images),
     )

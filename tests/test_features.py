@@ -50,7 +50,7 @@ def test_feature_backbone_uses_the_classifier_weights(classifier):
 def test_extractor_levels_and_shapes(extractor):
     assert extractor.level_channels == (40, 112)  # EfficientNet-Lite0 stages 2 and 3
     assert extractor.level_grids == (SIZE // 8, SIZE // 16)
-    assert extractor.channels == 152 and extractor.grid == SIZE // 8
+    assert extractor.channels == 152 and extractor.level_hw[0] == (SIZE // 8, SIZE // 8)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8))
     out = extractor(images)
     assert out.shape == (3, 152, SIZE // 8, SIZE // 8) and out.dtype == torch.float32
@@ -89,6 +89,33 @@ def test_extractor_key_follows_the_config(extractor):
     assert extractor.key() == FeatureExtractor(image_size=SIZE).key()
     assert extractor.key() != FeatureExtractor(image_size=SIZE + 32).key()
     assert extractor.key() != FeatureExtractor(image_size=SIZE, layers=(1, 2)).key()
+
+
+def test_square_sizes_keep_their_config_and_cache_key(extractor):
+    """A square run's features config and cache key are those of the square-only reconad (keys computed
+    before non-square sizes existed): its cache and run.json stay valid."""
+    from reconad.features.extractor import FeatureExtractor
+
+    assert extractor.config()["image_size"] == SIZE and type(extractor.config()["image_size"]) is int
+    assert extractor.key() == "581794bca0a55f71"
+    assert FeatureExtractor(image_size=(256, 256)).key() == FeatureExtractor().key() == "60b90bdb586d9075"
+
+
+def test_a_non_square_size_is_stored_as_wxh_and_read_back():
+    from reconad.features.extractor import FeatureExtractor
+
+    wide = FeatureExtractor(image_size="128x64")  # width 128, height 64
+    assert wide.image_hw == (64, 128) and wide.image_size == "128x64"
+    assert wide.level_hw == ((8, 16), (4, 8)) and wide.level_grids == (8, 4)
+    assert wide.config()["image_size"] == "128x64"
+    again = FeatureExtractor.from_config(wide.config())
+    assert again.image_hw == (64, 128) and again.key() == wide.key()
+    others = (FeatureExtractor(image_size=(128, 64)).key(), FeatureExtractor(image_size=64).key())
+    assert wide.key() not in others
+    images = torch.zeros(2, 64, 128, 3, dtype=torch.uint8)
+    assert wide(images).shape == (2, 152, 8, 16)
+    with pytest.raises(ReconadError, match="not a multiple of 16"):
+        FeatureExtractor(image_size="136x64").check_whole_grids()
 
 
 def test_cache_hit_is_identical_and_a_damaged_entry_is_recomputed(tmp_path, parts, extractor):

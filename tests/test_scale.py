@@ -99,7 +99,7 @@ def test_fit_over_its_budget_spools_and_gives_the_in_memory_run(parts, extractor
     data = load_sources([f"mvtec:{parts}"])
     params = {"coreset_ratio": 0.05, "coreset_chunk": 3 * 64}  # 3 images of 8×8 patches a chunk
     memory = pipeline.fit("patchcore", data, extractor, params=params, holdout=0.2)
-    row = 4 * extractor.channels * extractor.grid**2
+    row = 4 * extractor.channels * extractor.level_hw[0][0] * extractor.level_hw[0][1]
     budget = 4 * 3 * row / 1e9  # one chunk: below the features of the 12 images
     spooled_run = pipeline.fit("patchcore", data, extractor, params=params, holdout=0.2, memory_budget=budget)
     (name,) = memory.categories

@@ -39,8 +39,8 @@ def test_one_bank_of_every_category_with_a_threshold_each(two_categories, extrac
     params = {"coreset_ratio": 1.0, "nprobe": 0} if name == "patchcore" else {"sampling_ratio": 1.0}
     run = pipeline.fit(name, data, extractor, params=params, folds=3, unified=True, warn=lambda _: None)
     assert list(run.models) == [UNIFIED] and run.config["unified"] is True
-    grid = extractor.grid
-    assert len(run.models[UNIFIED].bank_) == 2 * 8 * grid * grid  # every patch of both categories
+    h, w = extractor.level_hw[0]
+    assert len(run.models[UNIFIED].bank_) == 2 * 8 * h * w  # every patch of both categories
     for c in CATEGORIES:
         cat = run.categories[c]
         assert cat["n_train"] == 8 and len(cat["operating"]["scores"]) == 8

@@ -428,8 +428,9 @@ def run_bench(
         "data": data,
         "categories": categories,
         "params": params or {},
-        **{k: v for k, v in asdict(options).items() if k not in ("cache_dir", "no_cache")},
+        **{k: v for k, v in asdict(options).items() if k not in ("cache_dir", "no_cache", "keep_aspect")},
         "weights": str(options.weights) if options.weights else None,
+        "image_size": extractor.image_size,  # as run.json: an int when square, else "WxH"
         "layers": list(options.layers),
     }
     with atomic_folder(out) as tmp:

@@ -15,6 +15,7 @@ from reconad.options import DEFAULTS, FitOptions
 from reconad.params import parse_params
 from reconad.report import console as show
 from reconad.terminal import (
+    DEFAULT_IMAGE_SIZE,
     DEFAULT_LAYERS,
     STATE,
     BackboneOpt,
@@ -28,6 +29,7 @@ from reconad.terminal import (
     ForceOpt,
     HoldoutOpt,
     ImageSizeOpt,
+    KeepAspectOpt,
     LayersOpt,
     MaxPixelsOpt,
     MemoryBudgetOpt,
@@ -73,7 +75,8 @@ def fit(
     category: CategoryOpt = None,
     backbone: BackboneOpt = DEFAULTS.backbone,
     weights: WeightsOpt = DEFAULTS.weights,
-    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
+    keep_aspect: KeepAspectOpt = DEFAULTS.keep_aspect,
     layers: LayersOpt = DEFAULT_LAYERS,
     bit_depth: BitDepthOpt = DEFAULTS.bit_depth,
     max_pixels: MaxPixelsOpt = DEFAULTS.max_pixels,
@@ -223,7 +226,7 @@ def predict(
     from reconad.inference import predict_folder
 
     with progress_bars() as progress:
-        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force)
+        run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force, warn)
     out.print(
         f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
         f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
@@ -320,7 +323,7 @@ def bench(
     device: DeviceOpt = DEFAULTS.device,
     backbone: BackboneOpt = DEFAULTS.backbone,
     weights: WeightsOpt = DEFAULTS.weights,
-    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
     layers: LayersOpt = DEFAULT_LAYERS,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,

@@ -18,7 +18,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -401,17 +401,85 @@ def _resize_rows(a: np.ndarray, n_out: int) -> np.ndarray:
     return np.clip(np.floor(out, out=out), 0, 255).astype(np.uint8)
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """An ``H×W×3`` uint8 image → ``[size, size, 3]`` uint8, exactly as ``reconad.data.resize_images``:
-    antialiased bilinear (``align_corners=False``), torch's uint8 arithmetic, horizontal pass first; an axis
-    already of the right length is left as it is."""
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """An ``H×W×3`` uint8 image → ``[h, w, 3]`` uint8 (``size``: ``(h, w)``, or an int for a square), exactly
+    as ``reconad.data.resize_images``: antialiased bilinear (``align_corners=False``), torch's uint8
+    arithmetic, horizontal pass first; an axis already of the right length is left as it is."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     h, w, c = image.shape
-    if w != size:
-        rows = _resize_rows(image.transpose(1, 0, 2).reshape(w, h * c), size)
-        image = rows.reshape(size, h, c).transpose(1, 0, 2)
-    if h != size:
-        image = _resize_rows(image.reshape(h, size * c), size).reshape(size, size, c)
+    if w != out_w:
+        rows = _resize_rows(image.transpose(1, 0, 2).reshape(w, h * c), out_w)
+        image = rows.reshape(out_w, h, c).transpose(1, 0, 2)
+    if h != out_h:
+        image = _resize_rows(image.reshape(h, out_w * c), out_h).reshape(out_h, out_w, c)
     return np.ascontiguousarray(image)
+
+
+# --- image sizes and aspects --------------------------------------------------------------------------------
+
+#: How far an image's aspect (width / height) may stray from the run's before predict and serve say so once.
+ASPECT_TOLERANCE = 0.10
+
+
+def size_hw(size: int | str) -> tuple[int, int]:
+    """The ``(height, width)`` of an image size as run.json and the export manifest store it: an int ``N`` is
+    ``N×N``; a non-square size is the text ``"WxH"`` (width first, as ``--image-size`` takes it)."""
+    if isinstance(size, int):
+        return size, size
+    text = str(size).strip().lower().replace("×", "x")
+    try:
+        parts = [int(p) for p in text.split("x")]
+    except ValueError:
+        raise ValueError(f"image size {size!r}: expected N or WxH, e.g. 256 or 512x256") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) != 2:
+        raise ValueError(f"image size {size!r}: expected N or WxH, e.g. 256 or 512x256")
+    return parts[1], parts[0]
+
+
+def stored_size(hw: tuple[int, int]) -> int | str:
+    """How run.json and the manifest store the size ``(h, w)``: an int when square (as ever), else
+    ``"WxH"``."""
+    h, w = hw
+    return h if h == w else f"{w}x{h}"
+
+
+def file_hw(path: Path) -> tuple[int, int]:
+    """An image file's ``(height, width)`` from its header alone, EXIF orientation applied (as decoded)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # transposed or rotated by 90°
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageFileError(f"cannot read image {show_path(path)}: {err}") from None
+    return (w, h) if turned else (h, w)
+
+
+def aspect_note(name: str, image_hw: tuple[int, int], run_hw: tuple[int, int]) -> str | None:
+    """A note when the image's aspect (width / height) differs from the run's by more than
+    :data:`ASPECT_TOLERANCE` (either way): it is squashed to the run's size, which shifts what is normal."""
+    image, run = image_hw[1] / image_hw[0], run_hw[1] / run_hw[0]
+    if max(image / run, run / image) <= 1 + ASPECT_TOLERANCE:
+        return None
+    return (
+        f"{name} is {image_hw[1]}x{image_hw[0]} (aspect {image:.2f}), the run's size {run_hw[1]}x{run_hw[0]} "
+        f"(aspect {run:.2f}): it is stretched to that size, so its score may mislead (said once, for the "
+        "first such image; fit at their aspect with --image-size WxH or --keep-aspect)"
+    )
+
+
+class AspectWatch:
+    """Says :func:`aspect_note` through ``say`` once: for the first image whose aspect strays from the
+    run's."""
+
+    def __init__(self, run_hw: tuple[int, int], say: Callable[[str], None]) -> None:
+        self.run_hw, self.say, self.said = run_hw, say, False
+
+    def __call__(self, name: str, image_hw: tuple[int, int]) -> None:
+        if not self.said and (note := aspect_note(name, image_hw, self.run_hw)) is not None:
+            self.said = True
+            self.say(note)
 
 
 # --- overlays -----------------------------------------------------------------------------------------------

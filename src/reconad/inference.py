@@ -22,7 +22,7 @@ from reconad.data import resize_images
 from reconad.data.imageio import collect_images, read_image
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
-from reconad.image_runtime import overlay_name, show_path
+from reconad.image_runtime import AspectWatch, overlay_name, show_path
 from reconad.operating import Labelled
 from reconad.pipeline import accelerator, map_on_cores, score_features
 from reconad.progress import Progress, no_progress
@@ -46,20 +46,27 @@ class Scored:
 
 
 def score_decoded(
-    run: Run, extractor: FeatureExtractor, images: Sequence[tuple[str, np.ndarray]], category: str
+    run: Run,
+    extractor: FeatureExtractor,
+    images: Sequence[tuple[str, np.ndarray]],
+    category: str,
+    aspect: AspectWatch | None = None,
 ) -> list[Scored]:
     """Score decoded ``(name, H×W×3 uint8 image)`` pairs in one backbone batch, maps at each image's size:
-    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads)."""
+    the step :func:`score_images` runs on each batch it decodes (``reconad serve`` calls it on uploads).
+    ``aspect`` sees each image's size (it says once when one strays from the run's aspect)."""
     if not images:
         return []
-    size, threshold = extractor.image_size, run.categories[category]["threshold"]
+    size, threshold = extractor.image_hw, run.categories[category]["threshold"]
+    for name, image in images if aspect else ():
+        aspect(name, image.shape[:2])
     feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
     maps, scores = score_features(
         run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
     )
     scored = []
     for (name, image), m, s in zip(images, maps, scores):
-        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != (size, size) else m
+        full = anomaly_maps(m[None], image.shape[:2], 0)[0] if image.shape[:2] != size else m
         scored.append(Scored(name, image, full.numpy(), float(s), bool(s > threshold)))
     return scored
 
@@ -73,9 +80,11 @@ def score_images(
     batch_size: int = BATCH,
     on_error: Callable[[str, str], None] | None = None,
     progress: Progress = no_progress,
+    aspect: AspectWatch | None = None,
 ) -> Iterator[Scored]:
     """Score image files one batch at a time; unreadable files go to ``on_error(path, message)``, called in
-    input order between the images yielded (just before the next readable file's result)."""
+    input order between the images yielded (just before the next readable file's result); ``aspect``: as
+    :func:`score_decoded`'s."""
     models_to(run.models, accelerator(extractor))  # beside the backbone (a GPU); on the CPU nothing moves
 
     def load(path: Any) -> np.ndarray | str:
@@ -89,7 +98,7 @@ def score_images(
         chunk = list(paths[start : start + batch_size])
         loaded = map_on_cores(load, chunk)
         readable = [(str(p), x) for p, x in zip(chunk, loaded) if not isinstance(x, str)]
-        scored = iter(score_decoded(run, extractor, readable, category))
+        scored = iter(score_decoded(run, extractor, readable, category, aspect))
         for p, x in zip(chunk, loaded):
             if not isinstance(x, str):
                 yield next(scored)
@@ -126,13 +135,15 @@ def predict_folder(
     device: str = "cpu",
     progress: Progress = no_progress,
     force: bool = False,
+    warn: Callable[[str], None] = print,
 ) -> tuple[Run, PredictSummary]:
     """``reconad predict``: the images ``inputs`` name (files, folders scanned) scored with the run at
     ``run_dir`` (``category``, or its only one) into ``out_dir``: an overlay per image and ``scores.csv``
     (path, score, is_anomalous, overlay, error), a row per image in input order (an unreadable one: its
     error, no score). Rows are written as they come (nothing per image is kept in memory); the file appears
     under its name only once every image is scored. A ``scores.csv`` already there is refused before any
-    work unless ``force``."""
+    work unless ``force``. ``warn`` gets one note if some image's aspect strays from the run's
+    (:class:`~reconad.image_runtime.AspectWatch`)."""
     check_writable(out_dir, folder=True)
     table = out_dir / "scores.csv"
     if table.exists() and not force:
@@ -167,7 +178,11 @@ def predict_folder(
     with atomic_file(table, "w", **csv_args) as f:
         rows = csv.writer(f)
         rows.writerow(["path", "score", "is_anomalous", "overlay", "error"])
-        for scored in score_images(run, extractor, paths, category, on_error=on_error, progress=progress):
+        aspect = AspectWatch(extractor.image_hw, warn)
+        scoring = score_images(
+            run, extractor, paths, category, on_error=on_error, progress=progress, aspect=aspect
+        )
+        for scored in scoring:
             batch.append(scored)
             if len(batch) >= BATCH:  # a batch scored: its overlays encode before the next forward
                 write_batch(rows)

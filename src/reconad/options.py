@@ -8,12 +8,13 @@ loading torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from reconad.errors import ReconadError
-from reconad.image_runtime import BIT_DEPTHS, MAX_PIXELS, Decoding
+from reconad.image_runtime import BIT_DEPTHS, MAX_PIXELS, Decoding, size_hw
 from reconad.operating import DEFAULT_FALSE_REJECT, check_rate
 from reconad.params import MAX_SEED, check_value
 
@@ -22,9 +23,33 @@ from reconad.params import MAX_SEED, check_value
 IMAGE_SIZES = (32, 2048)
 
 
-def check_image_size(size: int, what: str = "image_size") -> int:
-    """``size`` if it is an integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
-    return check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+def check_image_size(size: int | str | Sequence[int], what: str = "image_size") -> tuple[int, int]:
+    """``(height, width)`` of ``size``: an int ``N`` (``N×N``), the text ``"N"`` or ``"WxH"`` (as the flag
+    and run.json spell it, :func:`~reconad.image_runtime.size_hw`) or an ``(h, w)`` pair; each side an
+    integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
+    if isinstance(size, str):
+        try:
+            size = size_hw(size)
+        except ValueError as err:
+            raise ReconadError(f"{what}: {err}") from None
+    if isinstance(size, int) or not isinstance(size, Sequence) or len(size) != 2:
+        side = check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+        return side, side
+    h, w = (check_value(what, s, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1]) for s in size)
+    return h, w
+
+
+def aspect_size(longest: int, aspect: float, stride: int, what: str = "--keep-aspect") -> tuple[int, int]:
+    """``(height, width)`` of ``--image-size N --keep-aspect``: the longer side ``longest``, the other from
+    ``aspect`` (width / height) rounded to a multiple of ``stride`` (the coarsest level's, at least one)."""
+    short = max(stride, round(longest / max(aspect, 1 / aspect) / stride) * stride)
+    hw = (short, longest) if aspect >= 1 else (longest, short)
+    if short < IMAGE_SIZES[0]:
+        raise ReconadError(
+            f"{what}: the training images' aspect {aspect:.3g} gives {hw[1]}x{hw[0]}, a side below "
+            f"{IMAGE_SIZES[0]} px: raise --image-size or give --image-size WxH"
+        )
+    return hw
 
 
 def check_layers(layers: tuple[int, ...], what: str = "layers") -> tuple[int, ...]:
@@ -86,7 +111,8 @@ class FitOptions:
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
-    image_size: int = 256
+    image_size: tuple[int, int] = (256, 256)  # (height, width); given as N, "N", "WxH" or (h, w)
+    keep_aspect: bool = False
     layers: tuple[int, ...] = (2, 3)
     holdout: float = 0.1
     seed: int = 0
@@ -101,7 +127,12 @@ class FitOptions:
     memory_budget: float = 4.0
 
     def __post_init__(self) -> None:
-        check_image_size(self.image_size, "--image-size")
+        object.__setattr__(self, "image_size", check_image_size(self.image_size, "--image-size"))
+        if self.keep_aspect and self.image_size[0] != self.image_size[1]:
+            raise ReconadError(
+                "--keep-aspect takes --image-size N (the longer side; the other follows the training "
+                f"images), not {self.image_size[1]}x{self.image_size[0]}"
+            )
         object.__setattr__(self, "layers", check_layers(tuple(self.layers), "--layers"))
         check_holdout(self.holdout, "--holdout")
         check_rate(self.false_reject, "--false-reject")
@@ -121,9 +152,13 @@ class FitOptions:
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> FitOptions:
         """The options of a command's flags (its ``locals()``: each field by its name, ``layers`` as the
-        text ``--layers`` takes), checked."""
+        text ``--layers`` takes, ``image_size`` as ``--image-size``'s ``N`` or ``WxH``), checked."""
         given = {f.name: flags[f.name] for f in fields(cls) if f.name in flags}
         return cls(**{**given, "layers": parse_layers(flags["layers"])})
+
+    def sized(self, hw: tuple[int, int]) -> FitOptions:
+        """The same options at the image size ``(h, w)`` that ``--keep-aspect`` settled on."""
+        return replace(self, image_size=hw, keep_aspect=False)
 
     def on(self, device: str) -> FitOptions:
         """The same options on another device (a torchrun process's own GPU)."""

@@ -26,13 +26,13 @@ from torch import Tensor
 
 from reconad import __version__, distributed
 from reconad.data import CategoryData, Sample, load_image_and_mask, load_sources, resize_images
-from reconad.data.imageio import pixel_range
+from reconad.data.imageio import pixel_range, training_aspect
 from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.features.store import Features, FeatureSpool, chunk_bounds, join, take
-from reconad.image_runtime import DECODING, Decoding
+from reconad.image_runtime import DECODING, Decoding, size_hw
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
 from reconad.models.base import Model, model_class
@@ -44,7 +44,7 @@ from reconad.operating import (
     rate_note,
     verdict_rates,
 )
-from reconad.options import DEFAULTS, FitOptions, check_folds, check_holdout, check_seed
+from reconad.options import DEFAULTS, FitOptions, aspect_size, check_folds, check_holdout, check_seed
 from reconad.params import check_values
 from reconad.progress import Progress, no_progress
 from reconad.runfolder import UNIFIED, check_run_folder, checkpoint_dir
@@ -74,7 +74,7 @@ class Extracted:
     """Features of a list of samples, their resized masks (test splits) and the seconds it took."""
 
     features: Features  # [N, C, h, w]: in memory, or spooled rows (a fit over its memory budget)
-    masks: np.ndarray | None  # [N, S, S] bool, all-False for images without a mask
+    masks: np.ndarray | None  # [N, H, W] bool, all-False for images without a mask
     seconds: float
 
 
@@ -108,7 +108,7 @@ def stream_features(
     Decoding and the backbone work ``batch_size`` samples at a time and nothing outlives its batch, so
     memory does not grow with the number of samples (``reconad test`` streams through this).
     """
-    n, size = len(samples), extractor.image_size
+    n, size = len(samples), extractor.image_hw
     decoding = getattr(extractor, "decoding", DECODING)  # test doubles of the extractor may have none
     if n == 0:
         raise ReconadError("no images to extract features from")
@@ -139,8 +139,7 @@ def extract(
     """Patch features of ``samples`` (from the cache where it has them), and their masks if asked, all held
     in memory; ``options``: those of :func:`stream_features` (cache, batch_size, progress, description)."""
     start = time.perf_counter()
-    size = extractor.image_size
-    masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+    masks = np.zeros((len(samples), *extractor.image_hw), dtype=bool) if with_masks else None
     features = []
     for i, (f, mask) in enumerate(stream_features(samples, extractor, with_masks=with_masks, **options)):
         features.append(f)
@@ -211,10 +210,15 @@ def split_holdout(train: list[Sample], fraction: float, seed: int) -> tuple[list
 
 
 def patch_maps(
-    model: Model, features: Tensor, image_size: int, sigma: float, categories: list[str] | None = None
+    model: Model,
+    features: Tensor,
+    image_size: int | tuple[int, int],
+    sigma: float,
+    categories: list[str] | None = None,
 ) -> Tensor:
-    """Anomaly maps ``[N, S, S]`` of one batch of feature tensors: the model's patch scores (or level maps),
-    resized to the image as the model says (``align_corners``), averaged and smoothed."""
+    """Anomaly maps ``[N, H, W]`` of one batch of feature tensors (``image_size``: ``(H, W)``, or an int for
+    a square): the model's patch scores (or level maps), resized to the image as the model says
+    (``align_corners``), averaged and smoothed."""
     patch = model.predict(features, categories) if categories else model.predict(features)
     return anomaly_maps(patch, image_size, sigma, align_corners=model.align_corners)
 
@@ -222,11 +226,11 @@ def patch_maps(
 def score_features(
     model: Model,
     features: Tensor,
-    image_size: int,
+    image_size: int | tuple[int, int],
     scoring: dict[str, Any],
     categories: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(anomaly maps ``[N, S, S]``, image scores ``[N]``) of feature tensors, in batches of
+    """(anomaly maps ``[N, H, W]``, image scores ``[N]``) of feature tensors, in batches of
     :data:`SCORE_BATCH`."""
     maps = []
     for start in range(0, len(features), SCORE_BATCH):
@@ -292,7 +296,7 @@ def cross_fit(
     features: Features,
     folds: int,
     seed: int,
-    image_size: int,
+    image_size: tuple[int, int],
     scoring: dict[str, Any],
     fitted: Callable[[], None] = lambda: None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -384,7 +388,7 @@ class Calibration:
     false_reject: float = DEFAULT_FALSE_REJECT
     folds: int = DEFAULTS.folds
     seed: int = DEFAULTS.seed
-    image_size: int = DEFAULTS.image_size
+    image_size: tuple[int, int] = DEFAULTS.image_size  # (h, w) of the maps
     warn: Callable[[str], None] = print
     progress: Progress = no_progress
 
@@ -417,12 +421,12 @@ def training_features(
     """Each category's (model part, held-back part) of its good training images (:func:`split_holdout`),
     extracted (a torchrun process extracts its share, :func:`extract_shared`). With a ``spool`` folder, a
     category whose features exceed ``budget`` GB is spooled there (:func:`spooled_features`)."""
-    row_bytes = 4 * extractor.channels * extractor.grid**2
+    shape = (extractor.channels, *extractor.level_hw[0])
+    row_bytes = 4 * shape[0] * shape[1] * shape[2]
     feats: TrainingFeatures = {}
     for c in data:
         parts = split_holdout(c.train, holdout, seed)
         if spool is not None and len(c.train) * row_bytes > budget * 1e9:
-            shape = (extractor.channels, extractor.grid, extractor.grid)
             writer = FeatureSpool(spool / f"{len(feats)}.f32", shape, int(budget * 1e9))
             feats[c.name] = spooled_features(c.name, parts, extractor, writer, cache=cache, progress=progress)
             continue
@@ -487,7 +491,7 @@ def fit(
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    calibration = Calibration(false_reject, folds, seed, extractor.image_size, warn, progress)
+    calibration = Calibration(false_reject, folds, seed, extractor.image_hw, warn, progress)
     with tempfile.TemporaryDirectory(prefix="reconad-spool-") as spool:
         in_memory = model.unified or unified or world  # one trained model, one bank, or a torchrun job
         feats = features or training_features(
@@ -556,7 +560,7 @@ def evaluate_features(run: Run, category: str, samples: list[Sample], ext: Extra
     maps, _ = score_features(
         run.model_for(category),
         ext.features,
-        run.config["features"]["image_size"],
+        size_hw(run.config["features"]["image_size"]),
         run.config["scoring"],
         [category] * len(samples),
     )
@@ -577,8 +581,8 @@ def evaluate_stream(
     the memory per image of features + maps at 256 px; the same maps, in the same batches)."""
     start = time.perf_counter()
     models_to(run.models, accelerator(extractor))
-    model, size, sigma = run.model_for(category), extractor.image_size, run.config["scoring"]["sigma"]
-    masks = np.zeros((len(samples), size, size), dtype=bool)
+    model, size, sigma = run.model_for(category), extractor.image_hw, run.config["scoring"]["sigma"]
+    masks = np.zeros((len(samples), *size), dtype=bool)
     maps: list[Tensor] = []
     pending: list[Tensor] = []
     stream = stream_features(
@@ -687,6 +691,19 @@ def feature_cache(options: FitOptions, extractor: FeatureExtractor) -> FeatureCa
     return None if options.no_cache else FeatureCache(extractor.key(), options.cache_dir)
 
 
+def keep_aspect(
+    options: FitOptions, extractor: FeatureExtractor, data: list[CategoryData], warn: Callable[[str], None]
+) -> FitOptions:
+    """``--keep-aspect``: the options at the size :func:`~reconad.options.aspect_size` gives for the median
+    aspect of every category's good training images (``extractor`` resized to it in place); ``warn`` says
+    which."""
+    aspect = training_aspect(s for c in data for s in c.train)
+    sized = options.sized(aspect_size(options.image_size[0], aspect, extractor.stride))
+    extractor.resize(sized.image_size)
+    warn(f"--keep-aspect: fitting at {extractor.image_size} px (the good images' median aspect {aspect:.3g})")
+    return sized
+
+
 def fit_folder(
     model_name: str,
     params: Mapping[str, Any],
@@ -709,6 +726,10 @@ def fit_folder(
     extractor = FeatureExtractor.from_options(options)
     model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)
+    if options.keep_aspect:  # every torchrun process measures the same images; rank 0 says the size
+        quiet = (distributed.launched() or (0,))[0] != 0
+        options = keep_aspect(options, extractor, data, (lambda note: None) if quiet else warn)
+        model = spec.build(extractor, options.seed)
     if options.bit_depth is None:
         extractor = extractor.with_decoding(measured_decoding(data, options.max_pixels))
     ckpt = checkpoint_dir(out_dir)

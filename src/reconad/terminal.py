@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from reconad.data.sources import FORMATS
 from reconad.errors import ReconadError
+from reconad.image_runtime import stored_size
 from reconad.options import DEFAULTS
 from reconad.progress import Progress, progress_display
 
@@ -36,7 +37,15 @@ CategoryOpt = Annotated[
 ]
 BackboneOpt = Annotated[str, typer.Option(help="timm model name")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="backbone weights file (safetensors or state dict)")]
-ImageSizeOpt = Annotated[int, typer.Option(help="images are resized to this square size")]
+ImageSizeOpt = Annotated[
+    str,
+    typer.Option(help="N (a square) or WxH, each a multiple of the coarsest stride (16); see docs/images.md"),
+]
+DEFAULT_IMAGE_SIZE = str(stored_size(DEFAULTS.image_size))
+KeepAspectOpt = Annotated[
+    bool,
+    typer.Option(help="--image-size N is the longer side; the other follows the training images' aspect"),
+]
 LayersOpt = Annotated[str, typer.Option(help="backbone feature levels")]
 DEFAULT_LAYERS = ",".join(map(str, DEFAULTS.layers))
 HoldoutOpt = Annotated[float, typer.Option(help="unified models: good images held back to set the threshold")]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from reconad.data import CategoryData
 from reconad.data.validation import ValidationImages, foreign_textures, validation_images
+from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache
 from reconad.features.extractor import FeatureExtractor
 from reconad.metrics import evaluate
@@ -45,6 +46,8 @@ def validation_sets(
 ) -> dict[str, ValidationSet]:
     """Per category its :class:`ValidationSet` (``foreign``: with the foreign-texture corruption)."""
     size = extractor.image_size
+    if not isinstance(size, int):
+        raise ReconadError(f"the validation sets are square: choose a square image size, not {size}")
     textures = foreign_textures(data, size, seed) if foreign else {}
     sets = {}
     for cat in data:

@@ -136,52 +136,63 @@ def read_mask(
     return values > full / 2
 
 
-def _check_size(size: int) -> None:
-    if not isinstance(size, int) or size < 1:
-        raise ReconadError(f"image size must be a positive integer, got {size!r}")
+def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(h, w)`` of ``size`` (an int: a square); a one-line error unless both are positive integers."""
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(hw) != 2 or not all(isinstance(s, int) and s >= 1 for s in hw):
+        raise ReconadError(f"image size must be a positive integer or (h, w), got {size!r}")
+    return hw  # type: ignore[return-value]
 
 
-def resize_images(images: list[np.ndarray], size: int) -> np.ndarray:
-    """``H×W×3`` uint8 images → ``[N, size, size, 3]`` uint8: antialiased bilinear (``align_corners=False``),
-    torch's uint8 kernel (within 1 grey level of Pillow's BILINEAR, 2.5× faster); same-sized images in one
-    call."""
-    _check_size(size)
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+def resize_images(images: list[np.ndarray], size: int | tuple[int, int]) -> np.ndarray:
+    """``H×W×3`` uint8 images → ``[N, h, w, 3]`` uint8 (``size``: ``(h, w)``, or an int for a square):
+    antialiased bilinear (``align_corners=False``), torch's uint8 kernel (within 1 grey level of Pillow's
+    BILINEAR, 2.5× faster); same-sized images in one call."""
+    hw = _check_size(size)
+    out = np.empty((len(images), *hw, 3), dtype=np.uint8)
     shapes: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         shapes.setdefault(image.shape, []).append(i)
     for shape, idx in shapes.items():
         batch = torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2)
-        if shape[:2] != (size, size):
-            batch = F.interpolate(
-                batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+        if shape[:2] != hw:
+            batch = F.interpolate(batch, size=hw, mode="bilinear", antialias=True, align_corners=False)
         out[idx] = batch.permute(0, 2, 3, 1).numpy()
     return out
 
 
 def load_image_and_mask(
-    sample: Sample, size: int, decoding: Decoding = DECODING
+    sample: Sample, size: int | tuple[int, int], decoding: Decoding = DECODING
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The sample's image at its own size (uint8 H×W×3, :func:`read_image` by ``decoding``) and its mask
-    resized to ``size×size`` (nearest, bool), or None for good samples and for anomalous samples without a
-    mask."""
+    resized to ``size`` (``(h, w)`` or an int for a square; nearest, bool), or None for good samples and for
+    anomalous samples without a mask."""
+    h, w = _check_size(size)
     image = read_image(sample.path, decoding)
     if sample.label == 0 or sample.mask_path is None:
         return image, None
     mask = read_mask(sample.mask_path, image.shape[:2], sample.path, decoding.max_pixels)
-    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)
     return image, np.asarray(small) > 127
 
 
 def load_resized(
-    sample: Sample, size: int, decoding: Decoding = DECODING
+    sample: Sample, size: int | tuple[int, int], decoding: Decoding = DECODING
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The sample's image resized to ``size×size`` (:func:`resize_images`) and its mask (as
+    """The sample's image resized to ``size`` (:func:`resize_images`) and its mask (as
     :func:`load_image_and_mask`)."""
-    _check_size(size)
     image, mask = load_image_and_mask(sample, size, decoding)
     return resize_images([image], size)[0], mask
+
+
+def training_aspect(samples: Iterable[Sample]) -> float:
+    """The median aspect (width / height) of ``samples``' images, from their headers (EXIF orientation
+    applied): the aspect ``--keep-aspect`` fits at."""
+    with _reconad_errors():
+        sizes = [image_runtime.file_hw(s.path) for s in samples]
+    if not sizes:
+        raise ReconadError("--keep-aspect: no training images to measure the aspect of")
+    return float(np.median([w / h for h, w in sizes]))
 
 
 def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:

@@ -81,11 +81,10 @@ def _folded(model: ir.Model) -> None:
 
 
 def feature_graph(extractor: FeatureExtractor) -> onnx.ModelProto:
-    """uint8 ``images [N, S, S, 3]`` → ``features [N, C, h, w]`` (cached per feature configuration)."""
+    """uint8 ``images [N, H, W, 3]`` → ``features [N, C, h, w]`` (cached per feature configuration)."""
     key = extractor.key()
     if key not in _feature_graphs:
-        size = extractor.image_size
-        example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+        example = torch.zeros(2, *extractor.image_hw, 3, dtype=torch.uint8)
         _feature_graphs[key] = to_onnx(extractor.net.cpu(), example, [INPUT], [_FEATURES], optimize=True)
     return _feature_graphs[key]
 
@@ -104,10 +103,10 @@ def _renamed(model: onnx.ModelProto, old: str, new: str) -> None:
 def model_graph(
     extractor: FeatureExtractor, head: nn.Module, metadata: dict[str, Any] | None = None
 ) -> onnx.ModelProto:
-    """The full graph: ``images`` uint8 ``[N, S, S, 3]`` → ``maps`` float32 ``[N, S, S]`` and ``scores``
-    float32 ``[N]``; ``head`` maps features to (maps, scores) (:class:`~.heads.MapsAndScores`)."""
-    grid = extractor.grid
-    example = torch.zeros(2, extractor.channels, grid, grid)
+    """The full graph: ``images`` uint8 ``[N, H, W, 3]`` → ``maps`` float32 ``[N, H, W]`` and ``scores``
+    float32 ``[N]`` (``(H, W)``: the run's image size); ``head`` maps features to (maps, scores)
+    (:class:`~.heads.MapsAndScores`)."""
+    example = torch.zeros(2, extractor.channels, *extractor.level_hw[0])
     head = head.cpu().eval()
     with torch.no_grad():  # one eager call first: heads build some constants on first use (attention masks,
         head(example)  # cached once a check has read their values), which a trace cannot do

@@ -14,16 +14,17 @@ from reconad.scoring import image_scores, map_operator
 
 
 class MapsAndScores(nn.Module):
-    """Patch scores (or level maps) → anomaly maps ``[N, S, S]`` and image scores ``[N]``, as
+    """Patch scores (or level maps) → anomaly maps ``[N, H, W]`` and image scores ``[N]``, as
     :func:`reconad.scoring.anomaly_maps` computes them: each map's resize and the Gaussian blur as one matrix
     per axis (:func:`~reconad.scoring.map_operator`), averaged over the maps, then the image score. ``grids``:
-    the ``(h, w)`` of each map the head returns (one for patch scores); ``align_corners``: the model's."""
+    the ``(h, w)`` of each map the head returns (one for patch scores); ``image_size``: ``(H, W)``, or an
+    int for a square; ``align_corners``: the model's."""
 
     def __init__(
         self,
         head: nn.Module,
         grids: list[tuple[int, int]],
-        image_size: int,
+        image_size: int | tuple[int, int],
         scoring: dict[str, Any],
         align_corners: bool = False,
     ):
@@ -32,9 +33,10 @@ class MapsAndScores(nn.Module):
         self.reduce = scoring["reduce"]
         sigma = float(scoring["sigma"])
         self.levels = len(grids)
+        out_h, out_w = (image_size, image_size) if isinstance(image_size, int) else image_size
         for i, (h, w) in enumerate(grids):
-            cols = map_operator(image_size, w, sigma, align_corners)
-            self.register_buffer(f"rows{i}", map_operator(image_size, h, sigma, align_corners))
+            cols = map_operator(out_w, w, sigma, align_corners)
+            self.register_buffer(f"rows{i}", map_operator(out_h, h, sigma, align_corners))
             self.register_buffer(f"cols_t{i}", cols.T.contiguous())
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,7 +47,9 @@ class MapsAndScores(nn.Module):
         return maps, image_scores(maps, self.reduce)
 
 
-def maps_and_scores(model: Any, grid: tuple[int, int], image_size: int, scoring: dict[str, Any]) -> nn.Module:
+def maps_and_scores(
+    model: Any, grid: tuple[int, int], image_size: int | tuple[int, int], scoring: dict[str, Any]
+) -> nn.Module:
     """The fitted ``model``'s head (its ``export_head()``) with the library's maps and image scores on top;
     ``grid``: the feature grid ``(h, w)``."""
     grids = [tuple(hw) for hw in model.level_hw_] if getattr(model, "unified", False) else [grid]

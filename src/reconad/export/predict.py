@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from image_runtime import (  # noqa: E402  (this script's own folder first)
+    AspectWatch,
     Decoding,
     ImageFileError,
     collect_images,
@@ -44,6 +45,7 @@ from image_runtime import (  # noqa: E402  (this script's own folder first)
     read_image,
     resize_image,
     show_path,
+    size_hw,
 )
 
 FORMAT_VERSION = 1  # the newest manifest format this script reads
@@ -153,8 +155,9 @@ def predict(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decoding shares the cores
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    size, threshold, normal = manifest["image_size"], cat["threshold"], cat["normal_level"]
+    size, threshold, normal = size_hw(manifest["image_size"]), cat["threshold"], cat["normal_level"]
     decoding = Decoding.of_features(manifest["features"])  # as the run decodes: >8-bit levels, pixel limit
+    aspect = AspectWatch(size, lambda note: print(f"note: {note}", file=sys.stderr))
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
@@ -171,6 +174,9 @@ def predict(
         chunk = paths[start : start + batch_size]
         loaded = on_cores(load, chunk)
         good = [x for x in loaded if not isinstance(x, str)]
+        for path, x in zip(chunk, loaded):
+            if not isinstance(x, str):
+                aspect(show_path(path), x[0].shape[:2])
         results: Any = iter(())
         if good:
             maps, scores = session.run(None, {"images": np.stack([small for _, small in good])})

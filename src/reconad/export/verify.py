@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from reconad.data import CategoryData, load_resized
-from reconad.image_runtime import Decoding
+from reconad.image_runtime import Decoding, size_hw
 from reconad.metrics import evaluate
 
 
@@ -24,7 +24,7 @@ def session(graph: Path) -> Any:
 
 
 def run_graph(graph: Path, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(maps ``[N, S, S]``, scores ``[N]``) of resized uint8 ``images`` ``[N, S, S, 3]``, in batches."""
+    """(maps ``[N, H, W]``, scores ``[N]``) of resized uint8 ``images`` ``[N, H, W, 3]``, in batches."""
     runner = session(graph)
     outs = [
         runner.run(None, {"images": images[i : i + batch_size]}) for i in range(0, len(images), batch_size)
@@ -35,10 +35,10 @@ def run_graph(graph: Path, images: np.ndarray, batch_size: int = 8) -> tuple[np.
 def export_metrics(export_dir: Path, data: CategoryData) -> dict[str, Any]:
     """The metrics of the export's graph for ``data.name`` on ``data``'s test split."""
     manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
-    size = manifest["image_size"]
+    hw = size_hw(manifest["image_size"])
     decoding = Decoding.of_features(manifest["features"])
-    loaded = [load_resized(s, size, decoding) for s in data.test]
-    masks = np.stack([m if m is not None else np.zeros((size, size), bool) for _, m in loaded])
+    loaded = [load_resized(s, hw, decoding) for s in data.test]
+    masks = np.stack([m if m is not None else np.zeros(hw, bool) for _, m in loaded])
     graph = Path(export_dir) / manifest["categories"][data.name]["graph"]
     maps, scores = run_graph(graph, np.stack([image for image, _ in loaded]))
     return evaluate(np.array([s.label for s in data.test]), scores, masks, maps)

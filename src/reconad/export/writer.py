@@ -21,6 +21,7 @@ from reconad.export.graphs import INPUT, MAPS, OPSET, SCORES, model_graph
 from reconad.export.heads import maps_and_scores
 from reconad.features.cache import file_digest
 from reconad.features.extractor import FeatureExtractor
+from reconad.image_runtime import size_hw
 from reconad.pipeline import Progress, no_progress
 from reconad.runfolder import UNIFIED
 from reconad.runs import Run, load_run
@@ -64,8 +65,9 @@ def _write_graphs(
     searches = {}
     for i, key in enumerate(keys):
         progress("graphs", i, len(keys), unit="graphs")
-        grid = (extractor.grid, extractor.grid)
-        head = maps_and_scores(run.models[key], grid, extractor.image_size, run.config["scoring"])
+        head = maps_and_scores(
+            run.models[key], extractor.level_hw[0], extractor.image_hw, run.config["scoring"]
+        )
         meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
         graph = model_graph(extractor, head, meta)
         if (search := getattr(head.head, "search", None)) is not None:
@@ -86,7 +88,8 @@ def manifest(
 ) -> dict[str, Any]:
     """The manifest of an export whose graphs are already in ``folder``; ``searches``: each category's bank
     search (``kind`` exact or ivf, atoms, and for ivf the lists and lists probed)."""
-    size = run.config["features"]["image_size"]
+    size = run.config["features"]["image_size"]  # an int when square, else "WxH" (as run.json)
+    h, w = size_hw(size)
     return {
         "format": "reconad-export",
         "format_version": FORMAT_VERSION,
@@ -95,9 +98,9 @@ def manifest(
         "unified": UNIFIED in run.models,
         "image_size": size,
         "opset": OPSET,
-        "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", size, size, 3]},
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", h, w, 3]},
         "outputs": {
-            MAPS: {"dtype": "float32", "shape": ["N", size, size]},
+            MAPS: {"dtype": "float32", "shape": ["N", h, w]},
             SCORES: {"dtype": "float32", "shape": ["N"]},
         },
         "scoring": run.config["scoring"],

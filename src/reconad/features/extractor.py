@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
-from reconad.image_runtime import DECODING, Decoding
+from reconad.image_runtime import DECODING, Decoding, stored_size
 from reconad.options import DEFAULTS, FitOptions, check_image_size, check_layers
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
@@ -85,20 +85,24 @@ class PatchFeatures(nn.Module):
 
 
 class FeatureExtractor:
-    """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_size``) → patch features ``[N, C, h, w]``.
+    """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_hw``) → patch features ``[N, C, h, w]``.
 
     Each chosen backbone level is smoothed by a ``smooth``×``smooth`` local average (neighbourhood context,
     as in PatchCore), upsampled to the grid of the first (finest) level and concatenated along channels.
     ``level_channels`` says which channels came from which level (RLR reconstructs each level apart; UniAD
     brings them to one grid). ``decoding`` says how image files become its uint8 pixels (the levels of
     >8-bit data, the pixel limit): part of its config, so a run carries it to every command and the export.
+
+    ``image_size``: an int (a square, as ever), ``"WxH"`` or ``(h, w)``; :attr:`image_hw` is ``(h, w)``,
+    :attr:`image_size` the form run.json stores (:func:`~reconad.image_runtime.stored_size`: the int when
+    square, so square runs keep their config and cache key).
     """
 
     def __init__(
         self,
         backbone: str = DEFAULTS.backbone,
         layers: tuple[int, ...] = DEFAULTS.layers,
-        image_size: int = DEFAULTS.image_size,
+        image_size: int | str | tuple[int, int] = DEFAULTS.image_size,
         smooth: int = 3,
         weights: str | Path | None = DEFAULTS.weights,
         device: str = DEFAULTS.device,
@@ -107,7 +111,6 @@ class FeatureExtractor:
         self.backbone = backbone
         self.decoding = decoding
         self.layers = check_layers(tuple(layers))
-        self.image_size = check_image_size(image_size)
         self.smooth = smooth
         self.weights = str(weights) if weights else None
         try:
@@ -126,23 +129,39 @@ class FeatureExtractor:
             torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255,
             smooth,
         ).eval()
-        info = self.model.feature_info
-        self.level_channels: tuple[int, ...] = tuple(info.channels())
-        self.level_grids: tuple[int, ...] = tuple(image_size // r for r in info.reduction())
-        self.grid = self.level_grids[0]
+        self.level_channels: tuple[int, ...] = tuple(self.model.feature_info.channels())
+        self.resize(image_size)
+
+    def resize(self, image_size: int | str | tuple[int, int]) -> None:
+        """Work at another image size from now on (the backbone stays): ``--keep-aspect`` settles the size
+        once the training images are known. Sets :attr:`image_hw`, :attr:`image_size` (the stored form),
+        :attr:`level_hw` (each level's ``(h, w)`` grid, finest first) and :attr:`level_grids` (each level's
+        grid rows, its side when square: the unified models' ``level_grids``, whose ratios they use)."""
+        self.image_hw = check_image_size(image_size)
+        self.image_size = stored_size(self.image_hw)
+        h, w = self.image_hw
+        self.level_hw = tuple((h // r, w // r) for r in self.model.feature_info.reduction())
+        self.level_grids: tuple[int, ...] = tuple(lh for lh, _ in self.level_hw)
+
+    @property
+    def stride(self) -> int:
+        """The coarsest chosen level's stride: the unit both sides of the image size come in."""
+        return max(self.model.feature_info.reduction())
 
     def check_whole_grids(self) -> None:
-        """Fail unless ``image_size`` is a multiple of every level's stride. Otherwise :attr:`level_grids`
-        (size // stride) is not the grid the backbone gives (its padding rounds up), which the models that
-        work per level (``level_grids``: RLR, RLR-selfref, UniAD) need; per-patch models take any size."""
+        """Fail unless both sides of the image size are multiples of every level's stride. Otherwise
+        :attr:`level_hw` (side // stride) is not the grid the backbone gives (its padding rounds up), which
+        the models that work per level (``level_grids``: RLR, RLR-selfref, UniAD) need; per-patch models take
+        any size."""
         stride, level = max(zip(self.model.feature_info.reduction(), self.layers))
-        size = self.image_size
-        if size % stride:
-            lower = max(stride, size // stride * stride)
-            raise ReconadError(
-                f"image size {size} is not a multiple of {stride}, the stride of {self.backbone}'s level "
-                f"{level}, which models working per level need (e.g. {lower} or {lower + stride})"
-            )
+        for size in dict.fromkeys(self.image_hw):
+            if size % stride:
+                lower = max(stride, size // stride * stride)
+                raise ReconadError(
+                    f"image size {self.image_size} is not a multiple of {stride}, the stride of "
+                    f"{self.backbone}'s level {level}, which models working per level need "
+                    f"(e.g. {lower} or {lower + stride} for {size})"
+                )
 
     def config(self) -> dict[str, Any]:
         """What defines these features (stored in runs; keys the cache); ``decoding`` only where it is not
@@ -180,8 +199,9 @@ class FeatureExtractor:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], device: str = "cpu") -> FeatureExtractor:
-        """The extractor a run was fitted with (``run.config["features"]``, as :meth:`config` wrote it); a
-        one-line error to refit where they are not this version's features (:func:`check_features_config`)."""
+        """The extractor a run was fitted with (``run.config["features"]``, as :meth:`config` wrote it: the
+        image size an int when square, ``"WxH"`` when not); a one-line error to refit where they are not
+        this version's features (:func:`check_features_config`)."""
         check_features_config(config)
         return cls(
             backbone=config["backbone"],

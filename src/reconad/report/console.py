@@ -66,15 +66,6 @@ def verdicts_text(v: dict[str, Any]) -> str:
     return f"at threshold {v['threshold']:.4g}: " + (", ".join(parts) or "no images")
 
 
-def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
-    """``reconad fit``'s last line: the model, its categories, the time, where it went and its size."""
-    return (
-        f"fitted [bold]{config['model']}[/bold] on {escape(', '.join(config['categories']))} "
-        f"in {config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
-        f"({config['model_bytes'] / 1e6:.2f} MB of weights)"
-    )
-
-
 def exported_text(manifest: dict[str, Any], out_dir: Any) -> str:
     """``reconad export``'s last line: what went where, its size, and how to run it."""
     size = sum(g["bytes"] for g in manifest["graphs"].values()) / 1e6
@@ -107,4 +98,14 @@ def added_text(done: Any) -> str:
         f"{escape(done.category)}: {done.n_added} of {done.n_given} images added in {done.seconds:.1f} s; "
         f"bank {done.atoms_before} → {done.atoms_after} atoms; threshold {done.old_threshold:.4g} → "
         f"{done.point.threshold:.4g} (from {done.point.n} good scores)"
+    )
+
+
+def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
+    """``reconad fit``'s line: the model, its categories, the image size, the time, the folder, the
+    weights."""
+    return (
+        f"fitted [bold]{config['model']}[/bold] on {escape(', '.join(config['categories']))} at "
+        f"{config['features']['image_size']} px in {config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
+        f"({config['model_bytes'] / 1e6:.2f} MB of weights)"
     )

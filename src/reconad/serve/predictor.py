@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from reconad import __version__
 from reconad.data.imageio import decode_bytes
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
+from reconad.image_runtime import AspectWatch
 from reconad.inference import overlays, score_decoded
 from reconad.runfolder import RUN_FILE, printable
 from reconad.runs import load_run
@@ -46,6 +48,11 @@ class Upload:
     data: bytes
 
 
+def note(message: str) -> None:
+    """A note on the server's stderr (its log), one line."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 class Predictor:
     """A run folder loaded once (read only; nothing is written to it) with its feature extractor.
 
@@ -53,13 +60,16 @@ class Predictor:
     the backbone and model one batch at a time (torch already spreads one batch over every core).
     """
 
-    def __init__(self, run_dir: Path, device: str = "cpu", batch_size: int = 16) -> None:
+    def __init__(
+        self, run_dir: Path, device: str = "cpu", batch_size: int = 16, warn: Callable[[str], None] = note
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run = load_run(self.run_dir)
         self.run_id = run_id((self.run_dir / RUN_FILE).read_bytes(), self.run.config.get("created"))
         self.extractor = FeatureExtractor.from_config(self.run.config["features"], device)
         self.batch_size = batch_size
         self._model_lock = threading.Lock()
+        self.aspect = AspectWatch(self.extractor.image_hw, warn)  # says once per process
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers: the model, its categories and thresholds, the image size, the
@@ -101,7 +111,7 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             with self._model_lock:
                 batch = score_decoded(
-                    self.run, self.extractor, images[start : start + self.batch_size], category
+                    self.run, self.extractor, images[start : start + self.batch_size], category, self.aspect
                 )
             pngs = overlays(self.run, category, batch) if with_maps else [None] * len(batch)
             for scored, png in zip(batch, pngs):
