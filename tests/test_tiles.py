@@ -14,8 +14,11 @@ import pytest
 import torch
 from conftest import invoke
 from PIL import Image
+from test_export import assert_parity, assert_script_scores_as_predict
 
 from reconad import pipeline
+from reconad.data import read_image
+from reconad.data.imageio import scan_images
 from reconad.errors import ReconadError
 from reconad.features.extractor import FeatureExtractor
 from reconad.features.tiles import TileGrid, canvas_hw, tile_starts
@@ -182,3 +185,13 @@ def test_a_tiled_run_tests_and_predicts(tiled_run, long_parts, tmp_path):
 def test_a_unified_model_refuses_tiles(long_parts, tmp_path):
     result = invoke("fit", "rlr", "--data", f"mvtec:{long_parts}", "--out", tmp_path / "r", "--tile", "64")
     assert result.exit_code == 2 and "--tile: rlr learns each grid position" in result.output
+
+
+def test_a_tiled_run_exports_one_graph_that_tiles_and_stitches(tiled_run, long_parts, tmp_path):
+    result = invoke("export", tiled_run, "--out", tmp_path / "export")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == ["N", *CANVAS, 3]
+    images = np.stack([read_image(p) for p in scan_images(long_parts / "test")])
+    assert_parity(tiled_run, tmp_path / "export", images)
+    assert_script_scores_as_predict(tiled_run, tmp_path / "export", long_parts / "test", tmp_path)

@@ -101,10 +101,11 @@ class TiledFeatures(nn.Module):
     def forward(self, images: Tensor, chunk: int | None = None) -> Tensor:
         """``chunk``: tiles through the backbone at once (None: all, as the exported graph does)."""
         tiles = self.grid.cut(images)
-        step = chunk or len(tiles)
-        f = torch.cat([self.patches(tiles[a : a + step]) for a in range(0, len(tiles), step)])
-        n, t = len(images), len(self.grid)
-        return f.reshape(n, t, *f.shape[1:]).transpose(1, 2).flatten(2, 3)
+        if chunk is None:  # no loop over the batch: the exported graph keeps its batch axis free
+            f = self.patches(tiles)
+        else:
+            f = torch.cat([self.patches(tiles[a : a + chunk]) for a in range(0, len(tiles), chunk)])
+        return f.unflatten(0, (-1, len(self.grid))).transpose(1, 2).flatten(2, 3)
 
 
 class FeatureExtractor:
