@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import invoke
 from PIL import Image
-from test_export import assert_parity, assert_script_scores_as_predict
+from test_export import assert_parity, assert_script_scores_as_predict, read_scores
 
 from reconad import pipeline
 from reconad.data import read_image
@@ -195,3 +195,19 @@ def test_a_tiled_run_exports_one_graph_that_tiles_and_stitches(tiled_run, long_p
     images = np.stack([read_image(p) for p in scan_images(long_parts / "test")])
     assert_parity(tiled_run, tmp_path / "export", images)
     assert_script_scores_as_predict(tiled_run, tmp_path / "export", long_parts / "test", tmp_path)
+
+
+def test_serve_scores_an_upload_with_a_tiled_run_as_predict_does(tiled_run, long_parts, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from reconad.serve.app import create_app
+    from reconad.serve.predictor import Predictor
+
+    path = sorted((long_parts / "test").rglob("*.png"))[0]
+    client = TestClient(create_app(Predictor(tiled_run), max_upload_bytes=10**7))
+    response = client.post("/v1/predict", files=[("file", ("x.png", path.read_bytes(), "image/png"))])
+    assert response.status_code == 200, response.text
+    assert invoke("predict", tiled_run, path, "--out", tmp_path / "p").exit_code == 0
+    row = read_scores(tmp_path / "p" / "scores.csv")[0]
+    assert response.json()["results"][0]["score"] == pytest.approx(float(row["score"]), rel=1e-5)
