@@ -94,7 +94,8 @@ def exported(exports: dict[str, Path]) -> Path:
 
 
 def library_outputs(run_dir: Path, category: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The library's (maps, scores, threshold) for resized uint8 images of ``category``."""
+    """The library's (maps, scores, threshold) for resized uint8 images of ``category`` (a tiled run's
+    stitched on its canvas)."""
     run = load_run(run_dir)
     extractor = FeatureExtractor.from_config(run.config["features"])
     features = extractor(torch.from_numpy(images))
@@ -104,6 +105,7 @@ def library_outputs(run_dir: Path, category: str, images: np.ndarray) -> tuple[n
         extractor.image_hw,
         run.config["scoring"],
         [category] * len(images),
+        extractor.tiles,
     )
     return maps.numpy(), scores.numpy(), run.categories[category]["threshold"]
 
@@ -189,6 +191,18 @@ def run_script(export_dir: Path, *args: object, python: str = sys.executable) ->
 def read_scores(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def assert_script_scores_as_predict(run_dir: Path, export_dir: Path, folder: Path, tmp_path: Path) -> None:
+    """The export's ``predict.py`` and ``reconad predict`` give the same verdicts and scores (1e-4) on
+    ``folder``."""
+    assert invoke("predict", run_dir, folder, "--out", tmp_path / "library").exit_code == 0
+    done = run_script(export_dir, folder, "--out", tmp_path / "ours")
+    assert done.returncode == 0, done.stderr
+    library, ours = (read_scores(tmp_path / d / "scores.csv") for d in ("library", "ours"))
+    assert [r["is_anomalous"] for r in ours] == [r["is_anomalous"] for r in library]
+    scores = [[float(r["score"]) for r in rows] for rows in (ours, library)]
+    np.testing.assert_allclose(*scores, rtol=1e-4)
 
 
 def test_predict_script_writes_what_reconad_predict_writes(tmp_path, fitted_run, exported, parts):

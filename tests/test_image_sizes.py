@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, invoke
 from PIL import Image
-from test_export import PARAMS, assert_parity, read_scores, run_script
+from test_export import PARAMS, assert_parity, assert_script_scores_as_predict, read_scores
 
 from reconad import pipeline
 from reconad.data import load_sources, read_image, resize_images
@@ -182,15 +182,7 @@ def test_predict_says_once_when_images_stray_from_the_runs_aspect(kept_run, wide
 def test_the_exported_predict_script_resizes_to_the_runs_size(kept_run, wide_parts, tmp_path):
     run_dir, _ = kept_run
     assert invoke("export", run_dir, "--out", tmp_path / "export").exit_code == 0
-    folder = wide_parts / "test"
-    assert invoke("predict", run_dir, folder, "--out", tmp_path / "library").exit_code == 0
-    done = run_script(tmp_path / "export", folder, "--out", tmp_path / "ours")
-    assert done.returncode == 0, done.stderr
-    library, ours = (read_scores(tmp_path / d / "scores.csv") for d in ("library", "ours"))
-    assert [r["is_anomalous"] for r in ours] == [r["is_anomalous"] for r in library]
-    np.testing.assert_allclose(
-        [float(r["score"]) for r in ours], [float(r["score"]) for r in library], rtol=1e-4
-    )
+    assert_script_scores_as_predict(run_dir, tmp_path / "export", wide_parts / "test", tmp_path)
 
 
 def test_a_unified_model_refuses_a_side_its_levels_do_not_divide(parts, tmp_path):

@@ -38,6 +38,9 @@ from reconad.terminal import (
     ParamOpt,
     ResumeOpt,
     RunOpt,
+    ScaleOpt,
+    TileOpt,
+    TileOverlapOpt,
     UnifiedOpt,
     WeightsOpt,
     clean_errors,
@@ -86,6 +89,9 @@ def fit(
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,
     folds: FoldsOpt = DEFAULTS.folds,
     memory_budget: MemoryBudgetOpt = DEFAULTS.memory_budget,
+    tile: TileOpt = DEFAULTS.tile,
+    tile_overlap: TileOverlapOpt = DEFAULTS.tile_overlap,
+    scale: ScaleOpt = DEFAULTS.scale,
     cache_dir: CacheDirOpt = DEFAULTS.cache_dir,
     no_cache: NoCacheOpt = DEFAULTS.no_cache,
     resume: ResumeOpt = False,
@@ -227,12 +233,7 @@ def predict(
 
     with progress_bars() as progress:
         run, done = predict_folder(run_dir, inputs, category, out_dir, device, progress, force, warn)
-    out.print(
-        f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold "
-        f"{run.categories[done.category]['threshold']:.4g}) in {done.seconds:.1f} s "
-        f"({done.n_scored / done.seconds:.1f} images/s) → {escape(str(out_dir / 'scores.csv'))}",
-        soft_wrap=True,
-    )
+    out.print(show.predicted_text(done, run.categories[done.category]["threshold"], out_dir), soft_wrap=True)
     for _, message in done.failures:
         err.print(f"[red]skipped[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if done.failures:

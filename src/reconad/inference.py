@@ -62,7 +62,7 @@ def score_decoded(
         aspect(name, image.shape[:2])
     feats = extractor(torch.from_numpy(resize_images([x for _, x in images], size)))
     maps, scores = score_features(
-        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images)
+        run.model_for(category), feats, size, run.config["scoring"], [category] * len(images), extractor.tiles
     )
     scored = []
     for (name, image), m, s in zip(images, maps, scores):

@@ -74,7 +74,7 @@ def add_good_images(
     extractor = FeatureExtractor.from_config(run.config["features"], device)
     samples = [Sample(p, 0, category) for p in fresh.values()]
     feats = extract(samples, extractor, progress=progress, description=f"{category}: added").features
-    _, scores = score_features(model, feats, extractor.image_hw, run.config["scoring"])
+    _, scores = score_features(model, feats, extractor.image_hw, run.config["scoring"], tiles=extractor.tiles)
     model.extend(feats)
     operating = cat["operating"]
     every = [*operating["scores"], *scores.tolist()]

@@ -21,21 +21,27 @@ from reconad.params import MAX_SEED, check_value
 #: Image sizes features are computed at (inclusive): below, a 16-stride level is a 2×2 grid; above, the
 #: features of a few hundred images (40 MB each at 2048 px, default levels) no longer fit in memory.
 IMAGE_SIZES = (32, 2048)
+#: The longest side of a tiled run's canvas (``--tile``): its features grow with the tiles, not the backbone's
+#: input, which stays the tile.
+TILE_CANVAS = 16384
 
 
-def check_image_size(size: int | str | Sequence[int], what: str = "image_size") -> tuple[int, int]:
+def check_image_size(
+    size: int | str | Sequence[int], what: str = "image_size", high: int = IMAGE_SIZES[1]
+) -> tuple[int, int]:
     """``(height, width)`` of ``size``: an int ``N`` (``N×N``), the text ``"N"`` or ``"WxH"`` (as the flag
     and run.json spell it, :func:`~reconad.image_runtime.size_hw`) or an ``(h, w)`` pair; each side an
-    integer within :data:`IMAGE_SIZES`; a one-line error naming ``what`` otherwise."""
+    integer from ``IMAGE_SIZES[0]`` to ``high`` (a tiled canvas: :data:`TILE_CANVAS`); a one-line error
+    naming ``what`` otherwise."""
     if isinstance(size, str):
         try:
             size = size_hw(size)
         except ValueError as err:
             raise ReconadError(f"{what}: {err}") from None
     if isinstance(size, int) or not isinstance(size, Sequence) or len(size) != 2:
-        side = check_value(what, size, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+        side = check_value(what, size, int, low=IMAGE_SIZES[0], high=high)
         return side, side
-    h, w = (check_value(what, s, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1]) for s in size)
+    h, w = (check_value(what, s, int, low=IMAGE_SIZES[0], high=high) for s in size)
     return h, w
 
 
@@ -125,6 +131,9 @@ class FitOptions:
     bit_depth: int | None = None
     max_pixels: int = MAX_PIXELS
     memory_budget: float = 4.0
+    tile: int | None = None  # S: tiles of S × S px at native resolution (times ``scale``); None: whole images
+    tile_overlap: int | None = None  # P: pixels adjacent tiles share; None: S // 8
+    scale: float = 1.0  # F: the canvas is the good images' native size times F
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", check_image_size(self.image_size, "--image-size"))
@@ -141,6 +150,29 @@ class FitOptions:
         check_bit_depth(self.bit_depth, "--bit-depth")
         check_value("--max-pixels", self.max_pixels, int, low=1)
         check_memory_budget(self.memory_budget, "--memory-budget")
+        self._check_tiles()
+
+    def _check_tiles(self) -> None:
+        """``--tile`` within :data:`IMAGE_SIZES`, ``--tile-overlap`` below half of it (default ``S // 8``),
+        ``--scale`` in (0, 8]; neither of the last two nor ``--keep-aspect`` without tiles or beside them."""
+        check_value("--scale", self.scale, float, low=0, high=8, low_inclusive=False)
+        if self.tile is None:
+            if self.tile_overlap is not None or self.scale != 1.0:
+                raise ReconadError("--tile-overlap and --scale go with --tile S")
+            return
+        check_value("--tile", self.tile, int, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
+        if self.keep_aspect:
+            raise ReconadError("--tile works at the images' own aspect: leave out --keep-aspect")
+        overlap = self.tile // 8 if self.tile_overlap is None else self.tile_overlap
+        check_value("--tile-overlap", overlap, int, low=0, high=self.tile // 2, high_inclusive=False)
+        object.__setattr__(self, "tile_overlap", overlap)
+
+    def tiling(self) -> dict[str, Any] | None:
+        """The features config's ``tile`` (run.json) of ``--tile``, ``--tile-overlap``, ``--scale``; None
+        without tiles."""
+        if self.tile is None:
+            return None
+        return {"size": self.tile, "overlap": self.tile_overlap, "scale": self.scale}
 
     def decoding(self) -> Decoding:
         """How image files are decoded: ``--bit-depth``'s levels (none given: the default, until the fit

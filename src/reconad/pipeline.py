@@ -26,12 +26,13 @@ from torch import Tensor
 
 from reconad import __version__, distributed
 from reconad.data import CategoryData, Sample, load_image_and_mask, load_sources, resize_images
-from reconad.data.imageio import pixel_range, training_aspect
+from reconad.data.imageio import pixel_range, training_aspect, training_size
 from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
 from reconad.features.store import Features, FeatureSpool, chunk_bounds, join, take
+from reconad.features.tiles import TileGrid, canvas_hw
 from reconad.image_runtime import DECODING, Decoding, size_hw
 from reconad.metrics import by_defect_type, mean_metrics
 from reconad.metrics import evaluate as compute_metrics
@@ -50,7 +51,7 @@ from reconad.progress import Progress, no_progress
 from reconad.runfolder import UNIFIED, check_run_folder, checkpoint_dir
 from reconad.runs import Run, load_run, models_to, save_run
 from reconad.runtime import less_kept_memory
-from reconad.scoring import anomaly_maps, image_scores
+from reconad.scoring import anomaly_maps, image_scores, tiled_maps
 
 #: How patch scores become maps and image scores unless a run says otherwise (:func:`score_features`).
 DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
@@ -178,6 +179,11 @@ class ModelSpec:
         """The unfitted model with what the features tell it (levels and grids, the run's ``seed`` unless the
         parameters have one); its parameters are checked together and against the features (a unified model
         needs grids that divide the image size)."""
+        if self.cls.unified and getattr(extractor, "tiles", None) is not None:
+            raise ReconadError(
+                f"--tile: {self.cls.name} learns each grid position, not one model for every tile: use "
+                "patchcore or sgfr"
+            )
         if self.cls.unified:
             extractor.check_whole_grids()
         given = {
@@ -215,11 +221,15 @@ def patch_maps(
     image_size: int | tuple[int, int],
     sigma: float,
     categories: list[str] | None = None,
+    tiles: TileGrid | None = None,
 ) -> Tensor:
     """Anomaly maps ``[N, H, W]`` of one batch of feature tensors (``image_size``: ``(H, W)``, or an int for
     a square): the model's patch scores (or level maps), resized to the image as the model says
-    (``align_corners``), averaged and smoothed."""
+    (``align_corners``), averaged and smoothed; a tiled run's (``tiles``: its grid) stitched on the canvas
+    (:func:`~reconad.scoring.tiled_maps`)."""
     patch = model.predict(features, categories) if categories else model.predict(features)
+    if tiles is not None:
+        return tiled_maps(patch, tiles, sigma, align_corners=model.align_corners)
     return anomaly_maps(patch, image_size, sigma, align_corners=model.align_corners)
 
 
@@ -229,14 +239,15 @@ def score_features(
     image_size: int | tuple[int, int],
     scoring: dict[str, Any],
     categories: list[str] | None = None,
+    tiles: TileGrid | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(anomaly maps ``[N, H, W]``, image scores ``[N]``) of feature tensors, in batches of
-    :data:`SCORE_BATCH`."""
+    :data:`SCORE_BATCH` (``tiles``: as :func:`patch_maps`'s)."""
     maps = []
     for start in range(0, len(features), SCORE_BATCH):
         chunk = features[start : start + SCORE_BATCH]
         cats = categories[start : start + SCORE_BATCH] if categories else None
-        maps.append(patch_maps(model, chunk, image_size, scoring["sigma"], cats))
+        maps.append(patch_maps(model, chunk, image_size, scoring["sigma"], cats, tiles))
     all_maps = torch.cat(maps)
     return all_maps, image_scores(all_maps, scoring["reduce"])
 
@@ -299,11 +310,14 @@ def cross_fit(
     image_size: tuple[int, int],
     scoring: dict[str, Any],
     fitted: Callable[[], None] = lambda: None,
+    tiles: TileGrid | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-sample scores of every good image of a category (or of every category pooled, a unified bank):
     the images split into ``folds`` seeded folds, each scored by a copy of the unfitted ``model`` fitted on
     the other folds (a model that never saw it); and the mean of each image's map (their mean is the
-    overlays' normal level). ``fitted()`` is called after each fold."""
+    overlays' normal level). ``fitted()`` is called after each fold. A tiled run's rows are images too (each
+    its tiles' features, :class:`~reconad.features.extractor.TiledFeatures`): the folds split images, never
+    an image's tiles, and each score is the maximum of the image's stitched map (``tiles``: the grid)."""
     n = len(features)
     k = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
@@ -315,7 +329,7 @@ def cross_fit(
         rows = take(features, held)
         parts = [(0, len(held))] if isinstance(rows, Tensor) else chunk_bounds(len(held), SPOOL_SCORE)
         for a, b in parts:  # spooled rows: read and scored a part at a time
-            maps, s = score_features(fold_model, rows[a:b], image_size, scoring)
+            maps, s = score_features(fold_model, rows[a:b], image_size, scoring, tiles=tiles)
             scores[held[a:b]] = s.numpy()
             levels[held[a:b]] = maps.flatten(1).mean(1).numpy()
         fitted()
@@ -337,7 +351,7 @@ def _calibrate(
     categories, done = {}, 0
     sizes = [len(feats[c.name][0].features) + len(feats[c.name][1].features) for c in data]
     pooled = UNIFIED in run_models and not template.unified  # one bank for every category
-    folds, seed, size = calibration.folds, calibration.seed, calibration.image_size
+    folds, seed, size, tiles = calibration.folds, calibration.seed, calibration.image_size, calibration.tiles
     total = min(folds, sum(sizes)) if pooled else sum(min(folds, n) for n in sizes)
 
     def fitted() -> None:
@@ -347,7 +361,7 @@ def _calibrate(
 
     if pooled:
         every = torch.cat([train[c.name] for c in data])
-        pooled_scores, pooled_levels = cross_fit(template, every, folds, seed, size, scoring, fitted)
+        pooled_scores, pooled_levels = cross_fit(template, every, folds, seed, size, scoring, fitted, tiles)
         bounds = np.cumsum([0, *(len(train[c.name]) for c in data)])
     for i, c in enumerate(data):
         fit_part, held = feats[c.name][0].features, feats[c.name][1].features
@@ -361,7 +375,7 @@ def _calibrate(
             scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
             n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
-            scores, levels = cross_fit(template, train[c.name], folds, seed, size, scoring, fitted)
+            scores, levels = cross_fit(template, train[c.name], folds, seed, size, scoring, fitted, tiles)
             source, n_train = f"cross-fitted ({min(folds, len(train[c.name]))} folds)", len(train[c.name])
             level, extra = float(levels.mean()), {}
         point = conformal_threshold(scores, calibration.false_reject)
@@ -383,7 +397,7 @@ def _calibrate(
 class Calibration:
     """How :func:`fit` sets each category's threshold (:mod:`reconad.operating`): the false-reject rate
     asked for, the folds of the per-category models' cross-fitting, their seed, the image size of the maps,
-    and where a note goes when the good images are too few for the rate."""
+    where a note goes when the good images are too few for the rate, progress, and a tiled run's grid."""
 
     false_reject: float = DEFAULT_FALSE_REJECT
     folds: int = DEFAULTS.folds
@@ -391,6 +405,7 @@ class Calibration:
     image_size: tuple[int, int] = DEFAULTS.image_size  # (h, w) of the maps
     warn: Callable[[str], None] = print
     progress: Progress = no_progress
+    tiles: TileGrid | None = None  # a tiled run's grid
 
 
 def spooled_features(
@@ -491,7 +506,7 @@ def fit(
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    calibration = Calibration(false_reject, folds, seed, extractor.image_hw, warn, progress)
+    calibration = Calibration(false_reject, folds, seed, extractor.image_hw, warn, progress, extractor.tiles)
     with tempfile.TemporaryDirectory(prefix="reconad-spool-") as spool:
         in_memory = model.unified or unified or world  # one trained model, one bank, or a torchrun job
         feats = features or training_features(
@@ -563,6 +578,7 @@ def evaluate_features(run: Run, category: str, samples: list[Sample], ext: Extra
         size_hw(run.config["features"]["image_size"]),
         run.config["scoring"],
         [category] * len(samples),
+        TileGrid.of_features(run.config["features"]),
     )
     return _category_result(run, category, samples, maps, ext.masks, time.perf_counter() - start)
 
@@ -593,7 +609,8 @@ def evaluate_stream(
             masks[i] = mask
         pending.append(features)
         if len(pending) == SCORE_BATCH or i == len(samples) - 1:
-            maps.append(patch_maps(model, torch.stack(pending), size, sigma, [category] * len(pending)))
+            cats = [category] * len(pending)
+            maps.append(patch_maps(model, torch.stack(pending), size, sigma, cats, extractor.tiles))
             pending.clear()
     return _category_result(run, category, samples, torch.cat(maps), masks, time.perf_counter() - start)
 
@@ -704,6 +721,21 @@ def keep_aspect(
     return sized
 
 
+def tile_canvas(
+    options: FitOptions, extractor: FeatureExtractor, data: list[CategoryData], warn: Callable[[str], None]
+) -> None:
+    """``--tile``: the canvas (:func:`~reconad.features.tiles.canvas_hw`) of the median native size of every
+    category's good training images times ``--scale`` set on ``extractor`` in place; ``warn`` says which."""
+    native = training_size(s for c in data for s in c.train)
+    extractor.resize(canvas_hw(native, options.tile, options.scale))
+    tiles = extractor.tiles
+    warn(
+        f"--tile {tiles.size}: fitting on {len(tiles)} tiles ({len(tiles.rows)}×{len(tiles.cols)}, overlap "
+        f"{tiles.overlap} px) of a {extractor.image_hw[1]}x{extractor.image_hw[0]} canvas (the good images' "
+        f"median size {native[1]}x{native[0]} × {options.scale:g})"
+    )
+
+
 def fit_folder(
     model_name: str,
     params: Mapping[str, Any],
@@ -730,6 +762,8 @@ def fit_folder(
         quiet = (distributed.launched() or (0,))[0] != 0
         options = keep_aspect(options, extractor, data, (lambda note: None) if quiet else warn)
         model = spec.build(extractor, options.seed)
+    if options.tile is not None:
+        tile_canvas(options, extractor, data, warn)
     if options.bit_depth is None:
         extractor = extractor.with_decoding(measured_decoding(data, options.max_pixels))
     ckpt = checkpoint_dir(out_dir)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from reconad.errors import ReconadError
 from reconad.features.extractor import bilinear_matrix
+from reconad.features.tiles import TileGrid
 
 REDUCTIONS = ("max", "mean", "topk_mean")
 TOPK_FRACTION = 0.01  # "topk_mean": the mean of the top 1 % pixels of each map
@@ -111,6 +112,31 @@ def _resized(x: Tensor, hw: tuple[int, int], sigma: float, align_corners: bool) 
     mh = map_operator(hw[0], x.shape[1], float(sigma), align_corners).to(x.device, x.dtype)
     mw = map_operator(hw[1], x.shape[2], float(sigma), align_corners).to(x.device, x.dtype)
     return torch.matmul(torch.matmul(mh, x), mw.T)
+
+
+def conv_blur(maps: Tensor, sigma: float) -> Tensor:
+    """:func:`gaussian_blur` as two 1-D convolutions (the same reflect padding and taps): linear in the side,
+    where the banded matrices grow with its square (a tiled canvas of thousands of pixels)."""
+    radius = int(4.0 * sigma + 0.5)
+    if sigma <= 0 or radius >= min(maps.shape[1:]):  # no blur, or taps folded back more than once
+        return gaussian_blur(maps, sigma)
+    k = gaussian_kernel1d(sigma, radius, maps.dtype).to(maps.device)
+    x = F.conv2d(F.pad(maps[:, None], (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))[:, 0]
+
+
+def tiled_maps(scores: Tensor, grid: TileGrid, sigma: float = 4.0, align_corners: bool = False) -> Tensor:
+    """Anomaly maps ``[N, H, W]`` of a tiled canvas from patch scores ``[N, T·h, w]`` (the tiles' grids one
+    below the other, :class:`~reconad.features.extractor.TiledFeatures`): each tile's scores resized to the
+    tile, the tiles stitched (overlaps averaged, :meth:`TileGrid.stitch`), then blurred on the whole canvas
+    (:func:`conv_blur`), so that a tile's border leaves no seam."""
+    if not isinstance(scores, Tensor) or scores.ndim != 3 or scores.shape[1] % len(grid):
+        raise ReconadError(f"tiled patch scores must be [N, T·h, w] with T = {len(grid)} tiles")
+    n, th, w = scores.shape
+    per_tile = scores.reshape(n * len(grid), th // len(grid), w)
+    with torch.no_grad():
+        tile_maps = anomaly_maps(per_tile, grid.size, 0, align_corners)
+        return conv_blur(grid.stitch(tile_maps), sigma)
 
 
 def image_scores(maps: Tensor, reduce: str = "max") -> Tensor:

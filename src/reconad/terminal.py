@@ -53,6 +53,11 @@ FalseRejectOpt = Annotated[float, typer.Option(help="the share of good parts the
 MemoryBudgetOpt = Annotated[
     float, typer.Option(help="GB of features a per-category fit holds; more are spooled to TMPDIR")
 ]
+TileOpt = Annotated[
+    int | None, typer.Option(help="cut each image (native size × --scale) into S × S tiles; docs/images.md")
+]
+TileOverlapOpt = Annotated[int | None, typer.Option(help="--tile: pixels adjacent tiles share (S / 8)")]
+ScaleOpt = Annotated[float, typer.Option(help="--tile: the images' native size times this")]
 FoldsOpt = Annotated[
     int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
 ]

@@ -195,6 +195,16 @@ def training_aspect(samples: Iterable[Sample]) -> float:
     return float(np.median([w / h for h, w in sizes]))
 
 
+def training_size(samples: Iterable[Sample]) -> tuple[int, int]:
+    """The median ``(height, width)`` of ``samples``' images, from their headers (EXIF orientation applied):
+    the native size ``--tile`` cuts its tiles from."""
+    with _reconad_errors():
+        sizes = np.array([image_runtime.file_hw(s.path) for s in samples])
+    if not len(sizes):
+        raise ReconadError("--tile: no training images to measure the size of")
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
+
+
 def scan_images(folder: Path, recursive: bool = True, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files under ``folder`` (sorted; hidden entries skipped; symlinked folders followed once, so
     loops end); possibly empty. A missing or unreadable folder is a :class:`ReconadError`."""

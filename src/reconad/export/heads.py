@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reconad.scoring import image_scores, map_operator
+from reconad.features.tiles import TileGrid
+from reconad.scoring import image_scores, map_operator, tiled_maps
 
 
 class MapsAndScores(nn.Module):
@@ -47,10 +48,32 @@ class MapsAndScores(nn.Module):
         return maps, image_scores(maps, self.reduce)
 
 
+class TiledMapsAndScores(nn.Module):
+    """A tiled run's patch scores ``[N, T·h, w]`` → anomaly maps ``[N, H, W]`` of its canvas and image scores
+    ``[N]``, as :func:`reconad.scoring.tiled_maps` computes them (the same code, traced)."""
+
+    def __init__(
+        self, head: nn.Module, tiles: TileGrid, scoring: dict[str, Any], align_corners: bool
+    ) -> None:
+        super().__init__()
+        self.head, self.tiles, self.align_corners = head, tiles, align_corners
+        self.sigma, self.reduce = float(scoring["sigma"]), scoring["reduce"]
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        maps = tiled_maps(self.head(features), self.tiles, self.sigma, self.align_corners)
+        return maps, image_scores(maps, self.reduce)
+
+
 def maps_and_scores(
-    model: Any, grid: tuple[int, int], image_size: int | tuple[int, int], scoring: dict[str, Any]
+    model: Any,
+    grid: tuple[int, int],
+    image_size: int | tuple[int, int],
+    scoring: dict[str, Any],
+    tiles: TileGrid | None = None,
 ) -> nn.Module:
     """The fitted ``model``'s head (its ``export_head()``) with the library's maps and image scores on top;
-    ``grid``: the feature grid ``(h, w)``."""
+    ``grid``: the feature grid ``(h, w)``; ``tiles``: a tiled run's grid (its maps stitched on the canvas)."""
+    if tiles is not None:
+        return TiledMapsAndScores(model.export_head(), tiles, scoring, model.align_corners)
     grids = [tuple(hw) for hw in model.level_hw_] if getattr(model, "unified", False) else [grid]
     return MapsAndScores(model.export_head(), grids, image_size, scoring, model.align_corners)

@@ -66,7 +66,7 @@ def _write_graphs(
     for i, key in enumerate(keys):
         progress("graphs", i, len(keys), unit="graphs")
         head = maps_and_scores(
-            run.models[key], extractor.level_hw[0], extractor.image_hw, run.config["scoring"]
+            run.models[key], extractor.level_hw[0], extractor.image_hw, run.config["scoring"], extractor.tiles
         )
         meta = {"reconad_version": __version__, "model": run.config["model"], "category": key}
         graph = model_graph(extractor, head, meta)

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from reconad.errors import ReconadError
 from reconad.features.backbone import create_feature_backbone
+from reconad.features.tiles import TileGrid
 from reconad.image_runtime import DECODING, Decoding, stored_size
-from reconad.options import DEFAULTS, FitOptions, check_image_size, check_layers
+from reconad.options import DEFAULTS, TILE_CANVAS, FitOptions, check_image_size, check_layers
 
 #: How images reach the backbone (decoding and resizing, :mod:`reconad.data.imageio`); part of the cache key,
 #: so a change to it never mixes old and new features.
@@ -84,6 +85,29 @@ class PatchFeatures(nn.Module):
         return torch.cat(out, dim=1)
 
 
+#: Tiles a tiled run's backbone takes at once (:meth:`FeatureExtractor.__call__`): its memory is the batch's.
+TILE_BATCH = 16
+
+
+class TiledFeatures(nn.Module):
+    """:class:`PatchFeatures` of each tile of a canvas: uint8 ``[N, H, W, 3]`` → ``[N, C, T·h, w]``, the
+    ``T`` tiles' ``[C, h, w]`` grids one below the other in :attr:`TileGrid.positions` order (a per-patch
+    model sees every tile's patches; the scoring stitches them back, :func:`reconad.scoring.tiled_maps`)."""
+
+    def __init__(self, patches: PatchFeatures, grid: TileGrid) -> None:
+        super().__init__()
+        self.patches, self.grid = patches, grid
+
+    def forward(self, images: Tensor, chunk: int | None = None) -> Tensor:
+        """``chunk``: tiles through the backbone at once (None: all, as the exported graph does)."""
+        tiles = self.grid.cut(images)
+        if chunk is None:  # no loop over the batch: the exported graph keeps its batch axis free
+            f = self.patches(tiles)
+        else:
+            f = torch.cat([self.patches(tiles[a : a + chunk]) for a in range(0, len(tiles), chunk)])
+        return f.unflatten(0, (-1, len(self.grid))).transpose(1, 2).flatten(2, 3)
+
+
 class FeatureExtractor:
     """Images (uint8 ``[N, H, W, 3]``, already resized to ``image_hw``) → patch features ``[N, C, h, w]``.
 
@@ -107,8 +131,10 @@ class FeatureExtractor:
         weights: str | Path | None = DEFAULTS.weights,
         device: str = DEFAULTS.device,
         decoding: Decoding = DECODING,
+        tile: dict[str, Any] | None = None,
     ) -> None:
         self.backbone = backbone
+        self.tile = tile
         self.decoding = decoding
         self.layers = check_layers(tuple(layers))
         self.smooth = smooth
@@ -123,12 +149,13 @@ class FeatureExtractor:
             backbone, self.layers, Path(weights) if weights else None
         )
         self.model.to(self.device)
-        self.net = PatchFeatures(
+        self.patches = PatchFeatures(
             self.model,
             torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255,
             torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255,
             smooth,
         ).eval()
+        self.net: nn.Module = self.patches
         self.level_channels: tuple[int, ...] = tuple(self.model.feature_info.channels())
         self.resize(image_size)
 
@@ -136,10 +163,20 @@ class FeatureExtractor:
         """Work at another image size from now on (the backbone stays): ``--keep-aspect`` settles the size
         once the training images are known. Sets :attr:`image_hw`, :attr:`image_size` (the stored form),
         :attr:`level_hw` (each level's ``(h, w)`` grid, finest first) and :attr:`level_grids` (each level's
-        grid rows, its side when square: the unified models' ``level_grids``, whose ratios they use)."""
-        self.image_hw = check_image_size(image_size)
+        grid rows, its side when square: the unified models' ``level_grids``, whose ratios they use). A tiled
+        extractor's size is its canvas: :attr:`tiles` its grid, each level's grid the tiles' grids stacked."""
+        self.tiles: TileGrid | None = None
+        if self.tile is None:
+            self.image_hw = check_image_size(image_size)
+            h, w = self.image_hw
+        else:
+            self.image_hw = check_image_size(image_size, "the tiled canvas", TILE_CANVAS)
+            self.tiles = TileGrid(self.image_hw, int(self.tile["size"]), int(self.tile["overlap"]))
+            if self.tiles.size % self.stride:
+                raise ReconadError(f"--tile {self.tiles.size} is not a multiple of {self.stride}, the stride")
+            h, w = len(self.tiles) * self.tiles.size, self.tiles.size
+            self.net = TiledFeatures(self.patches, self.tiles)
         self.image_size = stored_size(self.image_hw)
-        h, w = self.image_hw
         self.level_hw = tuple((h // r, w // r) for r in self.model.feature_info.reduction())
         self.level_grids: tuple[int, ...] = tuple(lh for lh, _ in self.level_hw)
 
@@ -176,6 +213,8 @@ class FeatureExtractor:
         }
         if self.decoding != DECODING:
             config["decoding"] = self.decoding.to_json()
+        if self.tile is not None:
+            config["tile"] = self.tile
         return config
 
     def with_decoding(self, decoding: Decoding) -> FeatureExtractor:
@@ -187,14 +226,15 @@ class FeatureExtractor:
     @classmethod
     def from_options(cls, options: FitOptions, decoding: Decoding | None = None) -> FeatureExtractor:
         """The extractor of a fit's options (:class:`reconad.options.FitOptions`); ``decoding``: the one the
-        fit measured (default: the options')."""
+        fit measured (default: the options'). Tiled, its canvas is one tile until the fit measures it."""
         return cls(
             options.backbone,
             options.layers,
-            options.image_size,
+            options.image_size if options.tile is None else options.tile,
             weights=options.weights,
             device=options.device,
             decoding=decoding or options.decoding(),
+            tile=options.tiling(),
         )
 
     @classmethod
@@ -211,6 +251,7 @@ class FeatureExtractor:
             weights=config.get("weights"),
             device=device,
             decoding=Decoding.of_features(config),
+            tile=config.get("tile"),
         )
 
     def key(self) -> str:
@@ -227,5 +268,9 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Tensor:
-        """uint8 ``[N, H, W, 3]`` → float32 ``[N, C, h, w]`` on the CPU."""
-        return self.net(images.to(self.device)).float().cpu()
+        """uint8 ``[N, H, W, 3]`` → float32 ``[N, C, h, w]`` on the CPU (tiled: :data:`TILE_BATCH` tiles at a
+        time through the backbone)."""
+        images = images.to(self.device)
+        if self.tiles is None:
+            return self.net(images).float().cpu()
+        return self.net(images, TILE_BATCH).float().cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -108,4 +109,13 @@ def fitted_text(config: dict[str, Any], out_dir: Any) -> str:
         f"fitted [bold]{config['model']}[/bold] on {escape(', '.join(config['categories']))} at "
         f"{config['features']['image_size']} px in {config['fit_seconds']:.1f} s → {escape(str(out_dir))} "
         f"({config['model_bytes'] / 1e6:.2f} MB of weights)"
+    )
+
+
+def predicted_text(done: Any, threshold: float, out_dir: Path) -> str:
+    """``reconad predict``'s line: images scored, how many anomalous at the threshold, speed, the table."""
+    return (
+        f"scored {done.n_scored} images ({done.n_anomalous} anomalous at threshold {threshold:.4g}) in "
+        f"{done.seconds:.1f} s ({done.n_scored / done.seconds:.1f} images/s) → "
+        f"{escape(str(out_dir / 'scores.csv'))}"
     )
