@@ -71,20 +71,28 @@ def make_images(source: Path, n: int, out: Path, size: int) -> Path:
     return out
 
 
-def timed_fit(model: str, data: Path, run: Path, extra: list[str]) -> dict[str, float]:
-    """Wall seconds and peak RSS (GB) of one ``reconad fit`` subprocess."""
-    cmd = [sys.executable, "-m", "reconad", "--quiet", "fit", model, "--data", f"folder:{data}"]
-    cmd += ["--out", str(run), "--no-cache", "--force", *extra]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
+def measured(cmd: list[str], stdout: Path | None = None) -> tuple[float, int]:
+    """Run ``cmd`` (its stdout into the file ``stdout`` if given); its wall seconds and peak RSS in KiB (the
+    kernel's ``ru_maxrss`` for that process, ``os.wait4``). Exits with the command line if it fails."""
+    with open(stdout or os.devnull, "w") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink if stdout else None)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
     if status != 0:
-        raise SystemExit(f"fit failed ({status}): {' '.join(cmd)}")
+        raise SystemExit(f"failed ({status}): {' '.join(cmd)}")
+    return seconds, usage.ru_maxrss
+
+
+def timed_fit(model: str, data: str, run: Path, extra: list[str]) -> dict[str, float]:
+    """Wall seconds and peak RSS (GB) of one ``reconad fit`` subprocess on ``data`` (``FORMAT:PATH``)."""
+    cmd = [sys.executable, "-m", "reconad", "--quiet", "fit", model, "--data", data]
+    seconds, peak_kib = measured([*cmd, "--out", str(run), "--no-cache", "--force", *extra])
     config = json.loads((run / "run.json").read_text())
     return {
         "seconds": round(seconds, 1),
-        "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2),
+        "peak_rss_gb": round(peak_kib / 1e6, 2),
+        "peak_rss_bytes": peak_kib * 1024,
         "feature_seconds": round(config["feature_seconds"], 1),
         "model_fit_seconds": round(config["model_fit_seconds"], 1),
     }
@@ -128,7 +136,11 @@ def main() -> None:
         for n in args.n:
             data = make_images(args.images, n, work / f"n{n}", args.size)
             for model in args.models:
-                row = {"n_images": n, "model": model, **timed_fit(model, data, work / "run", extra)}
+                row = {
+                    "n_images": n,
+                    "model": model,
+                    **timed_fit(model, f"folder:{data}", work / "run", extra),
+                }
                 if args.profile:
                     row["stages_s"] = profile_fit(model, data, work / "run", extra)
                 print(json.dumps(row), flush=True)

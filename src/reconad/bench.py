@@ -283,7 +283,9 @@ def _cost_cells(doc: dict[str, Any]) -> dict[str, str]:
     return dict(zip(COST_COLUMNS, values))
 
 
-def _verdicts_cell(v: dict[str, Any]) -> str:
+def verdicts_cell(v: dict[str, Any]) -> str:
+    """A table cell of verdicts at a threshold: ``false rejects/good (rate) · escapes/defective (rate)``."""
+
     def share(k: int, n: int) -> str:
         return f"{k}/{n} ({k / n:.1%})" if n else "—"
 
@@ -325,7 +327,7 @@ def markdown(docs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for c in [*categories, None]:
         cells = [
-            _verdicts_cell(docs[m]["categories"][c]["verdicts"] if c else docs[m]["verdicts"]) for m in models
+            verdicts_cell(docs[m]["categories"][c]["verdicts"] if c else docs[m]["verdicts"]) for m in models
         ]
         lines.append(f"| {c or '**all**'} | " + " | ".join(cells) + " |")
     lines += [
