@@ -211,8 +211,8 @@ def _bench_model(
     rss_start = _status_bytes("VmRSS")
 
     def fit_progress(description: str, done: int, total: int, info: str = "", unit: str = "") -> None:
-        if description == "fitting":
-            tick(done)
+        if description == "fitting":  # categories fitted, or a unified model's one fit
+            tick(done * n_cat // max(total, 1))
 
     def epoch_progress(epoch: int, epochs: int, loss: float) -> None:
         tick(epoch * n_cat // max(epochs, 1), f"{name} epoch {epoch}/{epochs}, loss {loss:.4g}")
