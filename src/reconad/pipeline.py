@@ -454,6 +454,23 @@ def training_features(
     return feats
 
 
+def _model_to_fit(
+    model: Model | str, params: Mapping[str, Any] | None, extractor: FeatureExtractor, seed: int, world: Any
+) -> Model:
+    """The model :func:`fit` fits: built from its name and ``params``, or as given (then without
+    ``params``); one line where a per-category model is asked to run under torchrun."""
+    if isinstance(model, str):
+        model = new_model(model, params or {}, extractor, seed)
+    elif params:
+        raise ReconadError("params go with a model name; a built model already has its parameters")
+    if world is not None and not model.unified:
+        raise ReconadError(
+            f"{model.name} fits each category without training: run it in one process, not under torchrun "
+            "(torchrun trains the unified models: rlr, rlr-selfref, uniad)"
+        )
+    return model
+
+
 def fit(
     model: Model | str,
     data: list[CategoryData],
@@ -492,17 +509,9 @@ def fit(
     check_seed(seed)
     check_rate(false_reject)
     check_folds(folds)
-    if isinstance(model, str):
-        model = new_model(model, params or {}, extractor, seed)
-    elif params:
-        raise ReconadError("params go with a model name; a built model already has its parameters")
     training = training or Training()
     world = training.world
-    if world is not None and not model.unified:
-        raise ReconadError(
-            f"{model.name} fits each category without training: run it in one process, not under torchrun "
-            "(torchrun trains the unified models: rlr, rlr-selfref, uniad)"
-        )
+    model = _model_to_fit(model, params, extractor, seed, world)
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
