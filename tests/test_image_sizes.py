@@ -200,3 +200,26 @@ def test_serve_says_once_per_process_when_uploads_stray_from_the_runs_aspect(kep
     for _ in range(2):
         assert len(predictor.predict(square)) == 2
     assert len(said) == 1 and "the run's size 128x64" in said[0]
+
+
+def test_the_grid_is_the_backbones_on_sides_that_are_not_multiples_of_the_stride():
+    """Per-patch models take any side: the extractor's grids are the ones its backbone gives (rounded up)."""
+    import torch
+
+    odd = FeatureExtractor(image_size=(100, 76))
+    features = odd(torch.zeros(1, 100, 76, 3, dtype=torch.uint8))
+    assert tuple(features.shape[-2:]) == odd.level_hw[0]
+
+
+def test_the_report_and_the_overlays_draw_a_non_square_run(wide_parts, wide_extractor, tmp_path):
+    from reconad.report.html import write_report
+    from reconad.report.overlay import write_overlays
+
+    data = load_sources([f"mvtec:{wide_parts}"])
+    run = pipeline.fit("patchcore", data, wide_extractor, params={"coreset_ratio": 0.1}, folds=2, warn=print)
+    results = pipeline.evaluate(run, data, wide_extractor)
+    doc = pipeline.results_json(run, results)
+    assert next(iter(results.values())).maps.shape[-2:] == HW
+    pictures = list(write_overlays(tmp_path / "overlays", run.config, results).glob("*.png"))
+    assert pictures and all(Image.open(p).size == (HW[1], HW[0]) for p in pictures)
+    assert (write_report(tmp_path / "report", run.config, results, doc)).is_file()

@@ -59,7 +59,8 @@ DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
 #: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
 SCORE_BATCH = 32
 
-#: Spooled images whose maps :func:`cross_fit` holds at once (256 px: 64 MiB).
+#: Spooled images whose maps :func:`cross_fit` holds at once at most (256 px: 64 MiB; fewer where the memory
+#: budget holds fewer of their features).
 SPOOL_SCORE = 256
 
 
@@ -327,7 +328,8 @@ def cross_fit(
         kept = np.setdiff1d(np.arange(n), held)
         fold_model = copy.deepcopy(model).fit(take(features, kept))
         rows = take(features, held)
-        parts = [(0, len(held))] if isinstance(rows, Tensor) else chunk_bounds(len(held), SPOOL_SCORE)
+        per_part = len(held) if isinstance(rows, Tensor) else rows.images_per_chunk(SPOOL_SCORE)
+        parts = chunk_bounds(len(held), per_part)
         for a, b in parts:  # spooled rows: read and scored a part at a time
             maps, s = score_features(fold_model, rows[a:b], image_size, scoring, tiles=tiles)
             scores[held[a:b]] = s.numpy()
@@ -745,6 +747,22 @@ def tile_canvas(
     )
 
 
+def fitted_features(
+    options: FitOptions, data: list[CategoryData], warn: Callable[[str], None]
+) -> tuple[FitOptions, FeatureExtractor]:
+    """The options and the extractor a fit on ``data`` runs with: ``--keep-aspect``'s size, ``--tile``'s
+    canvas and, without ``--bit-depth``, the levels measured on the good images (``reconad fit`` and
+    ``reconad bench`` alike); ``warn`` says the sizes chosen."""
+    extractor = FeatureExtractor.from_options(options)
+    if options.keep_aspect:
+        options = keep_aspect(options, extractor, data, warn)
+    if options.tile is not None:
+        tile_canvas(options, extractor, data, warn)
+    if options.bit_depth is None:
+        extractor = extractor.with_decoding(measured_decoding(data, options.max_pixels))
+    return options, extractor
+
+
 def fit_folder(
     model_name: str,
     params: Mapping[str, Any],
@@ -764,17 +782,10 @@ def fit_folder(
     ``display(quiet)``: the progress display (quiet on every rank but 0)."""
     spec = ModelSpec.check(model_name, params)
     check_run_folder(out_dir, force)
-    extractor = FeatureExtractor.from_options(options)
-    model = spec.build(extractor, options.seed)
     data = load_sources(list(sources), categories, seed=options.seed)
-    if options.keep_aspect:  # every torchrun process measures the same images; rank 0 says the size
-        quiet = (distributed.launched() or (0,))[0] != 0
-        options = keep_aspect(options, extractor, data, (lambda note: None) if quiet else warn)
-        model = spec.build(extractor, options.seed)
-    if options.tile is not None:
-        tile_canvas(options, extractor, data, warn)
-    if options.bit_depth is None:
-        extractor = extractor.with_decoding(measured_decoding(data, options.max_pixels))
+    quiet = (distributed.launched() or (0,))[0] != 0  # every torchrun process measures; rank 0 says
+    options, extractor = fitted_features(options, data, (lambda note: None) if quiet else warn)
+    model = spec.build(extractor, options.seed)
     ckpt = checkpoint_dir(out_dir)
 
     def resume_hint() -> str:

@@ -177,7 +177,8 @@ class FeatureExtractor:
             h, w = len(self.tiles) * self.tiles.size, self.tiles.size
             self.net = TiledFeatures(self.patches, self.tiles)
         self.image_size = stored_size(self.image_hw)
-        self.level_hw = tuple((h // r, w // r) for r in self.model.feature_info.reduction())
+        # the backbone pads "same": a level's grid is the side over its stride, rounded up
+        self.level_hw = tuple((-(-h // r), -(-w // r)) for r in self.model.feature_info.reduction())
         self.level_grids: tuple[int, ...] = tuple(lh for lh, _ in self.level_hw)
 
     @property
@@ -186,10 +187,10 @@ class FeatureExtractor:
         return max(self.model.feature_info.reduction())
 
     def check_whole_grids(self) -> None:
-        """Fail unless both sides of the image size are multiples of every level's stride. Otherwise
-        :attr:`level_hw` (side // stride) is not the grid the backbone gives (its padding rounds up), which
-        the models that work per level (``level_grids``: RLR, RLR-selfref, UniAD) need; per-patch models take
-        any size."""
+        """Fail unless both sides of the image size are multiples of every level's stride. Otherwise the
+        levels' grids (each side over the stride, rounded up) do not divide one another, which the models
+        that work per level (``level_grids``: RLR, RLR-selfref, UniAD) need; per-patch models take any
+        size."""
         stride, level = max(zip(self.model.feature_info.reduction(), self.layers))
         for size in dict.fromkeys(self.image_hw):
             if size % stride:

@@ -76,6 +76,10 @@ class FeatureRows:
                 out[i] = np.frombuffer(f.read(self.row_bytes), np.float32).reshape(self.row_shape)
         return torch.from_numpy(out)
 
+    def images_per_chunk(self, most: int) -> int:
+        """The rows (with their working copies) the budget holds at once: at least 1, at most ``most``."""
+        return max(1, min(most, self.budget // (WORKING_COPIES * self.row_bytes)))
+
     def check_chunk(self, n_images: int, what: str) -> None:
         """A one-line error where ``n_images`` rows and their working copies exceed the budget."""
         need = WORKING_COPIES * n_images * self.row_bytes

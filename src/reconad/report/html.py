@@ -144,7 +144,7 @@ class _Page:
 
     def __init__(self, assets: Path, assets_name: str) -> None:
         self.assets, self.assets_name = assets, assets_name
-        self._images: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._images: dict[tuple[str, int, tuple[int, ...]], tuple[np.ndarray, np.ndarray | None]] = {}
 
     def _img(self, name: str, data: bytes, alt: str) -> str:
         (self.assets / name).write_bytes(data)
@@ -242,10 +242,10 @@ class _Page:
         """Input | ground truth | heat-map overlay | map > threshold, side by side, as PNG bytes (the input
         decoded as the run decodes it; ``cat``: the category's threshold and normal level)."""
         threshold, normal_level = cat["threshold"], cat["normal_level"]
-        size = res.maps.shape[-1]
-        key = (name, i, size)
+        hw = tuple(res.maps.shape[-2:])
+        key = (name, i, hw)
         if key not in self._images:
-            self._images[key] = load_resized(res.samples[i], size, decoding)
+            self._images[key] = load_resized(res.samples[i], hw, decoding)
         image, _ = self._images[key]
         gt = res.masks[i].astype(bool)
         amap = res.maps[i]
@@ -257,11 +257,11 @@ class _Page:
             heatmap_overlay(image, amap, threshold, normal_level),
             mask_outline(np.where(predicted[..., None], np.uint8(255), grey), gt),
         ]
-        gap = np.full((size, 4, 3), 255, np.uint8)
+        gap = np.full((hw[0], 4, 3), 255, np.uint8)
         strip = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
         picture = Image.fromarray(strip)
-        if size > PANEL_MAX:
-            scale = PANEL_MAX / size
+        if hw[0] > PANEL_MAX:
+            scale = PANEL_MAX / hw[0]
             picture = picture.resize((round(strip.shape[1] * scale), PANEL_MAX), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")

@@ -52,7 +52,7 @@ def write_overlays(folder: Path, config: dict[str, Any], results: Mapping[str, C
     for name, r in results.items():
         cat = config["categories"][name]
         for i in [*range(len(r.samples))][:: max(1, len(r.samples) // 8)]:
-            image, _ = load_resized(r.samples[i], r.maps.shape[-1], decoding)
+            image, _ = load_resized(r.samples[i], tuple(r.maps.shape[-2:]), decoding)
             picture = mask_outline(
                 heatmap_overlay(image, r.maps[i], cat["threshold"], cat["normal_level"]), r.masks[i]
             )
