@@ -223,3 +223,10 @@ def test_the_report_and_the_overlays_draw_a_non_square_run(wide_parts, wide_extr
     pictures = list(write_overlays(tmp_path / "overlays", run.config, results).glob("*.png"))
     assert pictures and all(Image.open(p).size == (HW[1], HW[0]) for p in pictures)
     assert (write_report(tmp_path / "report", run.config, results, doc)).is_file()
+
+
+def test_measuring_the_training_aspect_keeps_to_max_pixels(wide_parts):
+    data = load_sources([f"mvtec:{wide_parts}"])
+    assert training_aspect(data[0].train, max_pixels=128 * 64) == pytest.approx(2.0)
+    with pytest.raises(ReconadError, match="--max-pixels"):
+        training_aspect(data[0].train, max_pixels=128 * 64 - 1)

@@ -445,10 +445,11 @@ def stored_size(hw: tuple[int, int]) -> int | str:
     return h if h == w else f"{w}x{h}"
 
 
-def file_hw(path: Path) -> tuple[int, int]:
-    """An image file's ``(height, width)`` from its header alone, EXIF orientation applied (as decoded)."""
+def file_hw(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """An image file's ``(height, width)`` from its header alone, EXIF orientation applied (as decoded); an
+    image over ``max_pixels`` is refused as the decoder refuses it."""
     try:
-        with Image.open(path) as img:
+        with open(path, "rb") as f, _open_checked(f, f"image {show_path(path)}", max_pixels) as img:
             w, h = img.size
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # transposed or rotated by 90°
     except (OSError, ValueError, Image.DecompressionBombError) as err:

@@ -725,7 +725,7 @@ def keep_aspect(
     """``--keep-aspect``: the options at the size :func:`~reconad.options.aspect_size` gives for the median
     aspect of every category's good training images (``extractor`` resized to it in place); ``warn`` says
     which."""
-    aspect = training_aspect(s for c in data for s in c.train)
+    aspect = training_aspect((s for c in data for s in c.train), options.max_pixels)
     sized = options.sized(aspect_size(options.image_size[0], aspect, extractor.stride))
     extractor.resize(sized.image_size)
     warn(f"--keep-aspect: fitting at {extractor.image_size} px (the good images' median aspect {aspect:.3g})")
@@ -737,7 +737,7 @@ def tile_canvas(
 ) -> None:
     """``--tile``: the canvas (:func:`~reconad.features.tiles.canvas_hw`) of the median native size of every
     category's good training images times ``--scale`` set on ``extractor`` in place; ``warn`` says which."""
-    native = training_size(s for c in data for s in c.train)
+    native = training_size((s for c in data for s in c.train), options.max_pixels)
     extractor.resize(canvas_hw(native, options.tile, options.scale))
     tiles = extractor.tiles
     warn(

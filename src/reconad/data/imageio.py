@@ -185,21 +185,21 @@ def load_resized(
     return resize_images([image], size)[0], mask
 
 
-def training_aspect(samples: Iterable[Sample]) -> float:
+def training_aspect(samples: Iterable[Sample], max_pixels: int = MAX_PIXELS) -> float:
     """The median aspect (width / height) of ``samples``' images, from their headers (EXIF orientation
     applied): the aspect ``--keep-aspect`` fits at."""
     with _reconad_errors():
-        sizes = [image_runtime.file_hw(s.path) for s in samples]
+        sizes = [image_runtime.file_hw(s.path, max_pixels) for s in samples]
     if not sizes:
         raise ReconadError("--keep-aspect: no training images to measure the aspect of")
     return float(np.median([w / h for h, w in sizes]))
 
 
-def training_size(samples: Iterable[Sample]) -> tuple[int, int]:
+def training_size(samples: Iterable[Sample], max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """The median ``(height, width)`` of ``samples``' images, from their headers (EXIF orientation applied):
     the native size ``--tile`` cuts its tiles from."""
     with _reconad_errors():
-        sizes = np.array([image_runtime.file_hw(s.path) for s in samples])
+        sizes = np.array([image_runtime.file_hw(s.path, max_pixels) for s in samples])
     if not len(sizes):
         raise ReconadError("--tile: no training images to measure the size of")
     return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
