@@ -423,7 +423,8 @@ def run_bench(
     specs = _check_models(models, params or {})
     sources = load_sources(data, categories, seed=options.seed)
     _check_sources(sources, options.holdout, options.seed)
-    options, extractor = pipeline.fitted_features(options, sources, lambda note: None)  # in results.json
+    extractor = FeatureExtractor.from_options(options)
+    options, extractor = pipeline.fitted_features(options, extractor, sources, lambda note: None)
     built = [spec.build(extractor, options.seed) for spec in specs]  # together, with the features
     arguments = {
         "models": models,

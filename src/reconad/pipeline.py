@@ -748,12 +748,11 @@ def tile_canvas(
 
 
 def fitted_features(
-    options: FitOptions, data: list[CategoryData], warn: Callable[[str], None]
+    options: FitOptions, extractor: FeatureExtractor, data: list[CategoryData], warn: Callable[[str], None]
 ) -> tuple[FitOptions, FeatureExtractor]:
-    """The options and the extractor a fit on ``data`` runs with: ``--keep-aspect``'s size, ``--tile``'s
-    canvas and, without ``--bit-depth``, the levels measured on the good images (``reconad fit`` and
-    ``reconad bench`` alike); ``warn`` says the sizes chosen."""
-    extractor = FeatureExtractor.from_options(options)
+    """The options and the extractor (``options``', resized in place) a fit on ``data`` runs with:
+    ``--keep-aspect``'s size, ``--tile``'s canvas and, without ``--bit-depth``, the levels measured on the
+    good images (``reconad fit`` and ``reconad bench`` alike); ``warn`` says the sizes chosen."""
     if options.keep_aspect:
         options = keep_aspect(options, extractor, data, warn)
     if options.tile is not None:
@@ -782,10 +781,12 @@ def fit_folder(
     ``display(quiet)``: the progress display (quiet on every rank but 0)."""
     spec = ModelSpec.check(model_name, params)
     check_run_folder(out_dir, force)
+    extractor = FeatureExtractor.from_options(options)
+    spec.build(extractor, options.seed)  # values that clash with the features fail before the data
     data = load_sources(list(sources), categories, seed=options.seed)
     quiet = (distributed.launched() or (0,))[0] != 0  # every torchrun process measures; rank 0 says
-    options, extractor = fitted_features(options, data, (lambda note: None) if quiet else warn)
-    model = spec.build(extractor, options.seed)
+    options, extractor = fitted_features(options, extractor, data, (lambda note: None) if quiet else warn)
+    model = spec.build(extractor, options.seed)  # at the size the data gave
     ckpt = checkpoint_dir(out_dir)
 
     def resume_hint() -> str:
