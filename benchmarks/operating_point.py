@@ -1,11 +1,12 @@
 """Decisions measured as decisions: false rejects and escapes on the test images at the fitted threshold.
 
 For each model and category: the run's conformal threshold at each ``--rates`` (out-of-sample good scores:
-cross-fitted for per-category models, held back for unified ones); the rule reconad used before (the maximum
-score of a seeded 10 % hold-out, the model fitted on the other 90 %); and, for reference only, the threshold
-chosen *on the test images* for the same rate (never used to decide anything). Per-category models also get
-``reconad add``: the good test images split in two seeded halves, one half added, the other half's false
-rejects and the defective images' escapes before and after, and the seconds of the add against the fit.
+each good image scored without its own atoms for per-category models, held back for unified ones); the
+rule reconad used before (the maximum score of a seeded 10 % hold-out, the model fitted on the other 90 %);
+and, for reference only, the threshold chosen *on the test images* for the same rate (never used to decide
+anything). Per-category models also get ``reconad add``: the good test images split in two seeded halves,
+one half added, the other half's false rejects and the defective images' escapes before and after, and the
+seconds of the add against the fit. ``--thresholds-only``: neither the former rule nor the add.
 
     python benchmarks/operating_point.py --data mvtec:../shared/data/mvtec_ad --data \\
         mvtec3d:../shared/data/mvtec_3d --data mtd:../shared/data/magnetic_tile --model patchcore \\
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.01])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--thresholds-only", action="store_true", help="no former rule, no reconad add")
     args = parser.parse_args()
     keep_freed_memory()
     from reconad.bench import per_model
@@ -111,7 +113,11 @@ def main() -> None:
     for name in args.model:
         run = pipeline.fit(name, data, extractor, params=params.get(name, {}), cache=cache, seed=args.seed)
         results = pipeline.evaluate(run, data, extractor, cache=cache)
-        old = old_rule(name, params.get(name, {}), data, extractor, cache, args.seed)
+        old = (
+            None
+            if args.thresholds_only
+            else old_rule(name, params.get(name, {}), data, extractor, cache, args.seed)
+        )
         rows = {}
         for c in data:
             r, op = results[c.name], run.categories[c.name]["operating"]
@@ -123,9 +129,10 @@ def main() -> None:
                     "ours": verdict_rates(r.labels, r.scores, point.threshold) | {"bound": point.bound},
                     "reference": verdict_rates(r.labels, r.scores, ref),
                 }
-            held = old[c.name] if old else max(op["scores"])
-            row["old_rule"] = verdict_rates(r.labels, r.scores, held)
-            if UNIFIED not in run.models:
+            if old or UNIFIED in run.models:  # unified: the maximum of the held-back scores
+                held = old[c.name] if old else max(op["scores"])
+                row["old_rule"] = verdict_rates(r.labels, r.scores, held)
+            if UNIFIED not in run.models and not args.thresholds_only:
                 single = Run(
                     {**run.config, "categories": {c.name: run.categories[c.name]}},
                     {c.name: run.models[c.name]},

@@ -216,7 +216,7 @@ def test_the_report_and_the_overlays_draw_a_non_square_run(wide_parts, wide_extr
     from reconad.report.overlay import write_overlays
 
     data = load_sources([f"mvtec:{wide_parts}"])
-    run = pipeline.fit("patchcore", data, wide_extractor, params={"coreset_ratio": 0.1}, folds=2, warn=print)
+    run = pipeline.fit("patchcore", data, wide_extractor, params={"coreset_ratio": 0.1}, warn=print)
     results = pipeline.evaluate(run, data, wide_extractor)
     doc = pipeline.results_json(run, results)
     assert next(iter(results.values())).maps.shape[-2:] == HW

@@ -35,7 +35,7 @@ def test_add_grows_the_bank_without_refitting_and_only_once(model, tmp_path, par
 
     run = tmp_path / "run"
     params = {"coreset_ratio": "0.05"} if model == "patchcore" else {"sampling_ratio": "0.05"}
-    options = FitOptions(image_size=64, folds=3, no_cache=True)
+    options = FitOptions(image_size=64, no_cache=True)
     pipeline.fit_folder(model, params, [f"mvtec:{parts}"], None, run, options)
     before = load_run(run)
     bank = before.models["synthetic_part"].bank_.clone()

@@ -1,7 +1,7 @@
 """Tiles at native resolution (docs/images.md, *Tiles*): the grid covers every pixel with its last tile flush
 with the border; stitching gives back a map cut into tiles exactly (a constant, a blob across tile borders);
-a tiled fit cross-fits whole images (an image's tiles never split between folds) and test, predict and the
-feature cache work on the canvas; untiled runs keep their features config."""
+a tiled fit scores each good image without any of its tiles' atoms, and test, predict and the feature cache
+work on the canvas; untiled runs keep their features config."""
 
 from __future__ import annotations
 
@@ -142,33 +142,17 @@ def test_tiled_features_stack_the_tiles_and_bound_the_backbone_batch():
     torch.testing.assert_close(ext.net(images), feats, rtol=1e-4, atol=1e-4)  # all tiles at once
 
 
-def test_the_cross_fit_splits_images_not_tiles(monkeypatch):
-    seen = []
-    real = pipeline.take
-
-    def spy(features, rows):
-        seen.append(np.asarray(rows))
-        return real(features, rows)
-
-    monkeypatch.setattr(pipeline, "take", spy)
-
-    class Mean:
-        align_corners = False
-
-        def fit(self, features):
-            self.n = len(features)
-            return self
-
-        def predict(self, features):
-            return features.mean(1)
+def test_a_good_image_is_scored_without_the_atoms_of_any_of_its_tiles():
+    """Each image's tiles alike, images unlike: leaving out only the tile being scored would find its
+    twin tiles of the same image at distance 0."""
+    from reconad.models.bank.patchcore import PatchCore
 
     grid = TileGrid(CANVAS, 64, 16)
-    feats = torch.rand(10, 3, 6 * 8, 8)  # 10 images of 6 tiles each
-    scores, _ = pipeline.cross_fit(Mean(), feats, 5, 0, CANVAS, {"sigma": 4.0, "reduce": "max"}, tiles=grid)
-    assert scores.shape == (10,)
-    kept, held = seen[0::2], seen[1::2]
-    assert all(set(k).isdisjoint(h) for k, h in zip(kept, held))
-    assert sorted(np.concatenate(held)) == list(range(10))
+    tile = torch.randn(10, 3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    feats = tile.expand(10, 3, 6, 8, 8).reshape(10, 3, 6 * 8, 8)  # 10 images of 6 identical tiles each
+    model = PatchCore(coreset_ratio=1.0, nprobe=0).fit(feats)
+    scores, _ = pipeline.left_out_scores(model, feats, CANVAS, {"sigma": 4.0, "reduce": "max"}, tiles=grid)
+    assert scores.shape == (10,) and scores.min() > 0.5
 
 
 def test_a_tiled_run_tests_and_predicts(tiled_run, long_parts, tmp_path):

@@ -37,14 +37,14 @@ def two_categories(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_one_bank_of_every_category_with_a_threshold_each(two_categories, extractor, tmp_path, name):
     data = load_sources([f"mvtec:{two_categories}"])
     params = {"coreset_ratio": 1.0, "nprobe": 0} if name == "patchcore" else {"sampling_ratio": 1.0}
-    run = pipeline.fit(name, data, extractor, params=params, folds=3, unified=True, warn=lambda _: None)
+    run = pipeline.fit(name, data, extractor, params=params, unified=True, warn=lambda _: None)
     assert list(run.models) == [UNIFIED] and run.config["unified"] is True
     h, w = extractor.level_hw[0]
     assert len(run.models[UNIFIED].bank_) == 2 * 8 * h * w  # every patch of both categories
     for c in CATEGORIES:
         cat = run.categories[c]
         assert cat["n_train"] == 8 and len(cat["operating"]["scores"]) == 8
-        assert cat["operating"]["scores_from"] == "cross-fitted over every category (3 folds)"
+        assert cat["operating"]["scores_from"] == "each image left out of the bank"
         assert cat["threshold"] >= max(cat["operating"]["scores"]) - 1e-6  # 8 images: the largest one
     assert run.categories["alpha"]["threshold"] != run.categories["beta"]["threshold"]
     save_run(run, tmp_path / "run")
@@ -55,7 +55,7 @@ def test_one_bank_of_every_category_with_a_threshold_each(two_categories, extrac
         torch.testing.assert_close(loaded.model_for(c).predict(feats), expected)
 
 
-def test_the_pooled_cross_fit_scores_each_image_with_a_bank_that_never_saw_it(two_categories, extractor):
+def test_the_pooled_bank_scores_each_image_without_its_own_atoms(two_categories, extractor):
     """With a full bank and k = 1, an image's distance to a bank holding it would be 0 everywhere."""
     data = load_sources([f"mvtec:{two_categories}"])
     params = {"coreset_ratio": 1.0, "nprobe": 0}

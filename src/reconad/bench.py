@@ -227,7 +227,6 @@ def _bench_model(
         training=pipeline.Training(progress=epoch_progress) if model.unified else None,
         features=train,
         false_reject=options.false_reject,
-        folds=options.folds,
         warn=notes.append,
     )
     tick(n_cat)

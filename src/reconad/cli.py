@@ -25,7 +25,6 @@ from reconad.terminal import (
     DataOpt,
     DeviceOpt,
     FalseRejectOpt,
-    FoldsOpt,
     ForceOpt,
     HoldoutOpt,
     ImageSizeOpt,
@@ -87,7 +86,6 @@ def fit(
     seed: int = DEFAULTS.seed,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,
-    folds: FoldsOpt = DEFAULTS.folds,
     memory_budget: MemoryBudgetOpt = DEFAULTS.memory_budget,
     tile: TileOpt = DEFAULTS.tile,
     tile_overlap: TileOverlapOpt = DEFAULTS.tile_overlap,
@@ -328,7 +326,6 @@ def bench(
     layers: LayersOpt = DEFAULT_LAYERS,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,
-    folds: FoldsOpt = DEFAULTS.folds,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
     options = FitOptions.from_flags(locals())

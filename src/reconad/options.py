@@ -93,11 +93,6 @@ def check_seed(seed: int, what: str = "seed") -> int:
     return check_value(what, seed, int, low=0, high=MAX_SEED)
 
 
-def check_folds(folds: int, what: str = "folds") -> int:
-    """The folds of the per-category models' cross-fitting: an integer from 2 to 20."""
-    return check_value(what, folds, int, low=2, high=20)
-
-
 def check_memory_budget(gigabytes: float, what: str = "memory_budget") -> float:
     """The features a per-category fit holds in memory, in GB: above 0."""
     return check_value(what, gigabytes, float, low=0, low_inclusive=False)
@@ -108,12 +103,11 @@ class FitOptions:
     """How a fit is run, besides the model and its hyper-parameters: the features (backbone, its weights,
     image size, levels, device), how image files are decoded (the bit depth of >8-bit data, or None: its
     range measured on the good training images; the pixel limit), where they are cached, the good images
-    held back from a unified model (fraction, seed), the threshold (the false-reject rate it targets; the
-    folds the per-category models are cross-fitted in for their out-of-sample scores), whether a
-    per-category model keeps one bank for every category (``unified``), and the memory budget: the GB of
-    features a per-category fit holds at once (more are spooled to a temporary file and read in chunks;
-    set it with ``--memory-budget``, the spool's folder with ``TMPDIR``). Checked on construction; errors
-    name the command-line flag."""
+    held back from a unified model (fraction, seed), the threshold (the false-reject rate it targets),
+    whether a per-category model keeps one bank for every category (``unified``), and the memory budget:
+    the GB of features a per-category fit holds at once (more are spooled to a temporary file and read in
+    chunks; set it with ``--memory-budget``, the spool's folder with ``TMPDIR``). Checked on construction;
+    errors name the command-line flag."""
 
     backbone: str = "tf_efficientnet_lite0"
     weights: Path | None = None
@@ -123,7 +117,6 @@ class FitOptions:
     holdout: float = 0.1
     seed: int = 0
     false_reject: float = DEFAULT_FALSE_REJECT
-    folds: int = 5
     cache_dir: Path | None = None
     no_cache: bool = False
     device: str = "cpu"
@@ -145,7 +138,6 @@ class FitOptions:
         object.__setattr__(self, "layers", check_layers(tuple(self.layers), "--layers"))
         check_holdout(self.holdout, "--holdout")
         check_rate(self.false_reject, "--false-reject")
-        check_folds(self.folds, "--folds")
         check_seed(self.seed, "--seed")
         check_bit_depth(self.bit_depth, "--bit-depth")
         check_value("--max-pixels", self.max_pixels, int, low=1)

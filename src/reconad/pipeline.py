@@ -31,7 +31,7 @@ from reconad.distributed import World, gather_rows
 from reconad.errors import ReconadError
 from reconad.features.cache import FeatureCache, file_digest
 from reconad.features.extractor import FeatureExtractor
-from reconad.features.store import Features, FeatureSpool, chunk_bounds, join, take
+from reconad.features.store import Features, FeatureSpool, chunk_bounds, join
 from reconad.features.tiles import TileGrid, canvas_hw
 from reconad.image_runtime import DECODING, Decoding, size_hw
 from reconad.metrics import by_defect_type, mean_metrics
@@ -45,7 +45,7 @@ from reconad.operating import (
     rate_note,
     verdict_rates,
 )
-from reconad.options import DEFAULTS, FitOptions, aspect_size, check_folds, check_holdout, check_seed
+from reconad.options import DEFAULTS, FitOptions, aspect_size, check_holdout, check_seed
 from reconad.params import check_values
 from reconad.progress import Progress, no_progress
 from reconad.runfolder import UNIFIED, check_run_folder, checkpoint_dir
@@ -59,8 +59,8 @@ DEFAULT_SCORING: dict[str, Any] = {"sigma": 4.0, "reduce": "max"}
 #: Feature tensors a model scores at once (:func:`score_features`, :func:`evaluate`).
 SCORE_BATCH = 32
 
-#: Spooled images whose maps :func:`cross_fit` holds at once at most (256 px: 64 MiB; fewer where the memory
-#: budget holds fewer of their features).
+#: Spooled images whose maps :func:`left_out_scores` holds at once at most (256 px: 64 MiB; fewer where the
+#: memory budget holds fewer of their features).
 SPOOL_SCORE = 256
 
 
@@ -229,6 +229,12 @@ def patch_maps(
     (``align_corners``), averaged and smoothed; a tiled run's (``tiles``: its grid) stitched on the canvas
     (:func:`~reconad.scoring.tiled_maps`)."""
     patch = model.predict(features, categories) if categories else model.predict(features)
+    return _maps_of(patch, model, image_size, sigma, tiles)
+
+
+def _maps_of(
+    patch: Tensor, model: Model, image_size: int | tuple[int, int], sigma: float, tiles: TileGrid | None
+) -> Tensor:
     if tiles is not None:
         return tiled_maps(patch, tiles, sigma, align_corners=model.align_corners)
     return anomaly_maps(patch, image_size, sigma, align_corners=model.align_corners)
@@ -303,38 +309,26 @@ def fit_models(
         return models
 
 
-def cross_fit(
+def left_out_scores(
     model: Model,
     features: Features,
-    folds: int,
-    seed: int,
     image_size: tuple[int, int],
     scoring: dict[str, Any],
-    fitted: Callable[[], None] = lambda: None,
     tiles: TileGrid | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-sample scores of every good image of a category (or of every category pooled, a unified bank):
-    the images split into ``folds`` seeded folds, each scored by a copy of the unfitted ``model`` fitted on
-    the other folds (a model that never saw it); and the mean of each image's map (their mean is the
-    overlays' normal level). ``fitted()`` is called after each fold. A tiled run's rows are images too (each
-    its tiles' features, :class:`~reconad.features.extractor.TiledFeatures`): the folds split images, never
-    an image's tiles, and each score is the maximum of the image's stitched map (``tiles``: the grid)."""
+    """Out-of-sample scores of the good images a bank ``model`` was fitted on (``features``, in the order
+    :meth:`fit` took them; every category's pooled for a unified bank), from that one fit: each image
+    scored without the atoms taken from it (``predict_left_out``); and the mean of each image's map (their
+    mean is the overlays' normal level). Spooled rows are read a part at a time. A tiled run's rows are
+    images (all their tiles): an image is scored without any atom from any of its tiles."""
     n = len(features)
-    k = min(folds, n)
-    order = np.random.default_rng(seed).permutation(n)
+    per_part = n if isinstance(features, Tensor) else features.images_per_chunk(SPOOL_SCORE)
     scores, levels = np.empty(n), np.empty(n)
-    for f in range(k):
-        held = np.sort(order[f::k])
-        kept = np.setdiff1d(np.arange(n), held)
-        fold_model = copy.deepcopy(model).fit(take(features, kept))
-        rows = take(features, held)
-        per_part = len(held) if isinstance(rows, Tensor) else rows.images_per_chunk(SPOOL_SCORE)
-        parts = chunk_bounds(len(held), per_part)
-        for a, b in parts:  # spooled rows: read and scored a part at a time
-            maps, s = score_features(fold_model, rows[a:b], image_size, scoring, tiles=tiles)
-            scores[held[a:b]] = s.numpy()
-            levels[held[a:b]] = maps.flatten(1).mean(1).numpy()
-        fitted()
+    for a, b in chunk_bounds(n, max(1, min(per_part, SCORE_BATCH))):
+        patch = model.predict_left_out(features[a:b], torch.arange(a, b))
+        maps = _maps_of(patch, model, image_size, scoring["sigma"], tiles)
+        scores[a:b] = image_scores(maps, scoring["reduce"]).numpy()
+        levels[a:b] = maps.flatten(1).mean(1).numpy()
     return scores, levels
 
 
@@ -348,38 +342,31 @@ def _calibrate(
     calibration: Calibration,
 ) -> dict[str, dict[str, Any]]:
     """Each category's operating point (:mod:`reconad.operating`) and normal level, from out-of-sample scores
-    of its good images: cross-fitted (per-category models; a unified bank over every category's images
-    pooled, its threshold still per category) or held back (unified trained models)."""
-    categories, done = {}, 0
-    sizes = [len(feats[c.name][0].features) + len(feats[c.name][1].features) for c in data]
+    of its good images: each scored without its own atoms (bank models, :func:`left_out_scores`; a unified
+    bank over every category's images pooled, its threshold still per category) or held back (unified
+    trained models)."""
+    categories = {}
     pooled = UNIFIED in run_models and not template.unified  # one bank for every category
-    folds, seed, size, tiles = calibration.folds, calibration.seed, calibration.image_size, calibration.tiles
-    total = min(folds, sum(sizes)) if pooled else sum(min(folds, n) for n in sizes)
-
-    def fitted() -> None:
-        nonlocal done
-        done += 1
-        calibration.progress("cross-fitting", done, total, unit="fits")
-
+    size, tiles = calibration.image_size, calibration.tiles
+    source = "each image left out of the bank"
     if pooled:
         every = torch.cat([train[c.name] for c in data])
-        pooled_scores, pooled_levels = cross_fit(template, every, folds, seed, size, scoring, fitted, tiles)
+        pooled_scores, pooled_levels = left_out_scores(run_models[UNIFIED], every, size, scoring, tiles)
         bounds = np.cumsum([0, *(len(train[c.name]) for c in data)])
     for i, c in enumerate(data):
         fit_part, held = feats[c.name][0].features, feats[c.name][1].features
+        calibration.progress("scoring the good images", i, len(data), unit="categories")
         if pooled:
             mine = slice(bounds[i], bounds[i + 1])
             scores, level = pooled_scores[mine], float(pooled_levels[mine].mean())
-            source = f"cross-fitted over every category ({min(folds, len(every))} folds)"
             n_train, extra = len(train[c.name]), {}
         elif UNIFIED in run_models:
             maps, s = score_features(run_models[UNIFIED], held, size, scoring, [c.name] * len(held))
             scores, level, source = s.numpy(), float(maps.mean()), f"held back ({len(held)} images)"
             n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
-            scores, levels = cross_fit(template, train[c.name], folds, seed, size, scoring, fitted, tiles)
-            source, n_train = f"cross-fitted ({min(folds, len(train[c.name]))} folds)", len(train[c.name])
-            level, extra = float(levels.mean()), {}
+            scores, levels = left_out_scores(run_models[c.name], train[c.name], size, scoring, tiles)
+            n_train, level, extra = len(train[c.name]), float(levels.mean()), {}
         point = conformal_threshold(scores, calibration.false_reject)
         if (note := rate_note(c.name, point)) is not None:
             calibration.warn(note)
@@ -392,18 +379,17 @@ def _calibrate(
             "operating": {**point.to_json(), "scores_from": source, "scores": scores.tolist()},
             "trained_on": [file_digest(s.path) for s in c.train],  # SHA-256: what reconad add must not re-add
         }
+    calibration.progress("scoring the good images", len(data), len(data), unit="categories")
     return categories
 
 
 @dataclass(frozen=True)
 class Calibration:
     """How :func:`fit` sets each category's threshold (:mod:`reconad.operating`): the false-reject rate
-    asked for, the folds of the per-category models' cross-fitting, their seed, the image size of the maps,
-    where a note goes when the good images are too few for the rate, progress, and a tiled run's grid."""
+    asked for, the image size of the maps, where a note goes when the good images are too few for the rate,
+    progress, and a tiled run's grid."""
 
     false_reject: float = DEFAULT_FALSE_REJECT
-    folds: int = DEFAULTS.folds
-    seed: int = DEFAULTS.seed
     image_size: tuple[int, int] = DEFAULTS.image_size  # (h, w) of the maps
     warn: Callable[[str], None] = print
     progress: Progress = no_progress
@@ -487,7 +473,6 @@ def fit(
     training: Training | None = None,
     features: TrainingFeatures | None = None,
     false_reject: float = DEFAULT_FALSE_REJECT,
-    folds: int = DEFAULTS.folds,
     warn: Callable[[str], None] = print,
     unified: bool = False,
     memory_budget: float = DEFAULTS.memory_budget,
@@ -502,22 +487,21 @@ def fit(
     same run (only rank 0 should save it).
 
     The threshold meets the ``false_reject`` rate (:mod:`reconad.operating`): per-category models are fitted
-    on every good image and cross-fitted in ``folds`` folds for their scores; a unified model trains on the
-    images not held back and scores those held back. ``warn`` gets a note where the images are too few.
+    on every good image, each scored without its own atoms (:func:`left_out_scores`); a unified model trains
+    on the images not held back and scores those held back. ``warn`` gets a note where the images are too few.
     ``unified``: a per-category model (PatchCore, SGFR) keeps one bank for every category's good images,
-    cross-fitted over them pooled; each category still gets its own threshold.
+    each scored without its own atoms; each category still gets its own threshold.
     """
     check_holdout(holdout)
     check_seed(seed)
     check_rate(false_reject)
-    check_folds(folds)
     training = training or Training()
     world = training.world
     model = _model_to_fit(model, params, extractor, seed, world)
     torch.manual_seed(seed)
     scoring = {**DEFAULT_SCORING, **(scoring or {})}
     start = time.perf_counter()
-    calibration = Calibration(false_reject, folds, seed, extractor.image_hw, warn, progress, extractor.tiles)
+    calibration = Calibration(false_reject, extractor.image_hw, warn, progress, extractor.tiles)
     with tempfile.TemporaryDirectory(prefix="reconad-spool-") as spool:
         in_memory = model.unified or unified or world  # one trained model, one bank, or a torchrun job
         feats = features or training_features(
@@ -531,7 +515,7 @@ def fit(
         models = fit_models(model, train, training, progress, unified)
         models_to(models, accelerator(extractor))  # the held-back images are scored where features are made
         categories = _calibrate(model, models, data, feats, train, scoring, calibration)
-        model_seconds = time.perf_counter() - start - feature_seconds  # the cross-fitting included
+        model_seconds = time.perf_counter() - start - feature_seconds  # the good images' scoring included
         del train, feats
     config = {
         "model": model.name,
@@ -541,7 +525,6 @@ def fit(
         "categories": categories,
         "seed": seed,
         "holdout": holdout if model.unified else None,
-        "folds": None if model.unified else folds,
         "unified": UNIFIED in models,
         "fit_seconds": time.perf_counter() - start,
         "feature_seconds": feature_seconds,
@@ -813,7 +796,6 @@ def fit_folder(
                 progress=progress,
                 training=training,
                 false_reject=options.false_reject,
-                folds=options.folds,
                 warn=warn if main else lambda note: None,
                 unified=options.unified,
                 memory_budget=options.memory_budget,

@@ -58,9 +58,6 @@ TileOpt = Annotated[
 ]
 TileOverlapOpt = Annotated[int | None, typer.Option(help="--tile: pixels adjacent tiles share (S / 8)")]
 ScaleOpt = Annotated[float, typer.Option(help="--tile: the images' native size times this")]
-FoldsOpt = Annotated[
-    int, typer.Option(help="per-category models: folds of the cross-fit that sets the threshold")
-]
 
 
 def clean_errors(fn: F) -> F:

@@ -181,12 +181,14 @@ def greedy_coreset(
 class ChunkedBank:
     """What :class:`ChunkedCoreset` returns: the ``bank`` ``[B, C]``, its certified covering ``radius`` (in
     the greedy's space), a seeded ``sample`` of the patches and a seeded sample of those ``left_out`` of the
-    bank (about :data:`SAMPLE` each, drawn from each chunk in proportion)."""
+    bank (about :data:`SAMPLE` each, drawn from each chunk in proportion), and the image of each atom
+    (``origin`` ``[B]``)."""
 
     bank: Tensor
     radius: float
     sample: Tensor
     left_out: Tensor
+    origin: Tensor
 
 
 #: Patches drawn for the coverage radius and for PatchCore's nprobe calibration.
@@ -214,13 +216,14 @@ class ChunkedCoreset:
     def run(self, features: Features) -> ChunkedBank:
         n, _, h, w = features.shape
         gen = torch.Generator().manual_seed(self.seed)
-        banks, samples, left_out, radius = [], [], [], 0.0
-        for i, (_, x) in enumerate(image_chunks(features, self.images_per_chunk)):
+        banks, samples, left_out, origins, radius = [], [], [], [], 0.0
+        for i, (first, x) in enumerate(image_chunks(features, self.images_per_chunk)):
             patches = as_patches(x)
             del x
             n_keep = max(1, round(self.ratio * len(patches)))
             keep, r = greedy_coreset(patches, n_keep, self.projection_dim, self.seed + i)
             banks.append(patches[keep])
+            origins.append(first + keep // (h * w))
             radius = max(radius, r)
             share = max(1, round(SAMPLE * len(patches) / (n * h * w)))
             samples.append(patches[torch.randperm(len(patches), generator=gen)[:share]])
@@ -228,7 +231,8 @@ class ChunkedCoreset:
             rest[keep] = False
             rest_idx = rest.nonzero()[:, 0]
             left_out.append(patches[rest_idx[torch.randperm(len(rest_idx), generator=gen)[:share]]])
-        return ChunkedBank(torch.cat(banks).contiguous(), radius, torch.cat(samples), torch.cat(left_out))
+        bank = torch.cat(banks).contiguous()
+        return ChunkedBank(bank, radius, torch.cat(samples), torch.cat(left_out), torch.cat(origins))
 
 
 def coverage_radius(bank: Tensor, patches: Tensor, seed: int, sample: int = 4096) -> float:

@@ -79,23 +79,26 @@ def ivf_centroids(atoms: Tensor, nprobe: int, seed: int, metric: str = "l2") -> 
     return torch.empty(0, atoms.shape[1])
 
 
-def exact_search(entries: Tensor, queries: Tensor, k: int, metric: str = "l2") -> tuple[Tensor, Tensor]:
+def exact_search(
+    entries: Tensor, queries: Tensor, k: int, metric: str = "l2", exclude: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Exact search in torch on ``entries``' device (the GPU search without FAISS-GPU): per block of
     :data:`QUERY_BLOCK` queries, the ``k`` smallest squared distances (``"l2"``) or largest inner products
     (the cosine metrics, on unit vectors) and their indices, on the CPU; FAISS's padding (-1, the worst
-    float) where ``k`` exceeds the entries."""
-    take, dists, labels = min(k, len(entries)), [], []
+    float) where ``k`` exceeds the entries (less the ``exclude`` entries, never returned)."""
+    blocked = None if exclude is None else exclude.to(entries.device)
+    take = max(0, min(k, len(entries) - (0 if blocked is None else len(blocked.unique()))))
+    dists, labels = [], []
     sq = entries.pow(2).sum(1) if metric == "l2" else None
     for block in queries.split(QUERY_BLOCK):
         x = block.to(entries.device, non_blocking=True)
         if sq is not None:
-            d, i = (
-                torch.addmm(sq, x, entries.T, alpha=-2)
-                .add_(x.pow(2).sum(1, keepdim=True))
-                .topk(take, dim=1, largest=False)
-            )
+            scores = torch.addmm(sq, x, entries.T, alpha=-2).add_(x.pow(2).sum(1, keepdim=True))
         else:
-            d, i = (x @ entries.T).topk(take, dim=1)
+            scores = x @ entries.T
+        if blocked is not None:
+            scores[:, blocked] = torch.inf if sq is not None else -torch.inf
+        d, i = scores.topk(take, dim=1, largest=sq is None)
         dists.append(d.cpu())
         labels.append(i.cpu())
     d, i = torch.cat(dists), torch.cat(labels)
@@ -172,19 +175,38 @@ class NearestNeighbors:
                 lists[torch.from_numpy(ids).long()] = i
         return lists
 
-    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def search(self, queries: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(squared L2 distances or signed cosines, atom indices)`` ``[B, k]``, best first (-1: none), on
-        the CPU whatever the device."""
+        the CPU whatever the device; the atoms ``exclude`` (indices) are never returned."""
         q = queries.detach().float().cpu()
         q = q if self.metric == "l2" else _unit(q)
-        if self._gpu_entries is not None:
-            return self._fold_negatives(*exact_search(self._gpu_entries, q, k, self.metric))
-        if isinstance(self.index, faiss.IndexIVF):
+        blocked = None if exclude is None or len(exclude) == 0 else self._entries_of(exclude)
+        if self._gpu_entries is not None or (blocked is not None and self.device.type == "cuda"):
+            entries = self._gpu_entries  # FAISS's GPU index takes no exclusions: the torch search does
+            entries = _entries(self.atoms, self.metric).to(self.device) if entries is None else entries
+            return self._fold_negatives(*exact_search(entries, q, k, self.metric, blocked))
+        ivf = isinstance(self.index, faiss.IndexIVF)
+        if ivf:
             # Threads over queries and lists (mode 2), same results: 1.2× faster for k = 1 at nprobe 4
             # (bottle, tire), 5 % slower at nprobe 16 (magnetic_tile), 1.7× slower for SGFR's k = 16.
             self.index.parallel_mode = 2 if k == 1 and self.index.nprobe <= 8 else 0
-        d, i = self.index.search(np.ascontiguousarray(q.numpy()), k)
+        x = np.ascontiguousarray(q.numpy())
+        if blocked is None:
+            d, i = self.index.search(x, k)
+        else:
+            skip = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(blocked.numpy())))
+            params = (
+                faiss.SearchParametersIVF(sel=skip, nprobe=self.index.nprobe)
+                if ivf
+                else faiss.SearchParameters(sel=skip)
+            )
+            d, i = self.index.search(x, k, params=params)
         return self._fold_negatives(torch.from_numpy(d), torch.from_numpy(i).long())
+
+    def _entries_of(self, atoms: Tensor) -> Tensor:
+        """The index entries of ``atoms`` (``abscos``: each atom and its negative), int64."""
+        atoms = atoms.long().cpu()
+        return torch.cat([atoms, atoms + len(self.atoms)]) if self.metric == "abscos" else atoms
 
     def _fold_negatives(self, d: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
         """``abscos``: a hit on a negated atom is the atom itself with the cosine's sign turned."""

@@ -12,6 +12,7 @@ from reconad.errors import ReconadError
 from reconad.features.store import FeatureRows, Features, as_patches
 from reconad.models.bank.coreset import ChunkedCoreset, continue_coreset, coverage_radius, greedy_coreset
 from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
+from reconad.models.bank.origins import atom_origins
 from reconad.models.base import init_config, register
 from reconad.params import MAX_SEED, fraction, param, validate
 
@@ -78,6 +79,7 @@ class PatchCore:
             else None
         )
         self.bank_ = (patches if keep is None else patches[keep]).contiguous()
+        self.origin_ = (torch.arange(len(patches)) if keep is None else keep) // (h * w)  # (not saved)
         return self._index_bank(self._left_out(patches, keep), patches)
 
     def _fit_chunked(self, features: Features, images_per_chunk: int) -> PatchCore:
@@ -85,7 +87,7 @@ class PatchCore:
             features.check_chunk(min(images_per_chunk, len(features)), "the patchcore coreset")
         sampler = ChunkedCoreset(self.coreset_ratio, images_per_chunk, self.projection_dim, self.seed)
         chunked = sampler.run(features)
-        self.bank_ = chunked.bank
+        self.bank_, self.origin_ = chunked.bank, chunked.origin
         return self._index_bank(chunked.left_out, chunked.sample)
 
     def _index_bank(self, left_out: Tensor, patches: Tensor) -> PatchCore:
@@ -109,6 +111,8 @@ class PatchCore:
         patches = as_patches(features)
         joining = continue_coreset(self.bank_, patches, self._coverage())
         self.bank_ = torch.cat([self.bank_, patches[joining]]).contiguous()
+        if getattr(self, "origin_", None) is not None:  # an added atom is from no training image
+            self.origin_ = torch.cat([self.origin_, self.origin_.new_full((len(joining),), -1)])
         self._build()
         return self
 
@@ -149,6 +153,23 @@ class PatchCore:
         n, c, h, w = features.shape
         dist, _ = self._index.search(features.permute(0, 2, 3, 1).reshape(-1, c), self.k)
         return dist.clamp_(min=0).sqrt_().mean(dim=1).reshape(n, h, w)
+
+    def predict_left_out(self, features: Tensor, images: Tensor) -> Tensor:
+        """Patch scores ``[N, h, w]`` of training images (``images``: their rows in what :meth:`fit` took),
+        each searched without the atoms taken from it: out-of-sample scores from the one fit. A query whose
+        IVF probes held only its own image's atoms is searched exactly."""
+        n, c, h, w = features.shape
+        origins, exact = atom_origins(self), None
+        out = torch.empty(n, h * w)
+        for row, image in enumerate(images.tolist()):
+            q, own = features[row].permute(1, 2, 0).reshape(-1, c), origins.of(image)
+            dist, idx = self._index.search(q, self.k, own)
+            lost = (idx < 0).any(1)
+            if bool(lost.any()):
+                exact = exact or NearestNeighbors(self.bank_, None, 0, device=self._device)
+                dist[lost] = exact.search(q[lost], self.k, own)[0]
+            out[row] = dist.clamp_(min=0).sqrt_().mean(dim=1)
+        return out.reshape(n, h, w)
 
     def export_head(self) -> nn.Module:
         """:meth:`predict` as a traceable module (:class:`PatchCoreHead`), in eval mode, on the CPU."""

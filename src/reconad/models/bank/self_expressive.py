@@ -73,15 +73,20 @@ def residual_from_gram(gram: Tensor, b: Tensor, yy: Tensor, c: Tensor) -> Tensor
 
 
 def nearest_atoms(
-    index: NearestNeighbors, y: Tensor, k: int, exclude_self: Tensor | None = None
+    index: NearestNeighbors,
+    y: Tensor,
+    k: int,
+    exclude_self: Tensor | None = None,
+    exclude: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` candidate atoms of each target ``y`` ``[B, C]`` (its nearest, by the index's metric):
     ``(indices [B, k], atoms [B, k, C], b = ⟨atom, y⟩ [B, k])``. ``exclude_self`` ``[B]`` (each target's own
-    atom index) drops the target itself. A slot the search could not fill (IVF probes with too few atoms)
-    has index 0, a zero atom and ``b = 0``, which the solver leaves at code 0."""
+    atom index) drops the target itself; the atoms ``exclude`` are never candidates. A slot the search could
+    not fill (IVF probes with too few atoms) has index 0, a zero atom and ``b = 0``, which the solver leaves
+    at code 0."""
     extra = 1 if exclude_self is not None else 0
     yy = (y * y).sum(1)
-    d, idx = index.search(y, k + extra)
+    d, idx = index.search(y, k + extra, exclude)
     if exclude_self is not None:
         keep = idx != exclude_self.unsqueeze(1)
         keep[:, -1] &= ~keep.all(1)  # the query's own atom was not found: drop the last instead
@@ -113,10 +118,12 @@ def sparse_codes(
     iters: int,
     exclude_self: Tensor | None = None,
     batch: int = 4096,
+    exclude: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Elastic-net codes of ``queries`` ``[M, C]`` over their ``k`` nearest atoms in ``index``.
 
-    ``exclude_self`` ``[M]`` (the atom index of each query) removes the query itself from its candidates.
+    ``exclude_self`` ``[M]`` (the atom index of each query) removes the query itself from its candidates;
+    ``exclude`` (atom indices) removes those atoms from every query's candidates.
     Returns ``(candidate indices [M, k], codes [M, k], squared residuals [M])``.
     """
     m = queries.shape[0]
@@ -127,7 +134,7 @@ def sparse_codes(
     for s in range(0, m, batch):
         y = queries[s : s + batch].float()
         own = None if exclude_self is None else exclude_self[s : s + batch]
-        idx, a, b = nearest_atoms(index, y, k, own)
+        idx, a, b = nearest_atoms(index, y, k, own, exclude)
         gram = torch.bmm(a, a.transpose(1, 2))
         c = elastic_net_gram(gram, b, lam, alpha, iters)
         out_i[s : s + batch] = idx

@@ -26,6 +26,7 @@ from reconad.features.store import (
 )
 from reconad.models.bank.coreset import continue_coreset, coverage_radius
 from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
+from reconad.models.bank.origins import atom_origins
 from reconad.models.bank.self_expressive import coverage_select, sparse_codes
 from reconad.models.bank.traced_linalg import spd_inverse
 from reconad.models.base import init_config, register
@@ -89,6 +90,7 @@ class SGFR:
         pool = self._pool(len(x), budget, gen)
         self.support_ = pool[self._sample(x[pool], budget)]  # which training patches became atoms (not saved)
         self.bank_ = x[self.support_].contiguous()
+        self.origin_ = self.support_ // (features.shape[2] * features.shape[3])  # each atom's image
         return self._index_bank(x)
 
     def _fit_rows(self, features: FeatureRows) -> SGFR:
@@ -110,6 +112,7 @@ class SGFR:
         chosen = self._sample(points, budget)
         self.support_ = pool[chosen]
         self.bank_ = points[chosen].contiguous()
+        self.origin_ = self.support_ // (h * w)
         pick = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))[:4096]
         return self._index_bank(gather_patches(features, pick, per) / self.scale_)
 
@@ -127,7 +130,10 @@ class SGFR:
         x = _patches(features) / self.scale_
         if getattr(self, "coverage_", None) is None:
             raise ReconadError("this sgfr run was fitted by an older reconad (no coverage radius): refit it")
-        self.bank_ = torch.cat([self.bank_, x[continue_coreset(self.bank_, x, self.coverage_)]]).contiguous()
+        joining = continue_coreset(self.bank_, x, self.coverage_)
+        self.bank_ = torch.cat([self.bank_, x[joining]]).contiguous()
+        if getattr(self, "origin_", None) is not None:  # an added atom is from no training image
+            self.origin_ = torch.cat([self.origin_, self.origin_.new_full((len(joining),), -1)])
         self._build()
         return self
 
@@ -154,9 +160,14 @@ class SGFR:
         return NearestNeighbors(atoms, centroids, self.nprobe, self.metric)
 
     def _codes(
-        self, index: NearestNeighbors, y: Tensor, exclude_self: Tensor | None = None
+        self,
+        index: NearestNeighbors,
+        y: Tensor,
+        exclude_self: Tensor | None = None,
+        exclude: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return sparse_codes(index, y, self.n_candidates, self.lam, self.alpha, self.iters, exclude_self)
+        k, lam, alpha, iters = self.n_candidates, self.lam, self.alpha, self.iters
+        return sparse_codes(index, y, k, lam, alpha, iters, exclude_self, exclude=exclude)
 
     def _build(self) -> None:
         self._index = NearestNeighbors(self.bank_, self.centroids_, self.nprobe, self.metric, self._device)
@@ -190,6 +201,17 @@ class SGFR:
         n, _, h, w = features.shape
         _, _, res = self.reconstruct(features)
         return (res.sqrt() * self.scale_).reshape(n, h, w)
+
+    def predict_left_out(self, features: Tensor, images: Tensor) -> Tensor:
+        """Patch scores ``[N, h, w]`` of training images (``images``: their rows in what :meth:`fit` took),
+        each coded without the atoms taken from it: out-of-sample scores from the one fit."""
+        n, _, h, w = features.shape
+        y, origins = self._scaled_patches(features).reshape(n, h * w, -1), atom_origins(self)
+        res = [
+            self._codes(self._index, y[row], exclude=origins.of(image))[2]
+            for row, image in enumerate(images.tolist())
+        ]
+        return (torch.stack(res).sqrt() * self.scale_).reshape(n, h, w)
 
     def export_head(self) -> nn.Module:
         """:meth:`predict` as a traceable module (:class:`SGFRHead`), in eval mode, on the CPU."""
