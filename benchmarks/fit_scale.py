@@ -11,7 +11,7 @@ data set: ``good/``; the folder format holds a seeded share out for testing, so 
 fewer) and deleted at the end unless ``--keep``. Each fit runs in its own subprocess (``--no-cache``);
 its peak RSS is the kernel's ``ru_maxrss`` for that process (``os.wait4``). ``--profile`` also runs the
 fit in this process under cProfile and prints the cumulative seconds of each stage: decode, resize,
-backbone, feature cache, spool, model fit and cross-fit.
+backbone, feature cache, spool, model fit and the good images' out-of-sample scores.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ STAGES = {
     "feature cache": [("features/cache", name) for name in ("get", "put", "file_digest")],
     "spool": [("features/store", "append"), ("features/store", "__getitem__")],
     "model fit (all data)": [("reconad/pipeline", "fit_models")],
-    "cross-fit (folds)": [("reconad/pipeline", "cross_fit")],
+    "good images left out": [("reconad/pipeline", "left_out_scores")],
     "fit total": [("reconad/pipeline", "fit")],
 }
 

@@ -79,7 +79,9 @@ def test_fit_keeps_every_good_images_out_of_sample_score(small_run, parts):
     n_train = len(list((parts / "train" / "good").glob("*.png")))
     assert cat["n_train"] == n_train == len(op["scores"]) == op["n"]
     assert (
-        op["rule"] == "conformal" and op["target"] == 0.05 and op["scores_from"] == "each image left out of the bank"
+        op["rule"] == "conformal"
+        and op["target"] == 0.05
+        and op["scores_from"] == "each image left out of the bank"
     )
     assert cat["threshold"] == conformal_threshold(op["scores"], 0.05).threshold
 

@@ -1,11 +1,11 @@
 """The operating point: the image-score threshold a line runs at, and the verdict rates it gives.
 
 The threshold comes from *out-of-sample* scores of good images (scores of good images a model never saw:
-cross-fitted for the per-category models, held back for the unified ones) by the conformal rule: with ``n``
-such scores, the ``⌈(n + 1)(1 − r)⌉``-th smallest. A new good image, exchangeable with those, then scores
-above it with probability at most ``r``: ``r`` is the *false-reject rate* the line asks for. Where ``n`` is
-too small for ``r`` (``⌈(n + 1)(1 − r)⌉ > n``), the largest score is used, which bounds the rate by
-``1 / (n + 1)`` — the smallest rate the data can support.
+each scored without its own atoms by the per-category banks, held back for the unified ones) by the
+conformal rule: with ``n`` such scores, the ``⌈(n + 1)(1 − r)⌉``-th smallest. A new good image,
+exchangeable with those, then scores above it with probability at most ``r``: ``r`` is the *false-reject
+rate* the line asks for. Where ``n`` is too small for ``r`` (``⌈(n + 1)(1 − r)⌉ > n``), the largest score
+is used, which bounds the rate by ``1 / (n + 1)`` — the smallest rate the data can support.
 
 An image is anomalous when its score is *above* the threshold. A *false reject* is a good image called
 anomalous; an *escape* is a defective image called normal.
