@@ -6,10 +6,11 @@ on N good images, and where the time goes.
 
 The N images are the source images repeated in turn, each repeat a different variant: as is, flipped left
 to right, top to bottom, both, then seeded crops of 90 % of each side (``--size S`` also shrinks them to S
-px on the long side first, a faster decode). They are written once per N under ``--work`` (a ``folder:``
-data set: ``good/``; the folder format holds a seeded share out for testing, so the fit sees a little
-fewer) and deleted at the end unless ``--keep``. Each fit runs in its own subprocess (``--no-cache``);
-its peak RSS is the kernel's ``ru_maxrss`` for that process (``os.wait4``). ``--profile`` also runs the
+px on the long side first, a faster decode). They are written once under ``--work`` (``pool-SIZE``; larger
+N reuse the smaller N's images) and linked into one ``folder:`` data set per N (``nN/good/``; the folder
+format holds a seeded share out for testing, so the fit sees a little fewer); ``--work`` is deleted at the
+end unless ``--keep``. Each fit runs in its own subprocess (``--no-cache``); its peak RSS is the kernel's
+``ru_maxrss`` for that process (``os.wait4``). ``--profile`` also runs the
 fit in this process under cProfile and prints the cumulative seconds of each stage: decode, resize,
 backbone, feature cache, spool, model fit and the good images' out-of-sample scores.
 """
@@ -58,16 +59,22 @@ def variant(image: Image.Image, k: int, rng: np.random.Generator) -> Image.Image
 
 
 def make_images(source: Path, n: int, out: Path, size: int) -> Path:
-    """``n`` good images under ``out/good`` (the source repeated, each repeat a variant)."""
+    """``n`` good images under ``out/good``: links to the first ``n`` of a pool beside ``out`` (the source
+    repeated, each repeat a variant; made once, so that larger ``n`` reuse the smaller ones' images)."""
     paths = scan_images(source)
-    good = out / "good"
+    pool, good = out.parent / f"pool-{size}", out / "good"
+    pool.mkdir(parents=True, exist_ok=True)
     good.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
     for i in range(n):
-        image = Image.open(paths[i % len(paths)]).convert("RGB")
-        if size:
-            image.thumbnail((size, size))
-        variant(image, i // len(paths), rng).save(good / f"{i:06d}.png", compress_level=1)
+        made, link = pool / f"{i:06d}.png", good / f"{i:06d}.png"
+        if not made.exists():
+            image = Image.open(paths[i % len(paths)]).convert("RGB")
+            if size:
+                image.thumbnail((size, size))
+            rng = np.random.default_rng(i)  # each image's crop seeded by its number
+            variant(image, i // len(paths), rng).save(made, compress_level=1)
+        if not link.exists():
+            link.symlink_to(made)
     return out
 
 
