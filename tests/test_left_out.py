@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from reconad import pipeline
 from reconad.features.store import as_patches
 from reconad.models.bank.knn import NearestNeighbors, exact_search, ivf_centroids
 from reconad.models.bank.patchcore import PatchCore
@@ -80,8 +81,21 @@ def test_an_image_unlike_the_others_scores_high_although_the_bank_holds_it():
     x = torch.zeros(10, 4, 4, 4)
     x[3] += 5.0  # one unusual good image
     model = PatchCore(coreset_ratio=1.0, nprobe=0).fit(x)
-    scores, levels = left_out_scores(model, x, (16, 16), DEFAULT_SCORING)
+    scores, levels = left_out_scores(model, x, np.arange(10), (16, 16), DEFAULT_SCORING)
     assert scores[3] > 1.0 and np.all(np.delete(scores, 3) < 1e-3) and levels.shape == (10,)
+
+
+def test_beyond_max_scored_a_seeded_sample_is_scored(monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_SCORED", 4)
+    rows = pipeline.scored_images(10, seed=0)
+    assert len(rows) == 4 and list(rows) == sorted(set(rows)) and rows.max() < 10
+    assert list(pipeline.scored_images(3, seed=0)) == [0, 1, 2]
+    assert list(rows) == list(pipeline.scored_images(10, seed=0))  # seeded
+    x = features(10)
+    model = PatchCore(coreset_ratio=0.5, nprobe=0).fit(x)
+    every, _ = left_out_scores(model, x, np.arange(10), (16, 16), DEFAULT_SCORING)
+    some, _ = left_out_scores(model, x, rows, (16, 16), DEFAULT_SCORING)
+    np.testing.assert_allclose(some, every[rows], rtol=1e-6)
 
 
 def test_an_extended_bank_keeps_the_images_of_its_atoms():

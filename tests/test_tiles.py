@@ -151,7 +151,9 @@ def test_a_good_image_is_scored_without_the_atoms_of_any_of_its_tiles():
     tile = torch.randn(10, 3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     feats = tile.expand(10, 3, 6, 8, 8).reshape(10, 3, 6 * 8, 8)  # 10 images of 6 identical tiles each
     model = PatchCore(coreset_ratio=1.0, nprobe=0).fit(feats)
-    scores, _ = pipeline.left_out_scores(model, feats, CANVAS, {"sigma": 4.0, "reduce": "max"}, tiles=grid)
+    scores, _ = pipeline.left_out_scores(
+        model, feats, np.arange(10), CANVAS, {"sigma": 4.0, "reduce": "max"}, tiles=grid
+    )
     assert scores.shape == (10,) and scores.min() > 0.5
 
 
