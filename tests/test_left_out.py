@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from reconad import pipeline
+from reconad.errors import ReconadError
 from reconad.features.store import as_patches
 from reconad.models.bank.knn import NearestNeighbors, exact_search, ivf_centroids
 from reconad.models.bank.patchcore import PatchCore
@@ -35,8 +36,20 @@ def test_a_search_that_excludes_atoms_is_the_search_of_the_others(metric, nprobe
     d_t, i_t = full._fold_negatives(*exact_search(table, q, 5, metric, entries))
     torch.testing.assert_close(d_t, d, rtol=1e-4, atol=1e-4)
     assert torch.equal(i_t, i)
-    ivf = NearestNeighbors(atoms, ivf_centroids(atoms, 4, 0, metric), 4, metric) if nprobe else full
-    assert not np.isin(ivf.search(queries, 5, gone)[1].numpy(), gone.numpy()).any()
+    ivf = NearestNeighbors(atoms, ivf_centroids(atoms, 1, 0, metric), 1, metric) if nprobe else full
+    found = ivf.search(queries, 5, gone)[1]
+    assert not np.isin(found.numpy(), gone.numpy()).any() and (found >= 0).all()  # full: exact where short
+    left = 2 * (2 if metric == "abscos" else 1)  # two atoms left (abscos: each and its negative)
+    assert (ivf.search(queries, 5, torch.arange(398))[1][:, left:] == -1).all()
+
+
+def test_a_bank_with_too_few_atoms_of_other_images_says_so():
+    x = features(2)
+    x[1] = 0.0  # a blank image: the coreset's atoms all come from the other
+    model = PatchCore(coreset_ratio=0.1, k=3, nprobe=0).fit(x)
+    assert set(model.origin_.tolist()) == {0}
+    with pytest.raises(ReconadError, match="fewer than k=3 atoms from good images other than"):
+        model.predict_left_out(x, torch.arange(2))
 
 
 @pytest.mark.parametrize("nprobe", [0, 1])

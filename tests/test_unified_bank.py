@@ -1,6 +1,7 @@
 """``reconad fit patchcore|sgfr --unified``: one bank for every category's good images, saved under the run's
-unified key, each category still with its own threshold from out-of-sample scores (the bank cross-fitted over
-every category pooled); test, predict, serve and export go through it as through a unified trained model."""
+unified key, each category still with its own threshold from out-of-sample scores (each good image scored by
+the bank without its own atoms, every category pooled); test, predict, serve and export go through it as
+through a unified trained model."""
 
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ on the feature grid, or (the unified models) a list of per-level error maps ``[N
 anomalous); ``align_corners`` says how :func:`reconad.scoring.anomaly_maps` resizes them to the image.
 Hyper-parameters are ``__init__`` arguments, declared with their type, range and help by
 :func:`reconad.params.param` (dataclass fields); learned state ends in ``_``.
-Per-category models (PatchCore, SGFR) are fitted once per category by the caller; unified models
+Per-category models (PatchCore, SGFR) are fitted once per category by the caller and also have
+``predict_left_out(features, images)``: the patch scores of training images (their rows in what ``fit``
+took), each without what the model learned from it (the threshold's out-of-sample scores); unified models
 (RLR, RLR-selfref, UniAD) take every category's features at once and have ``unified = True``.
 A model that can predict on a GPU also has ``to(device) -> self`` (:meth:`reconad.runs.Run.to` calls it).
 ``export_head()`` gives the fitted model's ``predict`` as a torch module of operations ONNX has, in eval mode

@@ -155,6 +155,7 @@ class NearestNeighbors:
         self.index.add(data)
         self.device = torch.device(device)
         self._gpu_entries: Tensor | None = None  # the torch search's copy of the index entries
+        self._flat_index: Any = None  # an exact index beside an IVF one (:meth:`search` with exclusions)
         if self.device.type == "cuda":
             if faiss_has_gpu():
                 self.index = _faiss_to_gpu(self.index, self.device)
@@ -177,14 +178,16 @@ class NearestNeighbors:
 
     def search(self, queries: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(squared L2 distances or signed cosines, atom indices)`` ``[B, k]``, best first (-1: none), on
-        the CPU whatever the device; the atoms ``exclude`` (indices) are never returned."""
+        the CPU whatever the device. The atoms ``exclude`` (indices) are never returned; a query whose IVF
+        probes then hold fewer than ``k`` atoms is searched exactly (-1 left only where fewer than ``k``
+        atoms are not excluded)."""
         q = queries.detach().float().cpu()
         q = q if self.metric == "l2" else _unit(q)
         blocked = None if exclude is None or len(exclude) == 0 else self._entries_of(exclude)
         if self._gpu_entries is not None or (blocked is not None and self.device.type == "cuda"):
-            entries = self._gpu_entries  # FAISS's GPU index takes no exclusions: the torch search does
-            entries = _entries(self.atoms, self.metric).to(self.device) if entries is None else entries
-            return self._fold_negatives(*exact_search(entries, q, k, self.metric, blocked))
+            if self._gpu_entries is None:  # FAISS's GPU index takes no exclusions: the torch search does
+                self._gpu_entries = _entries(self.atoms, self.metric).to(self.device)
+            return self._fold_negatives(*exact_search(self._gpu_entries, q, k, self.metric, blocked))
         ivf = isinstance(self.index, faiss.IndexIVF)
         if ivf:
             # Threads over queries and lists (mode 2), same results: 1.2× faster for k = 1 at nprobe 4
@@ -195,13 +198,22 @@ class NearestNeighbors:
             d, i = self.index.search(x, k)
         else:
             skip = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(blocked.numpy())))
-            params = (
-                faiss.SearchParametersIVF(sel=skip, nprobe=self.index.nprobe)
-                if ivf
-                else faiss.SearchParameters(sel=skip)
-            )
-            d, i = self.index.search(x, k, params=params)
+            params = faiss.SearchParametersIVF(sel=skip, nprobe=self.index.nprobe) if ivf else None
+            d, i = self.index.search(x, k, params=params or faiss.SearchParameters(sel=skip))
+            lost = (i < 0).any(1)
+            if ivf and lost.any():
+                d[lost], i[lost] = self._flat().search(x[lost], k, params=faiss.SearchParameters(sel=skip))
         return self._fold_negatives(torch.from_numpy(d), torch.from_numpy(i).long())
+
+    def _flat(self) -> Any:
+        """An exact FAISS index over the same entries (built on first use)."""
+        if self._flat_index is None:
+            data = np.ascontiguousarray(_entries(self.atoms, self.metric).numpy())
+            self._flat_index = (faiss.IndexFlatL2 if self.metric == "l2" else faiss.IndexFlatIP)(
+                data.shape[1]
+            )
+            self._flat_index.add(data)
+        return self._flat_index
 
     def _entries_of(self, atoms: Tensor) -> Tensor:
         """The index entries of ``atoms`` (``abscos``: each atom and its negative), int64."""

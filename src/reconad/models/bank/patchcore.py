@@ -156,18 +156,19 @@ class PatchCore:
 
     def predict_left_out(self, features: Tensor, images: Tensor) -> Tensor:
         """Patch scores ``[N, h, w]`` of training images (``images``: their rows in what :meth:`fit` took),
-        each searched without the atoms taken from it: out-of-sample scores from the one fit. A query whose
-        IVF probes held only its own image's atoms is searched exactly."""
+        each searched without the atoms taken from it: out-of-sample scores from the one fit."""
         n, c, h, w = features.shape
-        origins, exact = atom_origins(self), None
+        origins = atom_origins(self)
         out = torch.empty(n, h * w)
         for row, image in enumerate(images.tolist()):
-            q, own = features[row].permute(1, 2, 0).reshape(-1, c), origins.of(image)
-            dist, idx = self._index.search(q, self.k, own)
-            lost = (idx < 0).any(1)
-            if bool(lost.any()):
-                exact = exact or NearestNeighbors(self.bank_, None, 0, device=self._device)
-                dist[lost] = exact.search(q[lost], self.k, own)[0]
+            dist, idx = self._index.search(
+                features[row].permute(1, 2, 0).reshape(-1, c), self.k, origins.of(image)
+            )
+            if bool((idx < 0).any()):
+                raise ReconadError(
+                    f"patchcore: the bank holds fewer than k={self.k} atoms from good images other than one "
+                    "of its own: add good images or raise coreset_ratio"
+                )
             out[row] = dist.clamp_(min=0).sqrt_().mean(dim=1)
         return out.reshape(n, h, w)
 

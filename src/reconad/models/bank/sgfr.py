@@ -207,10 +207,14 @@ class SGFR:
         each coded without the atoms taken from it: out-of-sample scores from the one fit."""
         n, _, h, w = features.shape
         y, origins = self._scaled_patches(features).reshape(n, h * w, -1), atom_origins(self)
-        res = [
-            self._codes(self._index, y[row], exclude=origins.of(image))[2]
-            for row, image in enumerate(images.tolist())
-        ]
+        res = []
+        for row, image in enumerate(images.tolist()):
+            own = origins.of(image)
+            if len(own) >= len(self.bank_):
+                raise ReconadError(
+                    "sgfr: every atom comes from one good image: add good images or raise sampling_ratio"
+                )
+            res.append(self._codes(self._index, y[row], exclude=own)[2])
         return (torch.stack(res).sqrt() * self.scale_).reshape(n, h, w)
 
     def export_head(self) -> nn.Module:
