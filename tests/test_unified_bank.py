@@ -96,3 +96,17 @@ def test_cli_fit_test_predict_serve_and_export(two_categories, tmp_path):
     added = invoke("add", run_dir, two_categories / "alpha" / "test" / "good", "-c", "alpha")
     assert added.exit_code == 2 and "one model for every category" in added.output
     assert np.isfinite(served[0]["score"])
+
+
+def test_bench_unified_keeps_one_bank_and_a_threshold_per_category(two_categories, tmp_path):
+    out = tmp_path / "bench"
+    result = invoke(
+        "bench", "--model", "patchcore", "-d", f"mvtec:{two_categories}", "--out", out, "--unified",
+        "--image-size", "64", "-p", "patchcore.coreset_ratio=0.2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "runs" / "patchcore" / "run.json").read_text())
+    assert run["unified"] and run["weights"] == {UNIFIED: "weights/unified.safetensors"}
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["arguments"]["unified"] is True
+    assert sorted(doc["models"]["patchcore"]["categories"]) == list(CATEGORIES)

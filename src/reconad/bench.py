@@ -228,6 +228,7 @@ def _bench_model(
         features=train,
         false_reject=options.false_reject,
         warn=notes.append,
+        unified=options.unified,
     )
     tick(n_cat)
     results = {}

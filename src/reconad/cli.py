@@ -326,6 +326,7 @@ def bench(
     layers: LayersOpt = DEFAULT_LAYERS,
     holdout: HoldoutOpt = DEFAULTS.holdout,
     false_reject: FalseRejectOpt = DEFAULTS.false_reject,
+    unified: UnifiedOpt = DEFAULTS.unified,
 ) -> None:
     """Fit and test every model on every category on shared features; write a results table and report."""
     options = FitOptions.from_flags(locals())
