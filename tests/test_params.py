@@ -132,7 +132,7 @@ def test_an_undeclarable_type_is_a_programming_error():
 DEFAULT_CONFIGS = {
     "patchcore": {
         "coreset_ratio": 0.1, "k": 1, "projection_dim": 128, "nprobe": "auto", "min_recall": 0.99, "seed": 0,
-        "coreset_chunk": 1048576,
+        "coreset_chunk": 65536,
     },
     "sgfr": {
         "sampling_ratio": 0.1, "n_candidates": 16, "lam": 0.02, "alpha": 0.5, "iters": 15, "rounds": 4,

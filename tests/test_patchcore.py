@@ -157,7 +157,7 @@ def test_save_load_gives_bit_identical_scores(tmp_path):
         "nprobe": "auto",
         "min_recall": 0.99,
         "seed": 0,
-        "coreset_chunk": 1 << 20,
+        "coreset_chunk": 1 << 16,
     }
     assert loaded.nprobe_ == model.nprobe_
     assert torch.equal(loaded.predict(test), model.predict(test))

@@ -50,8 +50,8 @@ class PatchCore:
     seed: int = param(
         0, low=0, high=MAX_SEED, help="seeds the coreset's projection and first point, and the IVF"
     )
-    coreset_chunk: int = param(  # 2²⁰: no shared set's fit changes (magnetic_tile: 780 k); unmeasured above
-        1 << 20,
+    coreset_chunk: int = param(  # 2¹⁶: chosen on the validation set, docs/scale.md
+        1 << 16,
         low=1,
         help="patches one greedy coreset takes: more are cut into image chunks of at most this many, "
         "each chunk's coreset kept (linear in images; ChunkedCoreset)",
