@@ -40,10 +40,17 @@ class MeanDistance:
 
     def fit(self, features: torch.Tensor, categories: list[str] | None = None) -> MeanDistance:
         self.mean_ = features.mean(dim=(0, 2, 3))
+        self.image_means_ = features.mean(dim=(2, 3))  # each image's, to leave it out (not saved)
         return self
 
     def predict(self, features: torch.Tensor, categories: list[str] | None = None) -> torch.Tensor:
         return (features - self.mean_[None, :, None, None]).norm(dim=1) * self.scale
+
+    def predict_left_out(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Each training image's distance to the mean of the others."""
+        n = len(self.image_means_)
+        others = (n * self.mean_ - self.image_means_[images]) / max(n - 1, 1)
+        return (features - others[:, :, None, None]).norm(dim=1) * self.scale
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean_}

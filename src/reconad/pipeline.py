@@ -375,6 +375,10 @@ def _calibrate(
             n_train, extra = len(fit_part), {"n_holdout": len(held)}
         else:
             n_train, extra = len(train[c.name]), {}
+            if not hasattr(template, "predict_left_out"):
+                raise ReconadError(
+                    f"{template.name}: a per-category model needs predict_left_out (models/base.py)"
+                )
             rows = scored_images(n_train, calibration.seed)
             bank, features, first = (
                 (run_models[UNIFIED], every, bounds[i]) if pooled else (run_models[c.name], train[c.name], 0)
