@@ -26,10 +26,20 @@ class AtomOrigins:
 
 
 def atom_origins(model: object) -> AtomOrigins:
-    """``model``'s :class:`AtomOrigins`; a model loaded from a run has none (they are not saved)."""
+    """``model``'s :class:`AtomOrigins`, built once per ``origin_`` (kept on the model beside it); a model
+    loaded from a run has none (they are not saved)."""
     origin = getattr(model, "origin_", None)
     if origin is None:
         raise ReconadError(
             f"{type(model).__name__}: training images are scored without their atoms only at fit"
         )
-    return AtomOrigins(origin)
+    cached = getattr(model, "_atom_origins", None)
+    if cached is None or cached[0] is not origin:
+        cached = (origin, AtomOrigins(origin))
+        model._atom_origins = cached  # type: ignore[attr-defined]
+    return cached[1]
+
+
+def with_added(origin: Tensor | None, added: int) -> Tensor | None:
+    """``origin`` after ``extend`` added ``added`` atoms, which come from no training image (-1)."""
+    return None if origin is None else torch.cat([origin, origin.new_full((added,), -1)])

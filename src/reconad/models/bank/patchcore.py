@@ -12,7 +12,7 @@ from reconad.errors import ReconadError
 from reconad.features.store import FeatureRows, Features, as_patches
 from reconad.models.bank.coreset import ChunkedCoreset, continue_coreset, coverage_radius, greedy_coreset
 from reconad.models.bank.knn import MAX_NPROBE, NearestNeighbors, calibrate_nprobe, ivf_centroids
-from reconad.models.bank.origins import atom_origins
+from reconad.models.bank.origins import atom_origins, with_added
 from reconad.models.base import init_config, register
 from reconad.params import MAX_SEED, fraction, param, validate
 
@@ -111,8 +111,7 @@ class PatchCore:
         patches = as_patches(features)
         joining = continue_coreset(self.bank_, patches, self._coverage())
         self.bank_ = torch.cat([self.bank_, patches[joining]]).contiguous()
-        if getattr(self, "origin_", None) is not None:  # an added atom is from no training image
-            self.origin_ = torch.cat([self.origin_, self.origin_.new_full((len(joining),), -1)])
+        self.origin_ = with_added(getattr(self, "origin_", None), len(joining))
         self._build()
         return self
 

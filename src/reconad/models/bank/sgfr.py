@@ -26,7 +26,7 @@ from reconad.features.store import (
 )
 from reconad.models.bank.coreset import continue_coreset, coverage_radius
 from reconad.models.bank.knn import MAX_NPROBE, METRICS, NearestNeighbors, ivf_centroids
-from reconad.models.bank.origins import atom_origins
+from reconad.models.bank.origins import atom_origins, with_added
 from reconad.models.bank.self_expressive import coverage_select, sparse_codes
 from reconad.models.bank.traced_linalg import spd_inverse
 from reconad.models.base import init_config, register
@@ -132,8 +132,7 @@ class SGFR:
             raise ReconadError("this sgfr run was fitted by an older reconad (no coverage radius): refit it")
         joining = continue_coreset(self.bank_, x, self.coverage_)
         self.bank_ = torch.cat([self.bank_, x[joining]]).contiguous()
-        if getattr(self, "origin_", None) is not None:  # an added atom is from no training image
-            self.origin_ = torch.cat([self.origin_, self.origin_.new_full((len(joining),), -1)])
+        self.origin_ = with_added(getattr(self, "origin_", None), len(joining))
         self._build()
         return self
 
